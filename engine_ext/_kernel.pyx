@@ -1,0 +1,478 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, initializedcheck=False, cdivision=True
+"""The compiled kernel: the same entry points and the same arithmetic, in the same order, as
+kernel_py.py (the executable specification), with the loops in nogil C.
+
+boundscheck/wraparound are off because every index below is derived from lengths checked at
+the top of each entry point (`_check_lengths`); the parity and golden tests exercise them.
+"""
+from array import array
+
+from libc.math cimport fabs, isfinite, pow
+from libc.stdlib cimport free, malloc, qsort
+
+from .constants import SCHEDULE_COLUMNS
+
+IMPLEMENTATION = "compiled"
+cdef double MAX_PRICE = 1e10
+
+# Codes, as in constants.py (checked equal at import below).
+cdef enum:
+    REJECT_DOWN = -1
+    REJECT_LOAN = -2
+    REJECT_BELOW = -3
+    REJECT_ABOVE = -4
+    REFRESH = 1
+    UPGRADE = 2
+    MAX_UPGRADE = 3
+    SUB_VIABLE = 0
+    SUB_DELTA = 1
+    SUB_NPV = 2
+    SUB_LTV = 3
+    SUB_DOWN = 4
+    MAX_TERMS = 64
+
+from . import constants as _c
+assert (_c.REJECT_DOWN_PAYMENT_NOT_MET, _c.REJECT_LOAN_NOT_POSITIVE, _c.REJECT_DELTA_BELOW_FLOOR,
+        _c.REJECT_DELTA_ABOVE_CEILING, _c.TIER_REFRESH, _c.TIER_UPGRADE, _c.TIER_MAX_UPGRADE,
+        _c.SUBSIDY_VIABLE, _c.SUBSIDY_PAYMENT_DELTA_TOO_HIGH, _c.SUBSIDY_NPV_BELOW_MINIMUM,
+        _c.SUBSIDY_LTV_TOO_HIGH, _c.SUBSIDY_DOWN_PAYMENT_NOT_MET) == (-1, -2, -3, -4, 1, 2, 3, 0, 1, 2, 3, 4)
+
+
+cdef struct Plan:
+    int n_terms
+    long terms[MAX_TERMS]
+    double down[MAX_TERMS]
+    double main_factor[MAX_TERMS]
+    double insurance_factor[MAX_TERMS]
+    double vehicle_equity, current_payment, service_fee_pct, cxa_pct, cac_bonus
+    double kavak_total, insurance, gps_install, gps_monthly, npv_deduction
+    double tier_floor, tier_refresh_max, tier_upgrade_max, tier_ceiling
+
+
+cdef int _load_plan(object plan, Plan* p) except -1:
+    cols = plan.columns
+    cdef int t, n = len(cols.terms)
+    if n < 1 or n > MAX_TERMS:
+        raise ValueError(f"terms: between 1 and {MAX_TERMS} terms, got {n}")
+    p.n_terms = n
+    for t in range(n):
+        p.terms[t] = cols.terms[t]
+        p.down[t] = cols.down_fractions[t]
+        p.main_factor[t] = cols.main_factors[t]
+        p.insurance_factor[t] = cols.insurance_factors[t]
+    p.vehicle_equity = plan.vehicle_equity
+    p.current_payment = plan.current_payment
+    p.service_fee_pct = plan.service_fee_pct
+    p.cxa_pct = plan.cxa_pct
+    p.cac_bonus = plan.cac_bonus
+    p.kavak_total = plan.kavak_total
+    p.insurance = plan.insurance
+    p.gps_install = plan.gps_install
+    p.gps_monthly = plan.gps_monthly
+    p.npv_deduction = plan.npv_deduction
+    p.tier_floor = plan.tier_floor
+    p.tier_refresh_max = plan.tier_refresh_max
+    p.tier_upgrade_max = plan.tier_upgrade_max
+    p.tier_ceiling = plan.tier_ceiling
+    return 0
+
+
+cdef inline bint _valid_price(double price) noexcept nogil:
+    return isfinite(price) and 0.0 < price <= MAX_PRICE
+
+
+def is_valid_price(double price):
+    return _valid_price(price)
+
+
+cdef inline void _check_range(Py_ssize_t first, Py_ssize_t last, Py_ssize_t n) except *:
+    if first < 0 or last > n or first > last:
+        raise IndexError(f"car range [{first}, {last}) outside [0, {n})")
+
+
+# --- SPEC §2: the stage-1 match against an inventory snapshot --------------------------------
+def match_cars(const long[:] years, const double[:] prices, const long[:] kilometers, const long[:] regions,
+               double min_price, long min_year, long max_km, long region, Py_ssize_t limit):
+    cdef Py_ssize_t n = prices.shape[0], row, count = 0
+    if years.shape[0] != n or kilometers.shape[0] != n or regions.shape[0] != n:
+        raise ValueError("snapshot columns differ in length")
+    found = array("l", bytes(array("l").itemsize * min(max(limit, 0), n)))
+    cdef long[:] out = found
+    with nogil:
+        for row in range(n):
+            if count >= limit:
+                break
+            if (prices[row] > min_price and years[row] >= min_year and kilometers[row] < max_km
+                    and (region < 0 or regions[row] == region)):
+                out[count] = row
+                count += 1
+    del found[count:]
+    return found
+
+
+# --- SPEC §3: offers -------------------------------------------------------------------------
+cdef inline signed char _classify(const Plan* p, double delta) noexcept nogil:
+    if delta < p.tier_floor:
+        return REJECT_BELOW
+    if delta <= p.tier_refresh_max:
+        return REFRESH
+    if delta <= p.tier_upgrade_max:
+        return UPGRADE
+    if delta <= p.tier_ceiling:
+        return MAX_UPGRADE
+    return REJECT_ABOVE
+
+
+cdef inline double _first_payment(const Plan* p, double loan, double service_fee, double kavak_total,
+                                  int t) noexcept nogil:
+    return (loan + service_fee + kavak_total) * p.main_factor[t] + p.insurance * p.insurance_factor[t] \
+        + p.gps_monthly + p.gps_install
+
+
+cdef Py_ssize_t _price_range(const Plan* p, const double[:] prices, Py_ssize_t first, Py_ssize_t last,
+                             double[:] equity_out, double[:] sf_out, double[:] cxa_out, double[:] npv_out,
+                             double[:] financed_out, double[:] payment_out, double[:] delta_out,
+                             signed char[:] status_out) noexcept nogil:
+    cdef Py_ssize_t car, slot
+    cdef int t, n_terms = p.n_terms
+    cdef double price, service_fee, cxa, equity, loan, payment, delta
+    for car in range(first, last):
+        if not _valid_price(prices[car]):
+            return car
+    for car in range(first, last):
+        price = prices[car]
+        service_fee = price * p.service_fee_pct
+        cxa = price * p.cxa_pct
+        equity = p.vehicle_equity + p.cac_bonus - cxa - p.gps_install
+        loan = price - equity
+        equity_out[car] = equity
+        sf_out[car] = service_fee
+        cxa_out[car] = cxa
+        npv_out[car] = service_fee + cxa - p.npv_deduction - p.cac_bonus
+        financed_out[car] = loan + service_fee + p.kavak_total + p.insurance
+        for t in range(n_terms):
+            slot = car * n_terms + t
+            payment_out[slot] = 0.0
+            delta_out[slot] = 0.0
+            if equity < price * p.down[t]:
+                status_out[slot] = REJECT_DOWN
+            elif loan <= 0.0:
+                status_out[slot] = REJECT_LOAN
+            else:
+                payment = _first_payment(p, loan, service_fee, p.kavak_total, t)
+                delta = payment / p.current_payment - 1.0
+                payment_out[slot] = payment
+                delta_out[slot] = delta
+                status_out[slot] = _classify(p, delta)
+    return -1
+
+
+def price_offers(plan, prices, Py_ssize_t first, Py_ssize_t last, out):
+    """Price cars [first, last) into `out`. Returns -1, or the index of the first invalid price."""
+    cdef Plan p
+    _load_plan(plan, &p)
+    cdef const double[:] price_view = prices
+    cdef double[:] equity = out.equity, sf = out.service_fee, cxa = out.cxa, npv = out.npv
+    cdef double[:] financed = out.financed, payment = out.payment, delta = out.delta
+    cdef signed char[:] status = out.status
+    cdef Py_ssize_t n = price_view.shape[0], result
+    _check_range(first, last, n)
+    if (equity.shape[0] < n or sf.shape[0] < n or cxa.shape[0] < n or npv.shape[0] < n
+            or financed.shape[0] < n or payment.shape[0] < n * p.n_terms
+            or delta.shape[0] < n * p.n_terms or status.shape[0] < n * p.n_terms):
+        raise ValueError("output buffers are smaller than the batch")
+    with nogil:
+        result = _price_range(&p, price_view, first, last, equity, sf, cxa, npv, financed, payment, delta, status)
+    return result
+
+
+cdef struct RankKey:
+    int tier
+    double neg_npv
+    double payment
+    long car_rank
+    int term_index
+    long slot
+
+
+cdef int _compare_keys(const void* a, const void* b) noexcept nogil:
+    cdef const RankKey* x = <const RankKey*> a
+    cdef const RankKey* y = <const RankKey*> b
+    if x.tier != y.tier:
+        return -1 if x.tier < y.tier else 1
+    if x.neg_npv != y.neg_npv:
+        return -1 if x.neg_npv < y.neg_npv else 1
+    if x.payment != y.payment:
+        return -1 if x.payment < y.payment else 1
+    if x.car_rank != y.car_rank:
+        return -1 if x.car_rank < y.car_rank else 1
+    if x.term_index != y.term_index:
+        return -1 if x.term_index < y.term_index else 1
+    return 0
+
+
+def rank_offers(plan, out, Py_ssize_t n_cars, car_rank, long tier_mask):
+    """Slots of the wanted offers in SPEC §3 order, and the counts (see kernel_py.rank_offers)."""
+    cdef int n_terms = len(plan.columns.terms)
+    cdef const signed char[:] status = out.status
+    cdef const double[:] npv = out.npv, payment = out.payment
+    cdef const long[:] rank = car_rank
+    cdef Py_ssize_t n_slots = n_cars * n_terms, slot, car, kept = 0, k
+    cdef long[:] order_view
+    cdef signed char s
+    if status.shape[0] < n_slots or payment.shape[0] < n_slots or npv.shape[0] < n_cars or rank.shape[0] < n_cars:
+        raise ValueError("buffers are smaller than the batch")
+    counts = array("l", [0] * 8)
+    cdef long[:] count_view = counts
+    cdef Py_ssize_t wanted = 0
+    with nogil:
+        for slot in range(n_slots):
+            s = status[slot]
+            if s > 0:
+                count_view[s] += 1
+                if tier_mask & (1 << s):
+                    wanted += 1
+            else:
+                count_view[3 - s] += 1
+    # Sized to the offers kept, so it stays below malloc's mmap threshold in the common case.
+    cdef RankKey* keys = <RankKey*> malloc(max(wanted, 1) * sizeof(RankKey))
+    if keys == NULL:
+        raise MemoryError()
+    try:
+        with nogil:
+            for slot in range(n_slots):
+                s = status[slot]
+                if s > 0 and tier_mask & (1 << s):
+                    car = slot // n_terms
+                    keys[kept].tier = s
+                    keys[kept].neg_npv = -npv[car]
+                    keys[kept].payment = payment[slot]
+                    keys[kept].car_rank = rank[car]
+                    keys[kept].term_index = slot % n_terms
+                    keys[kept].slot = slot
+                    kept += 1
+            qsort(keys, kept, sizeof(RankKey), _compare_keys)
+        order = array("l", bytes(array("l").itemsize * kept))
+        order_view = order
+        for k in range(kept):
+            order_view[k] = keys[k].slot
+    finally:
+        free(keys)
+    return order, counts
+
+
+# --- SPEC §3: amortization schedule ------------------------------------------------------------
+cdef inline double _remaining_balance(double rate, long period, long periods, double amount) noexcept nogil:
+    cdef double growth, payment
+    if rate == 0.0:
+        return amount - amount / periods * (period - 1)
+    growth = pow(1.0 + rate, <double>(period - 1))
+    payment = amount * (pow(1.0 + rate, <double>periods) * rate / (pow(1.0 + rate, <double>periods) - 1.0))
+    return amount * growth - payment * (growth - 1.0) / rate
+
+
+cdef inline double _ipmt(double rate, long period, long periods, double amount) noexcept nogil:
+    return _remaining_balance(rate, period, periods, amount) * rate
+
+
+cdef inline double _ppmt(double rate, long period, long periods, double amount) noexcept nogil:
+    cdef double growth
+    if rate == 0.0:
+        return amount / periods
+    growth = pow(1.0 + rate, <double>periods)
+    return amount * (growth * rate / (growth - 1.0)) - _ipmt(rate, period, periods, amount)
+
+
+def amortization(plan, int term_index, double price):
+    """The schedule of one offer: len(SCHEDULE_COLUMNS) values per month, row after row."""
+    cols = plan.columns
+    cdef long n = cols.terms[term_index], ins_n = plan.insurance_months, p, q
+    cdef double i = cols.monthly_rates[term_index], j = cols.monthly_rates_iva[term_index]
+    cdef double iva = plan.iva_rate, ins = plan.insurance, gps_monthly = plan.gps_monthly
+    cdef double gps_net = plan.gps_monthly_net, gps_first = plan.gps_install
+    cdef double service_fee = price * plan.service_fee_pct
+    cdef double loan = price - (plan.vehicle_equity + plan.cac_bonus - price * plan.cxa_pct - plan.gps_install)
+    cdef double kavak = plan.kavak_total
+    cdef double amounts[3]
+    cdef double balances[4]
+    cdef double principal[4]
+    cdef double interest[4]
+    cdef double start, gps_install, principal_sum, interest_sum, payment
+    cdef int c, width = len(SCHEDULE_COLUMNS)
+    if width != 12:
+        raise ValueError("schedule layout changed")
+    rows = array("d", bytes(8 * n * width))
+    cdef double[:] r = rows
+    amounts[0] = loan; amounts[1] = service_fee; amounts[2] = kavak
+    balances[0] = loan; balances[1] = service_fee; balances[2] = kavak; balances[3] = ins
+    with nogil:
+        for p in range(1, n + 1):
+            q = (p - 1) % ins_n + 1
+            if q == 1:
+                balances[3] = ins
+            start = balances[0] + balances[1] + balances[2] + balances[3]
+            for c in range(3):
+                principal[c] = _ppmt(j, p, n, amounts[c])
+                interest[c] = _ipmt(i, p, n, amounts[c])
+            principal[3] = _ppmt(j, q, ins_n, ins)
+            interest[3] = _ipmt(i, q, ins_n, ins)
+            gps_install = gps_first if p == 1 else 0.0
+            principal_sum = principal[0] + principal[1] + principal[2] + principal[3]
+            interest_sum = interest[0] + interest[1] + interest[2] + interest[3]
+            payment = principal_sum + (interest[0] * (1.0 + iva) + interest[1] * (1.0 + iva)
+                                       + interest[2] * (1.0 + iva) + interest[3] * (1.0 + iva)) \
+                + gps_monthly + gps_install
+            for c in range(4):
+                balances[c] = balances[c] - principal[c]
+                if balances[c] < 0.0:
+                    balances[c] = 0.0
+            c = (p - 1) * width
+            r[c] = p
+            r[c + 1] = start
+            r[c + 2] = principal_sum + gps_install
+            r[c + 3] = interest_sum
+            r[c + 4] = gps_net
+            r[c + 5] = (interest_sum + gps_net) * iva
+            r[c + 6] = payment
+            r[c + 7] = balances[0]
+            r[c + 8] = balances[1]
+            r[c + 9] = balances[2]
+            r[c + 10] = balances[3]
+            r[c + 11] = balances[0] + balances[1] + balances[2] + balances[3]
+    return rows
+
+
+# --- SPEC §3: minimum-subsidy search ------------------------------------------------------------
+cdef struct Grid:
+    const double* service_fees
+    const double* cacs
+    const double* cxas
+    Py_ssize_t n_service_fees, n_cacs, n_cxas
+    double max_payment_delta, min_npv, max_loan_to_value
+
+
+cdef struct Attempt:
+    signed char status
+    long term
+    double service_fee_pct, cac, cxa_pct, payment, delta, npv, financed
+    long tried
+
+
+cdef inline signed char _failed_gate(const Grid* g, double delta, double npv, double financed,
+                                     double price) noexcept nogil:
+    if delta > g.max_payment_delta:
+        return SUB_DELTA
+    if npv < g.min_npv:
+        return SUB_NPV
+    if financed / price > g.max_loan_to_value:
+        return SUB_LTV
+    return SUB_VIABLE
+
+
+cdef Attempt _search_car(const Plan* p, const Grid* g, double price) noexcept nogil:
+    cdef Attempt best, attempt
+    cdef bint have_best = False
+    cdef long tried = 0
+    cdef int t
+    cdef Py_ssize_t a, b, c
+    cdef double sf_pct, cac, cxa_pct, service_fee, cxa, equity, loan, financed, payment, delta, margin
+    cdef signed char gate
+    # Until a combination can be priced, the answer is "down payment never met", amounts 0.
+    best.status = SUB_DOWN
+    best.term = 0
+    best.service_fee_pct = 0.0
+    best.cac = 0.0
+    best.cxa_pct = 0.0
+    best.payment = 0.0
+    best.delta = 0.0
+    best.npv = 0.0
+    best.financed = 0.0
+    for t in range(p.n_terms):
+        for a in range(g.n_service_fees):
+            sf_pct = g.service_fees[a]
+            for b in range(g.n_cacs):
+                cac = g.cacs[b]
+                for c in range(g.n_cxas):
+                    cxa_pct = g.cxas[c]
+                    tried += 1
+                    service_fee = price * sf_pct
+                    cxa = price * cxa_pct
+                    equity = p.vehicle_equity + cac - cxa - p.gps_install
+                    if equity < price * p.down[t]:
+                        continue
+                    loan = price - equity
+                    if loan <= 0.0:
+                        continue
+                    financed = loan + service_fee + p.kavak_total + p.insurance
+                    payment = _first_payment(p, loan, service_fee, p.kavak_total, t)
+                    delta = payment / p.current_payment - 1.0
+                    margin = service_fee + cxa - p.npv_deduction - cac
+                    gate = _failed_gate(g, delta, margin, financed, price)
+                    if gate == SUB_VIABLE or not have_best or fabs(delta) < fabs(best.delta):
+                        attempt.status = gate
+                        attempt.term = p.terms[t]
+                        attempt.service_fee_pct = sf_pct
+                        attempt.cac = cac
+                        attempt.cxa_pct = cxa_pct
+                        attempt.payment = payment
+                        attempt.delta = delta
+                        attempt.npv = margin
+                        attempt.financed = financed
+                        if gate == SUB_VIABLE:
+                            attempt.tried = tried
+                            return attempt
+                        best = attempt
+                        have_best = True
+    best.tried = tried
+    return best
+
+
+def subsidy_search(splan, prices, Py_ssize_t first, Py_ssize_t last, out):
+    """Search cars [first, last) into `out`. Returns -1, or the index of the first invalid price."""
+    cdef Plan p
+    _load_plan(splan.offer, &p)
+    cdef const double[:] sf_values = splan.service_fee_values, cac_values = splan.cac_values
+    cdef const double[:] cxa_values = splan.cxa_values
+    cdef Grid g
+    if sf_values.shape[0] < 1 or cac_values.shape[0] < 1 or cxa_values.shape[0] < 1:
+        raise ValueError("subsidy grid: every axis needs at least one value")
+    g.service_fees = &sf_values[0]
+    g.cacs = &cac_values[0]
+    g.cxas = &cxa_values[0]
+    g.n_service_fees = sf_values.shape[0]
+    g.n_cacs = cac_values.shape[0]
+    g.n_cxas = cxa_values.shape[0]
+    g.max_payment_delta = splan.max_payment_delta
+    g.min_npv = splan.min_npv
+    g.max_loan_to_value = splan.max_loan_to_value
+    cdef const double[:] price_view = prices
+    cdef signed char[:] status = out.status
+    cdef long[:] term = out.term, iterations = out.iterations
+    cdef double[:] sf_pct = out.service_fee_pct, cac = out.cac_bonus, cxa_pct = out.cxa_pct
+    cdef double[:] payment = out.payment, delta = out.delta, npv = out.npv, financed = out.financed
+    cdef Py_ssize_t n = price_view.shape[0], car, invalid = -1
+    cdef Attempt result
+    _check_range(first, last, n)
+    for view_len in (status.shape[0], term.shape[0], iterations.shape[0], sf_pct.shape[0], cac.shape[0],
+                     cxa_pct.shape[0], payment.shape[0], delta.shape[0], npv.shape[0], financed.shape[0]):
+        if view_len < n:
+            raise ValueError("output buffers are smaller than the batch")
+    with nogil:
+        for car in range(first, last):
+            if not _valid_price(price_view[car]):
+                invalid = car
+                break
+        if invalid < 0:
+            for car in range(first, last):
+                result = _search_car(&p, &g, price_view[car])
+                status[car] = result.status
+                term[car] = result.term
+                sf_pct[car] = result.service_fee_pct
+                cac[car] = result.cac
+                cxa_pct[car] = result.cxa_pct
+                payment[car] = result.payment
+                delta[car] = result.delta
+                npv[car] = result.npv
+                financed[car] = result.financed
+                iterations[car] = result.tried
+    return invalid

@@ -1,0 +1,68 @@
+"""Every reference vector reproduced by both kernels (SPEC §3, golden/README.md tolerances)."""
+from dataclasses import asdict
+
+import pytest
+
+import golden_data as golden
+
+
+def test_default_parameters_are_the_audited_ones():
+    from engine_ext import PricingParams
+    assert golden.params() == PricingParams()
+    assert PricingParams.from_dict(golden.params().to_dict()) == golden.params()
+
+
+@pytest.mark.parametrize("case", range(len(golden.offers())), ids=lambda k: golden.offers()[k]["customer_id"])
+def test_offers_match_golden(engine, case):
+    record = golden.offers()[case]
+    customer = golden.customers()[record["customer_id"]]
+    car_ids = record["cars"]
+    prices = [golden.inventory()[car]["car_price"] for car in car_ids]
+    offers = {(o.car_id, o.term): o for o in engine.price(golden.terms_of(customer), car_ids, prices, golden.params())}
+    expected = {(o["car_id"], o["term"]): o for o in record["offers"]}
+    assert offers.keys() == expected.keys()
+    for key, want in expected.items():
+        got = asdict(offers[key])
+        assert got["tier"] == want["tier"], key
+        for field, value in want.items():
+            if field not in ("car_id", "term", "tier"):
+                assert golden.close(got[field], value), (key, field, got[field], value)
+
+
+def test_offer_order_follows_the_spec(engine):
+    record = golden.offers()[0]
+    customer = golden.customers()[record["customer_id"]]
+    prices = [golden.inventory()[car]["car_price"] for car in record["cars"]]
+    ranked = list(engine.price(golden.terms_of(customer), record["cars"], prices, golden.params()))
+    tier_order = {"Refresh": 0, "Upgrade": 1, "Max Upgrade": 2}
+    keys = [(tier_order[o.tier], -o.npv, o.monthly_payment, o.car_id, o.term) for o in ranked]
+    assert keys == sorted(keys) and len(set(keys)) == len(keys)
+
+
+@pytest.mark.parametrize("case", range(len(golden.subsidies())))
+def test_subsidy_matches_golden(engine, case):
+    record = golden.subsidies()[case]
+    car = record["car"]
+    (got,) = engine.minimum_subsidy(golden.terms_of(record["customer"]), [car["car_id"]], [car["car_price"]],
+                                    golden.params())
+    want = record["result"]
+    assert (got.viable, got.failure_reason, got.term, got.iterations_tried) == \
+        (want["viable"], want["failure_reason"], want["term"], want["iterations_tried"])
+    assert (got.service_fee_pct, got.cac_bonus, got.cxa_pct) == \
+        (want["service_fee_pct"], want["cac_bonus"], want["cxa_pct"])
+    for field in ("monthly_payment", "payment_delta", "npv", "loan_amount"):
+        assert golden.close(getattr(got, field), want[field]), (field, getattr(got, field), want[field])
+
+
+@pytest.mark.parametrize("case", range(len(golden.schedules())))
+def test_amortization_matches_golden(engine, case):
+    record = golden.schedules()[case]
+    offer = record["offer"]
+    customer = golden.customers()[record["customer_id"]]
+    price = golden.inventory()[offer["car_id"]]["car_price"]
+    rows = engine.schedule(golden.terms_of(customer), price, offer["term"], golden.params())
+    assert len(rows) == len(record["schedule"]) == offer["term"]
+    assert golden.close(rows[0].exigible, offer["monthly_payment"])
+    for got, want in zip(rows, record["schedule"]):
+        for field, value in asdict(got).items():
+            assert golden.close(value, want[field]), (got.cuota, field, value, want[field])

@@ -1,0 +1,129 @@
+"""Bad inputs raise EngineInputError naming the field; the implementation choice is explicit."""
+import math
+import sys
+
+import pytest
+
+from engine_ext import (CustomerTerms, Engine, EngineInputError, Fees, KernelUnavailableError, PricingParams,
+                        SubsidyGrid, TierBounds, load_kernel)
+
+GOOD = dict(current_monthly_payment=5000.0, vehicle_equity=100_000.0, risk_profile_name="A1", risk_profile_index=3)
+
+
+def customer(**changes):
+    return CustomerTerms(**{**GOOD, **changes})
+
+
+@pytest.mark.parametrize("changes, field", [
+    ({"current_monthly_payment": 0.0}, "current_monthly_payment"),
+    ({"current_monthly_payment": -10.0}, "current_monthly_payment"),
+    ({"current_monthly_payment": math.nan}, "current_monthly_payment"),
+    ({"vehicle_equity": math.inf}, "vehicle_equity"),
+    ({"vehicle_equity": "lots"}, "vehicle_equity"),
+    ({"risk_profile_index": -1}, "risk_profile_index"),
+])
+def test_bad_customer(changes, field):
+    with pytest.raises(EngineInputError) as err:
+        customer(**changes)
+    assert err.value.field == field
+
+
+@pytest.mark.parametrize("price", [math.nan, math.inf, -1.0, 0.0, 1e12])
+def test_bad_car_price_names_the_car(engine, price):
+    with pytest.raises(EngineInputError) as err:
+        engine.price(customer(), ["A", "B", "C"], [200_000.0, price, 300_000.0], PricingParams())
+    assert err.value.field == "cars[1].price"
+    with pytest.raises(EngineInputError) as err:
+        engine.minimum_subsidy(customer(), ["A", "B"], [200_000.0, price], PricingParams())
+    assert err.value.field == "cars[1].price"
+    with pytest.raises(EngineInputError):
+        engine.schedule(customer(), price, 48, PricingParams())
+
+
+def test_profile_index_beyond_the_table(engine):
+    with pytest.raises(EngineInputError) as err:
+        engine.price(customer(risk_profile_index=26), ["A"], [200_000.0], PricingParams())
+    assert err.value.field == "risk_profile_index"
+
+
+def test_ids_and_prices_must_pair_up(engine):
+    with pytest.raises(EngineInputError) as err:
+        engine.price(customer(), ["A", "B"], [200_000.0], PricingParams())
+    assert err.value.field == "cars"
+
+
+@pytest.mark.parametrize("build, field", [
+    (lambda: PricingParams(terms=(12, 18)), "terms"),
+    (lambda: PricingParams().with_overrides(terms=[84]), "terms"),
+    (lambda: PricingParams(rate_override=150.0), "rate_override"),
+    (lambda: PricingParams(rate_override=-0.1), "rate_override"),
+    (lambda: PricingParams().with_overrides(interest_rate=math.nan), "rate_override"),
+    (lambda: PricingParams(interest_rate_table={"A": 2000}), "interest_rate_table.A"),
+    (lambda: PricingParams(down_payment_rows=((0.2,) * 5,) * 26), "down_payment_table.rows_by_risk_profile_index"),
+    (lambda: PricingParams(down_payment_rows=()), "down_payment_table.rows_by_risk_profile_index"),
+    (lambda: PricingParams(down_payment_rows=((0.2,) * 6,) * 3), "risk_profile_index.A1"),
+    (lambda: PricingParams(down_payment_rows=((0.2, 0.2, 0.2, 0.2, 0.2, math.nan),) * 26),
+     "down_payment_table.rows_by_risk_profile_index[0][5]"),
+    (lambda: PricingParams(fees=Fees(service_fee_pct=1.5)), "fees.service_fee_pct"),
+    (lambda: PricingParams().with_overrides(insurance_amount=-1.0), "fees.insurance_amount"),
+    (lambda: PricingParams().with_overrides(bogus=1.0), "bogus"),
+    (lambda: TierBounds(0.1, 0.05, 0.25, 1.0), "tiers"),
+    (lambda: SubsidyGrid(term_order=(48, 48)), "subsidy.term_order"),
+    (lambda: SubsidyGrid(cac_step=0.0), "subsidy.cac_step"),
+    (lambda: PricingParams(subsidy=SubsidyGrid(term_order=(84,))), "subsidy.term_order"),
+    (lambda: PricingParams.from_dict({"unknown": 1}), "unknown"),
+    (lambda: PricingParams.from_dict({"fees": {"service_fee": 0.1}}), "fees.service_fee"),
+])
+def test_bad_parameters_name_the_field(build, field):
+    with pytest.raises(EngineInputError) as err:
+        build()
+    assert err.value.field == field
+
+
+def test_rate_above_one_is_percent():
+    assert PricingParams(rate_override=18.5).rate_override == pytest.approx(0.185)
+
+
+def test_term_adjustment_cannot_push_the_rate_out_of_range(engine):
+    params = PricingParams(rate_override=0.0, term_rate_adjustments={60: -0.05})
+    with pytest.raises(EngineInputError) as err:
+        engine.price(customer(), ["A"], [300_000.0], params)
+    assert err.value.field == "interest_rate"
+
+
+def test_zero_rate_prices_as_straight_line(engine):
+    params = PricingParams(rate_override=0.0, terms=(12,), fees=Fees(kavak_total_amount=0, insurance_amount=0))
+    rows = engine.schedule(customer(), 300_000.0, 12, params)
+    assert all(r.interes == 0.0 for r in rows)
+    assert sum(r.capital for r in rows) == pytest.approx(rows[0].saldo_insoluto + params.fees.gps_installation_fee * 1.16)
+
+
+def test_compiled_kernel_is_built_and_is_the_default(monkeypatch):
+    """Fails if the extension silently did not build."""
+    monkeypatch.delenv("TRADEUP_ENGINE", raising=False)
+    assert load_kernel().IMPLEMENTATION == "compiled"
+    assert load_kernel("python").IMPLEMENTATION == "python"
+    monkeypatch.setenv("TRADEUP_ENGINE", "python")
+    assert load_kernel().IMPLEMENTATION == "python"
+
+
+def test_missing_extension_is_an_error_that_says_how_to_build(monkeypatch):
+    monkeypatch.delenv("TRADEUP_ENGINE", raising=False)
+    monkeypatch.setitem(sys.modules, "engine_ext._kernel", None)  # makes the import fail
+    with pytest.raises(KernelUnavailableError, match="pip install -e"):
+        load_kernel()
+
+
+def test_unknown_implementation_is_rejected():
+    with pytest.raises(EngineInputError) as err:
+        load_kernel("fortran")
+    assert err.value.field == "TRADEUP_ENGINE"
+
+
+def test_one_requests_overrides_do_not_leak(engine):
+    base = PricingParams()
+    cheap = base.with_overrides(service_fee_pct=0.0, interest_rate=0.05)
+    first = list(engine.price(customer(), ["A"], [250_000.0], base))
+    engine.price(customer(), ["A"], [250_000.0], cheap)
+    assert list(engine.price(customer(), ["A"], [250_000.0], base)) == first
+    assert base.fees.service_fee_pct == 0.04 and base.rate_override is None
