@@ -106,8 +106,7 @@ def match_cars(const long[:] years, const double[:] prices, const long[:] kilome
                     and (region < 0 or regions[row] == region)):
                 out[count] = row
                 count += 1
-    del found[count:]
-    return found
+    return found[:count]  # a copy: `found` cannot shrink while `out` views it
 
 
 # --- SPEC §3: offers -------------------------------------------------------------------------

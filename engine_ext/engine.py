@@ -94,12 +94,16 @@ class OfferSet:
         return len(self.order)
 
     def offer(self, position: int) -> Offer:
-        slot = self.order[position]
+        """The offer ranked at `position` (0 = best)."""
+        return self.at_slot(self.order[position])
+
+    def at_slot(self, slot: int) -> Offer:
+        """The priced (car, term) slot car * n_terms + t; tier "" when it is outside every tier."""
         plan, out = self.plan, self.columns
         n_terms = len(plan.columns.terms)
         car, t = divmod(slot, n_terms)
         return Offer(
-            car_id=self.car_ids[car], term=plan.columns.terms[t], tier=TIER_NAMES[out.status[slot]],
+            car_id=self.car_ids[car], term=plan.columns.terms[t], tier=TIER_NAMES.get(out.status[slot], ""),
             monthly_payment=out.payment[slot], payment_delta=out.delta[slot], loan_amount=out.financed[car],
             effective_equity=out.equity[car], service_fee_amount=out.service_fee[car], cxa_amount=out.cxa[car],
             kavak_total_amount=plan.kavak_total, insurance_amount=plan.insurance,

@@ -1,0 +1,97 @@
+"""Assembles the service from its settings: database, breaker, caches, engine, services, server."""
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent import futures
+
+from grpc_health.v1 import health
+
+from engine_ext import Engine, load_kernel
+
+from .config import Settings, SettingsStore
+from .data import demo
+from .data.breaker import CircuitBreaker
+from .data.database import open_database
+from .data.inventory import InventoryCache
+from .data.repository import Repository
+from .rpc.interceptors import ServiceInterceptor
+from .rpc.server import HealthMonitor, create_server
+from .rpc.servicers import AdminServicer, OfferServicer
+from .services.admin import AdminService
+from .services.offers import OfferService
+
+log = logging.getLogger("tradeup.server")
+
+
+def open_repository(settings: Settings) -> Repository:
+    d = settings.database
+    return Repository(open_database(d), CircuitBreaker(d.breaker_failures, d.breaker_reset_seconds))
+
+
+def seed_demo_data(repository: Repository, cars: int = 4000, customers: int = 5000) -> None:
+    repository.put_cars(demo.demo_cars(cars))
+    repository.put_customers(demo.demo_customers(customers))
+
+
+class Application:
+    def __init__(self, settings: Settings, address: str | None = None):
+        self.settings = SettingsStore(settings)
+        self.repository = open_repository(settings)
+        kernel = load_kernel(settings.engine.implementation)
+        e = settings.engine
+        self.engine = Engine(kernel, workers=e.workers or None, offer_chunk_cars=e.offer_chunk_cars,
+                             subsidy_chunk_cars=e.subsidy_chunk_cars)
+        self.inventory = InventoryCache(self.repository, settings.cache.inventory_ttl_seconds,
+                                        settings.cache.prefilter_max_entries)
+        self.offers = OfferService(self.settings, self.repository, self.inventory, self.engine)
+        self.health = health.HealthServicer(experimental_non_blocking=True,
+                                            experimental_thread_pool=futures.ThreadPoolExecutor(max_workers=1))
+        self.monitor = HealthMonitor(self.health, self._ping, settings.database.health_check_seconds)
+        self.repository.breaker.listeners.append(self.monitor.on_breaker)
+        self.admin = AdminService(self.settings, self.repository, self.inventory, kernel.IMPLEMENTATION,
+                                  lambda: self.monitor.reachable)
+        self.interceptor = ServiceInterceptor()
+        self.server, self.port = create_server(
+            settings, OfferServicer(self.offers, settings.server.stream_batch_size, settings.server.max_bulk_customers),
+            AdminServicer(self.admin), self.health, self.interceptor, address)
+        self._prepared = False
+        self._prepare_lock = threading.Lock()
+        self.stopped = threading.Event()
+
+    def prepare_database(self) -> None:
+        """Migrate, and seed an empty database with the demo data when configured to."""
+        with self._prepare_lock:
+            if self._prepared:
+                return
+            self.repository.migrate()
+            if self.settings.current.database.seed_demo_data and self.repository.counts() == (0, 0):
+                log.info("empty database: loading the demo data")
+                seed_demo_data(self.repository)
+            self.repository.database.warm_up()
+            self._prepared = True
+
+    def _ping(self, timeout: float) -> None:
+        if not self._prepared:
+            self.prepare_database()  # the database was down at start-up
+        self.repository.ping(timeout)
+
+    def start(self) -> None:
+        try:
+            self.prepare_database()
+            self.inventory.snapshot()
+        except Exception as exc:  # serve anyway: health says NOT_SERVING until the database answers
+            log.warning("database not ready at start-up (%s); will retry", exc)
+        self.server.start()
+        self.monitor.start()
+
+    def stop(self, grace: float | None = None) -> None:
+        """Health NOT_SERVING, refuse new calls, let in-flight ones finish within `grace`."""
+        if self.stopped.is_set():
+            return
+        self.monitor.begin_shutdown()
+        grace = self.settings.current.server.grace_seconds if grace is None else grace
+        self.server.stop(grace).wait()
+        self.engine.close()
+        self.repository.database.close()
+        self.stopped.set()

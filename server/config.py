@@ -1,0 +1,302 @@
+"""Configuration: one typed schema with documented defaults, the single source of truth.
+
+Sources, lowest priority first: the defaults below, environment variables, the JSON files
+listed in TRADEUP_CONFIG_FILES (comma-separated), then the runtime-overrides JSON file that
+the admin service writes. Every key names its environment variable; secrets can also be read
+from a file named by `<VARIABLE>_FILE`. Invalid values stop start-up with ConfigError naming
+the key. `business` holds the pricing parameters (SPEC §4) in the params.json layout.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import threading
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+from urllib.parse import unquote, urlparse
+
+from engine_ext import EngineInputError, PricingParams
+
+from .errors import ConfigError
+
+REDACTED = "***"
+
+
+def key(default: Any, env: str, doc: str, *, minimum: float | None = None, maximum: float | None = None,
+        choices: tuple[str, ...] | None = None, secret: bool = False):
+    return field(default=default, metadata={"env": env, "doc": doc, "minimum": minimum, "maximum": maximum,
+                                            "choices": choices, "secret": secret})
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    host: str = key("[::]", "TRADEUP_HOST", "address to listen on")
+    port: int = key(50051, "TRADEUP_PORT", "gRPC port (0 = any free port)", minimum=0, maximum=65535)
+    max_workers: int = key(32, "TRADEUP_MAX_WORKERS", "threads serving RPCs", minimum=1, maximum=1024)
+    max_concurrent_rpcs: int = key(64, "TRADEUP_MAX_CONCURRENT_RPCS",
+                                   "calls in progress at once; more get RESOURCE_EXHAUSTED", minimum=1, maximum=100000)
+    max_message_bytes: int = key(16 * 1024 * 1024, "TRADEUP_MAX_MESSAGE_BYTES",
+                                 "largest request or response message", minimum=1024, maximum=1 << 30)
+    grace_seconds: float = key(10.0, "TRADEUP_GRACE_SECONDS",
+                               "on SIGTERM, time in-flight calls get to finish", minimum=0, maximum=3600)
+    stream_batch_size: int = key(200, "TRADEUP_STREAM_BATCH_SIZE",
+                                 "offers or subsidy results per streamed message", minimum=1, maximum=10000)
+    max_bulk_customers: int = key(10000, "TRADEUP_MAX_BULK_CUSTOMERS",
+                                  "requests on one GenerateOffersBulk stream", minimum=1, maximum=1000000)
+    admin_token: str = key("", "TRADEUP_ADMIN_TOKEN",
+                           "bearer token of the AdminService (empty: admin calls are refused)", secret=True)
+    runtime_overrides_file: str = key("var/runtime-overrides.json", "TRADEUP_RUNTIME_OVERRIDES_FILE",
+                                      "where AdminService persists business-parameter changes")
+    log_level: str = key("INFO", "TRADEUP_LOG_LEVEL", "logging level",
+                         choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+
+
+@dataclass(frozen=True)
+class DatabaseSettings:
+    url: str = key("", "TRADEUP_DATABASE_URL",
+                   "MySQL DSN mysql://user:password@host:port/database (overrides host..database)", secret=True)
+    host: str = key("", "TRADEUP_DATABASE_HOST", "MySQL host; empty with no url: the embedded SQLite database")
+    port: int = key(3306, "TRADEUP_DATABASE_PORT", "MySQL port", minimum=1, maximum=65535)
+    user: str = key("tradeup", "TRADEUP_DATABASE_USER", "MySQL user")
+    password: str = key("", "TRADEUP_DATABASE_PASSWORD", "MySQL password", secret=True)
+    database: str = key("tradeup", "TRADEUP_DATABASE_NAME", "MySQL database")
+    sqlite_path: str = key("var/tradeup.db", "TRADEUP_SQLITE_PATH", "embedded database file")
+    seed_demo_data: bool = key(True, "TRADEUP_SEED_DEMO_DATA", "seed an empty database with the demo data at start")
+    pool_min_cached: int = key(2, "TRADEUP_POOL_MIN_CACHED", "idle connections opened at start", minimum=0, maximum=1000)
+    pool_max_cached: int = key(8, "TRADEUP_POOL_MAX_CACHED", "idle connections kept", minimum=0, maximum=1000)
+    pool_max_connections: int = key(32, "TRADEUP_POOL_MAX_CONNECTIONS",
+                                    "connections at most (0 = unlimited)", minimum=0, maximum=10000)
+    pool_blocking: bool = key(True, "TRADEUP_POOL_BLOCKING",
+                              "wait for a free connection (else fail at once with UNAVAILABLE)")
+    pool_ping: int = key(1, "TRADEUP_POOL_PING",
+                         "DBUtils ping policy: 0 never, 1 when taken from the pool, 7 always", minimum=0, maximum=7)
+    connect_timeout: float = key(2.0, "TRADEUP_DATABASE_CONNECT_TIMEOUT", "seconds", minimum=0.1, maximum=300)
+    read_timeout: float = key(5.0, "TRADEUP_DATABASE_READ_TIMEOUT", "seconds", minimum=0.1, maximum=3600)
+    write_timeout: float = key(5.0, "TRADEUP_DATABASE_WRITE_TIMEOUT", "seconds", minimum=0.1, maximum=3600)
+    autocommit: bool = key(True, "TRADEUP_DATABASE_AUTOCOMMIT", "autocommit on pooled connections")
+    breaker_failures: int = key(3, "TRADEUP_BREAKER_FAILURES",
+                                "consecutive database failures that open the circuit", minimum=1, maximum=1000)
+    breaker_reset_seconds: float = key(2.0, "TRADEUP_BREAKER_RESET_SECONDS",
+                                       "how long the circuit stays open before one probe", minimum=0.01, maximum=3600)
+    health_check_seconds: float = key(1.0, "TRADEUP_HEALTH_CHECK_SECONDS",
+                                      "how often health pings the database", minimum=0.05, maximum=3600)
+
+    @property
+    def backend(self) -> str:
+        return "mysql" if self.url or self.host else "sqlite"
+
+    def mysql_params(self) -> dict[str, Any]:
+        """host, port, user, password, database: from the url when given."""
+        if not self.url:
+            return {"host": self.host, "port": self.port, "user": self.user, "password": self.password,
+                    "database": self.database}
+        parsed = urlparse(self.url)
+        if parsed.scheme not in ("mysql", "mariadb", "mysql+pymysql") or not parsed.hostname:
+            raise ConfigError("database.url", "must look like mysql://user:password@host:port/database")
+        return {"host": parsed.hostname, "port": parsed.port or 3306, "user": unquote(parsed.username or ""),
+                "password": unquote(parsed.password or ""), "database": parsed.path.lstrip("/") or self.database}
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    inventory_ttl_seconds: float = key(4 * 3600.0, "TRADEUP_INVENTORY_TTL_SECONDS",
+                                       "lifetime of the cached inventory snapshot", minimum=0.001, maximum=7 * 86400)
+    prefilter_max_entries: int = key(10000, "TRADEUP_PREFILTER_CACHE_ENTRIES",
+                                     "cached SQL prefilter results (sql mode)", minimum=1, maximum=10_000_000)
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    implementation: str = key("compiled", "TRADEUP_ENGINE", "pricing kernel", choices=("compiled", "python"))
+    workers: int = key(0, "TRADEUP_ENGINE_WORKERS", "threads per request (0 = CPU count)", minimum=0, maximum=256)
+    offer_chunk_cars: int = key(2048, "TRADEUP_ENGINE_OFFER_CHUNK_CARS",
+                                "cars per thread task when pricing offers", minimum=1, maximum=1_000_000)
+    subsidy_chunk_cars: int = key(16, "TRADEUP_ENGINE_SUBSIDY_CHUNK_CARS",
+                                  "cars per thread task in the subsidy search", minimum=1, maximum=1_000_000)
+
+
+@dataclass(frozen=True)
+class PrefilterSettings:
+    mode: str = key("snapshot", "TRADEUP_PREFILTER_MODE",
+                    "snapshot: match in memory against the cached inventory; sql: query per request",
+                    choices=("snapshot", "sql"))
+    default_limit: int = key(500, "TRADEUP_PREFILTER_LIMIT", "cars per customer by default", minimum=1, maximum=2000)
+    max_limit: int = key(2000, "TRADEUP_PREFILTER_MAX_LIMIT", "largest max_cars a request may ask", minimum=1,
+                         maximum=100000)
+
+
+SECTIONS = {"server": ServerSettings, "database": DatabaseSettings, "cache": CacheSettings,
+            "engine": EngineSettings, "prefilter": PrefilterSettings}
+
+
+@dataclass(frozen=True)
+class Settings:
+    server: ServerSettings = field(default_factory=ServerSettings)
+    database: DatabaseSettings = field(default_factory=DatabaseSettings)
+    cache: CacheSettings = field(default_factory=CacheSettings)
+    engine: EngineSettings = field(default_factory=EngineSettings)
+    prefilter: PrefilterSettings = field(default_factory=PrefilterSettings)
+    business: PricingParams = field(default_factory=PricingParams)
+
+    def to_dict(self, redact: bool = True) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name in SECTIONS:
+            section = getattr(self, name)
+            out[name] = {f.name: (REDACTED if redact and f.metadata["secret"] and getattr(section, f.name)
+                                  else getattr(section, f.name)) for f in fields(section)}
+        out["business"] = self.business.to_dict()
+        return out
+
+
+def _coerce(section: str, f, value: Any) -> Any:
+    name = f"{section}.{f.name}"
+    meta, kind = f.metadata, f.type
+    try:
+        if kind == "bool":
+            if isinstance(value, str):
+                lowered = value.strip().lower()
+                if lowered not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+                    raise ValueError
+                value = lowered in ("1", "true", "yes", "on")
+            elif not isinstance(value, bool):
+                raise ValueError
+        elif kind == "int":
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            value = int(value)
+        elif kind == "float":
+            if isinstance(value, bool):
+                raise ValueError
+            value = float(value)
+            if value != value or value in (float("inf"), float("-inf")):
+                raise ValueError
+        elif kind == "str":
+            if not isinstance(value, str):
+                raise ValueError
+    except (TypeError, ValueError):
+        raise ConfigError(name, f"must be a {kind}, got {value!r}") from None
+    if meta["minimum"] is not None and value < meta["minimum"]:
+        raise ConfigError(name, f"must be >= {meta['minimum']}, got {value!r}")
+    if meta["maximum"] is not None and value > meta["maximum"]:
+        raise ConfigError(name, f"must be <= {meta['maximum']}, got {value!r}")
+    if meta["choices"] and value not in meta["choices"]:
+        raise ConfigError(name, f"must be one of {', '.join(meta['choices'])}, got {value!r}")
+    return value
+
+
+def _from_environment(environ: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    raw: dict[str, dict[str, Any]] = {}
+    for section, cls in SECTIONS.items():
+        for f in fields(cls):
+            env = f.metadata["env"]
+            if env in environ:
+                raw.setdefault(section, {})[f.name] = environ[env]
+            elif f.metadata["secret"] and f"{env}_FILE" in environ:
+                try:
+                    raw.setdefault(section, {})[f.name] = Path(environ[f"{env}_FILE"]).read_text().strip()
+                except OSError as exc:
+                    raise ConfigError(f"{env}_FILE", f"cannot read {environ[env + '_FILE']}: {exc.strerror}") from None
+    return raw
+
+
+def deep_merge(base: dict[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of base with changes merged in key by key (nested objects merged, the rest replaced)."""
+    merged = dict(base)
+    for name, value in changes.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(name), Mapping):
+            merged[name] = deep_merge(dict(merged[name]), value)
+        else:
+            merged[name] = value
+    return merged
+
+
+def _read_json(path: str, what: str) -> dict[str, Any]:
+    try:
+        data = json.loads(Path(path).read_text())
+    except OSError as exc:
+        raise ConfigError(what, f"cannot read {path}: {exc.strerror}") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(what, f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(what, f"{path} must hold a JSON object")
+    return data
+
+
+def build_settings(raw: Mapping[str, Any]) -> Settings:
+    """Validate a nested dict of sections into Settings (ConfigError names the bad key)."""
+    unknown = set(raw) - set(SECTIONS) - {"business"}
+    if unknown:
+        raise ConfigError(sorted(unknown)[0], f"unknown section (sections: {', '.join([*SECTIONS, 'business'])})")
+    built: dict[str, Any] = {}
+    for section, cls in SECTIONS.items():
+        values = raw.get(section, {})
+        if not isinstance(values, Mapping):
+            raise ConfigError(section, "must be an object")
+        names = {f.name: f for f in fields(cls)}
+        for name in values:
+            if name not in names:
+                raise ConfigError(f"{section}.{name}", "unknown key")
+        built[section] = cls(**{name: _coerce(section, names[name], value) for name, value in values.items()})
+    try:
+        built["business"] = PricingParams.from_dict(raw.get("business", {}))
+    except EngineInputError as exc:
+        raise ConfigError(f"business.{exc.field}", exc.reason) from None
+    except (TypeError, KeyError, AttributeError) as exc:
+        raise ConfigError("business", f"malformed: {exc}") from None
+    settings = Settings(**built)
+    if settings.database.backend == "mysql":
+        settings.database.mysql_params()  # validates the url
+    return settings
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    environ = os.environ if environ is None else environ
+    raw: dict[str, Any] = _from_environment(environ)
+    for path in filter(None, (p.strip() for p in environ.get("TRADEUP_CONFIG_FILES", "").split(","))):
+        raw = deep_merge(raw, _read_json(path, "TRADEUP_CONFIG_FILES"))
+    overrides_path = raw.get("server", {}).get("runtime_overrides_file", ServerSettings.runtime_overrides_file)
+    if isinstance(overrides_path, str) and Path(overrides_path).exists():
+        raw = deep_merge(raw, _read_json(overrides_path, "server.runtime_overrides_file"))
+    return build_settings(raw)
+
+
+class SettingsStore:
+    """The settings in effect. Readers take `current` once per request; an update builds and
+    validates complete new settings, persists them, then swaps the reference: never half-applied."""
+
+    def __init__(self, settings: Settings):
+        self.current = settings
+        self._lock = threading.Lock()
+
+    def update_business(self, changes: Mapping[str, Any]) -> PricingParams:
+        with self._lock:
+            merged = deep_merge(self.current.business.to_dict(), changes)
+            try:
+                business = PricingParams.from_dict(merged)
+            except EngineInputError as exc:
+                raise ConfigError(f"business.{exc.field}", exc.reason) from None
+            except (TypeError, KeyError, AttributeError) as exc:
+                raise ConfigError("business", f"malformed: {exc}") from None
+            path = Path(self.current.server.runtime_overrides_file)
+            persisted = _read_json(str(path), "server.runtime_overrides_file") if path.exists() else {}
+            persisted["business"] = business.to_dict()
+            _write_atomically(path, json.dumps(persisted, indent=1, sort_keys=True))
+            self.current = Settings(**{**{name: getattr(self.current, name) for name in SECTIONS},
+                                       "business": business})
+            return business
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(handle, "w") as out:
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise

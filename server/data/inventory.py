@@ -1,0 +1,131 @@
+"""The inventory snapshot and the caches in front of the database.
+
+The snapshot holds every available car as compact columns sorted in prefilter order (year
+desc, price desc, car_id asc), so a request matches its cars in memory with the compiled
+kernel instead of fetching and parsing hundreds of rows. It lives in a TTLCache (default 4 h)
+and is rebuilt on expiry or invalidation. In `sql` prefilter mode the database stays the judge
+of which cars qualify and the id lists it returns are cached too.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from array import array
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+from cachetools import TTLCache
+
+from ..domain import Car, Customer
+from .repository import Repository
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The prefiltered cars of one request, as the engine takes them."""
+    car_ids: list[str]
+    prices: array     # 'd', MXN
+    ranks: array      # 'l', rank of each car by car_id
+    rows: array       # 'l', rows of the snapshot
+
+
+class InventorySnapshot:
+    def __init__(self, cars: Sequence[Car], loaded_at: float):
+        cars = sorted(cars, key=lambda c: (-c.year, -c.price, c.car_id))
+        self.cars = cars
+        self.loaded_at = loaded_at
+        self.car_ids = [c.car_id for c in cars]
+        self.years = array("l", (c.year for c in cars))
+        self.prices = array("d", (c.price for c in cars))
+        self.kilometers = array("l", (c.kilometers for c in cars))
+        self.region_codes: dict[str, int] = {}
+        self.regions = array("l", (self.region_codes.setdefault(c.region, len(self.region_codes)) for c in cars))
+        self.ranks = array("l", bytes(array("l").itemsize * len(cars)))
+        for rank, row in enumerate(sorted(range(len(cars)), key=self.car_ids.__getitem__)):
+            self.ranks[row] = rank
+        self.row_of = {car_id: row for row, car_id in enumerate(self.car_ids)}
+
+    def __len__(self) -> int:
+        return len(self.cars)
+
+    def select(self, rows: Sequence[int]) -> Selection:
+        return Selection(car_ids=[self.car_ids[r] for r in rows], prices=array("d", (self.prices[r] for r in rows)),
+                         ranks=array("l", (self.ranks[r] for r in rows)),
+                         rows=rows if isinstance(rows, array) else array("l", rows))
+
+    def match(self, kernel, customer: Customer, same_region: bool, limit: int) -> Selection:
+        """SPEC §2 against the snapshot, with the compiled (or twin) kernel."""
+        region = self.region_codes.get(customer.region, -2) if same_region else -1
+        rows = kernel.match_cars(self.years, self.prices, self.kilometers, self.regions,
+                                 float(customer.current_car_price), int(customer.current_car_year),
+                                 int(customer.current_car_km), region, limit)
+        return self.select(rows)
+
+
+class InventoryCache:
+    """Snapshot and prefilter-result caches with hit/miss counters; thread-safe."""
+
+    def __init__(self, repository: Repository, ttl_seconds: float, prefilter_entries: int,
+                 clock: Callable[[], float] = time.monotonic):
+        self.repository = repository
+        self._clock = clock
+        self._snapshots: TTLCache = TTLCache(maxsize=1, ttl=ttl_seconds, timer=clock)
+        self._prefilter: TTLCache = TTLCache(maxsize=prefilter_entries, ttl=ttl_seconds, timer=clock)
+        self._lock = threading.Lock()
+        self._load_lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def _get(self, cache: TTLCache, key):
+        with self._lock:
+            value = cache.get(key)
+            if value is None:
+                self.misses += 1
+            else:
+                self.hits += 1
+            return value
+
+    def snapshot(self, timeout: float | None = None) -> InventorySnapshot:
+        snapshot = self._get(self._snapshots, "inventory")
+        if snapshot is not None:
+            return snapshot
+        with self._load_lock:  # one load at a time; the others then find it cached
+            with self._lock:
+                snapshot = self._snapshots.get("inventory")
+            if snapshot is None:
+                snapshot = InventorySnapshot(self.repository.available_cars(timeout), self._clock())
+                with self._lock:
+                    self._snapshots["inventory"] = snapshot
+            return snapshot
+
+    def prefilter_sql(self, customer: Customer, same_region: bool, limit: int,
+                      timeout: float | None = None) -> Selection:
+        """SPEC §2 in the database (ids only), the cars' details from the snapshot."""
+        snapshot = self.snapshot(timeout)
+        region = customer.region if same_region else None
+        key = (float(customer.current_car_price), int(customer.current_car_year), int(customer.current_car_km),
+               region, limit, id(snapshot))
+        rows = self._get(self._prefilter, key)
+        if rows is None:
+            ids = self.repository.prefilter_ids(*key[:5], timeout=timeout)
+            # A car sold after the snapshot was taken is not priced until the snapshot reloads.
+            rows = array("l", (snapshot.row_of[i] for i in ids if i in snapshot.row_of))
+            with self._lock:
+                self._prefilter[key] = rows
+        return snapshot.select(rows)
+
+    def invalidate(self) -> int:
+        with self._lock:
+            removed = len(self._snapshots) + len(self._prefilter)
+            self._snapshots.clear()
+            self._prefilter.clear()
+            return removed
+
+    def status(self) -> dict:
+        with self._lock:
+            snapshot = self._snapshots.get("inventory")
+            total = self.hits + self.misses
+            return {"inventory_cars": len(snapshot) if snapshot else 0,
+                    "inventory_age_seconds": self._clock() - snapshot.loaded_at if snapshot else 0.0,
+                    "prefilter_cache_entries": len(self._prefilter), "cache_hits": self.hits,
+                    "cache_misses": self.misses, "cache_hit_rate": self.hits / total if total else 0.0}

@@ -1,0 +1,16 @@
+"""Logging set-up: one line per record with the request id of the call being served."""
+from __future__ import annotations
+
+import logging
+import sys
+
+from .rpc.interceptors import RequestIdFilter
+
+
+def configure_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(RequestIdFilter())
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)

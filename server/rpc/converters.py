@@ -1,0 +1,173 @@
+"""Every protobuf <-> domain conversion of the service, in one place."""
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+from google.protobuf import json_format, struct_pb2
+
+from engine_ext import OfferSet, ScheduleRow, SubsidyResult
+from engine_ext.constants import ALL_TIERS, TIER_MAX_UPGRADE, TIER_REFRESH, TIER_UPGRADE
+
+from protos.tradeup.v1 import admin_pb2, offers_pb2 as pb
+
+from ..domain import Customer
+from ..errors import InvalidArgument
+from ..services.offers import OVERRIDE_FIELDS, CustomerRef, OfferQuery, OfferResult
+
+MAX_TERMS_IN_REQUEST = 24
+SUBSIDY_OUTCOMES = {
+    None: pb.SUBSIDY_OUTCOME_VIABLE,
+    "Payment_Delta_Too_High": pb.SUBSIDY_OUTCOME_PAYMENT_DELTA_TOO_HIGH,
+    "NPV_Below_Minimum": pb.SUBSIDY_OUTCOME_NPV_BELOW_MINIMUM,
+    "LTV_Too_High": pb.SUBSIDY_OUTCOME_LTV_TOO_HIGH,
+    "Down_Payment_Not_Met": pb.SUBSIDY_OUTCOME_DOWN_PAYMENT_NOT_MET,
+}
+# Engine tier codes are the proto enum values.
+assert (TIER_REFRESH, TIER_UPGRADE, TIER_MAX_UPGRADE) == (pb.TIER_REFRESH, pb.TIER_UPGRADE, pb.TIER_MAX_UPGRADE)
+
+
+# --- requests -> domain --------------------------------------------------------------------------
+def _text(value: str, name: str, limit: int) -> str:
+    if len(value) > limit or not value.isprintable():
+        raise InvalidArgument(f"must be at most {limit} printable characters", name)
+    return value
+
+
+def customer_ref(request: Any) -> CustomerRef:
+    which = request.WhichOneof("customer")
+    if which == "customer_id":
+        return CustomerRef(customer_id=request.customer_id)
+    if which == "profile":
+        return CustomerRef(profile=profile_to_domain(request.profile))
+    raise InvalidArgument("give either customer_id or an inline profile", "customer")
+
+
+def profile_to_domain(profile: pb.CustomerProfile) -> Customer:
+    name = _text(profile.risk_profile_name, "profile.risk_profile_name", 16)
+    if profile.HasField("risk_profile_index"):
+        index = profile.risk_profile_index
+        if not 0 <= index <= 1000:
+            raise InvalidArgument(f"must be within 0..1000, got {index}", "profile.risk_profile_index")
+    else:
+        index = None  # the service maps the name with the configured table
+    return Customer(customer_id=_text(profile.customer_id, "profile.customer_id", 64),
+                    current_monthly_payment=profile.current_monthly_payment,
+                    outstanding_balance=profile.outstanding_balance, current_car_price=profile.current_car_price,
+                    current_car_year=profile.current_car_year, current_car_km=profile.current_car_km,
+                    risk_profile_name=name, risk_profile_index=index,
+                    region=_text(profile.region, "profile.region", 64))
+
+
+def overrides_to_domain(overrides: pb.PricingOverrides) -> dict[str, float]:
+    values = {}
+    for name in OVERRIDE_FIELDS:
+        if overrides.HasField(name):
+            value = getattr(overrides, name)
+            if not math.isfinite(value):
+                raise InvalidArgument(f"must be finite, got {value}", f"overrides.{name}")
+            values[name] = value
+    return values
+
+
+def offer_query(request: Any) -> OfferQuery:
+    options = request.options
+    if len(options.terms) > MAX_TERMS_IN_REQUEST:
+        raise InvalidArgument(f"at most {MAX_TERMS_IN_REQUEST} terms", "options.terms")
+    if len(options.tiers) > len(ALL_TIERS) * 4:
+        raise InvalidArgument("too many tiers", "options.tiers")
+    for tier in options.tiers:
+        if tier not in ALL_TIERS:
+            raise InvalidArgument(f"must be TIER_REFRESH, TIER_UPGRADE or TIER_MAX_UPGRADE, got {tier}", "options.tiers")
+    return OfferQuery(customer=customer_ref(request), overrides=overrides_to_domain(request.overrides),
+                      terms=tuple(options.terms), tiers=tuple(options.tiers), max_offers=options.max_offers,
+                      same_region=options.same_region, max_cars=options.max_cars)
+
+
+def subsidy_query(request: pb.FindMinimumSubsidyRequest) -> OfferQuery:
+    if len(request.car_ids) > 100_000:
+        raise InvalidArgument("too many car ids", "car_ids")
+    return OfferQuery(customer=customer_ref(request), overrides=overrides_to_domain(request.overrides),
+                      same_region=request.same_region, max_cars=request.max_cars)
+
+
+# --- domain -> responses -------------------------------------------------------------------------
+def offers_to_pb(offers: OfferSet, positions: range) -> list[pb.Offer]:
+    """Offers by rank, built straight from the engine's columns (no intermediate objects)."""
+    plan, out, ids, order = offers.plan, offers.columns, offers.car_ids, offers.order
+    terms, rates = plan.columns.terms, plan.columns.annual_rates
+    n_terms = len(terms)
+    kavak, insurance, gps_install, gps_monthly = plan.kavak_total, plan.insurance, plan.gps_install, plan.gps_monthly
+    built = []
+    for position in positions:
+        slot = order[position]
+        car, t = divmod(slot, n_terms)
+        built.append(pb.Offer(
+            car_id=ids[car], term=terms[t], tier=out.status[slot], monthly_payment=out.payment[slot],
+            payment_delta=out.delta[slot], loan_amount=out.financed[car], effective_equity=out.equity[car],
+            service_fee_amount=out.service_fee[car], cxa_amount=out.cxa[car], kavak_total_amount=kavak,
+            insurance_amount=insurance, gps_install_fee=gps_install, gps_monthly_fee=gps_monthly,
+            npv=out.npv[car], interest_rate=rates[t]))
+    return built
+
+
+def summary_to_pb(result: OfferResult) -> pb.OfferSummary:
+    counts, rejected = result.offers.tier_counts, result.offers.rejected
+    wanted = set(result.tiers)
+    return pb.OfferSummary(
+        customer_id=result.customer.customer_id, cars_evaluated=result.offers.cars_evaluated,
+        total_offers=len(result.offers),
+        refresh_count=counts["Refresh"] if TIER_REFRESH in wanted else 0,
+        upgrade_count=counts["Upgrade"] if TIER_UPGRADE in wanted else 0,
+        max_upgrade_count=counts["Max Upgrade"] if TIER_MAX_UPGRADE in wanted else 0,
+        rejected=pb.RejectionCounts(**rejected),
+        timing=pb.Timing(database_ms=result.database_ms, engine_ms=result.engine_ms, total_ms=result.total_ms))
+
+
+def generate_response(result: OfferResult) -> pb.GenerateOffersResponse:
+    """Offers grouped by tier. The ranking puts tiers in order, so each group is a run of it."""
+    offers = result.offers
+    groups = []
+    position = 0
+    counts = {TIER_REFRESH: "Refresh", TIER_UPGRADE: "Upgrade", TIER_MAX_UPGRADE: "Max Upgrade"}
+    for tier in result.tiers:
+        count = offers.tier_counts[counts[tier]]
+        end = position + count
+        groups.append(pb.TierGroup(tier=tier, count=count,
+                                   offers=offers_to_pb(offers, range(position, min(end, result.returned)))))
+        position = end
+    return pb.GenerateOffersResponse(summary=summary_to_pb(result), groups=groups)
+
+
+def subsidy_to_pb(results: Sequence[SubsidyResult]) -> list[pb.SubsidyResult]:
+    return [pb.SubsidyResult(
+        car_id=r.car_id, viable=r.viable, outcome=SUBSIDY_OUTCOMES[r.failure_reason], term=r.term,
+        service_fee_pct=r.service_fee_pct, cac_bonus=r.cac_bonus, cxa_pct=r.cxa_pct, monthly_payment=r.monthly_payment,
+        payment_delta=r.payment_delta, npv=r.npv, loan_amount=r.loan_amount, iterations_tried=r.iterations_tried)
+        for r in results]
+
+
+def amortization_response(offers: OfferSet, rows: Sequence[ScheduleRow]) -> pb.GetAmortizationTableResponse:
+    offer = offers.at_slot(0)
+    tier = {"Refresh": pb.TIER_REFRESH, "Upgrade": pb.TIER_UPGRADE, "Max Upgrade": pb.TIER_MAX_UPGRADE}.get(
+        offer.tier, pb.TIER_UNSPECIFIED)
+    fields = {name: getattr(offer, name) for name in pb.Offer.DESCRIPTOR.fields_by_name if name != "tier"}
+    return pb.GetAmortizationTableResponse(
+        offer=pb.Offer(tier=tier, **fields),
+        rows=[pb.AmortizationRow(**row.__dict__) for row in rows])
+
+
+# --- admin ---------------------------------------------------------------------------------------
+def to_struct(data: dict[str, Any]) -> struct_pb2.Struct:
+    struct = struct_pb2.Struct()
+    struct.update(data)
+    return struct
+
+
+def from_struct(struct: struct_pb2.Struct) -> dict[str, Any]:
+    """Struct numbers arrive as doubles; the schema accepts whole doubles where it wants an int."""
+    return json_format.MessageToDict(struct)
+
+
+def status_to_pb(status: dict[str, Any]) -> admin_pb2.GetStatusResponse:
+    return admin_pb2.GetStatusResponse(**status)

@@ -1,0 +1,97 @@
+"""Builds the gRPC server: services, health (grpc.health.v1), reflection, interceptors, limits."""
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent import futures
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from protos.tradeup.v1 import admin_pb2, admin_pb2_grpc, offers_pb2, offers_pb2_grpc
+
+from ..config import Settings
+from .interceptors import ServiceInterceptor
+from .servicers import AdminServicer, OfferServicer
+
+log = logging.getLogger("tradeup.server")
+OFFER_SERVICE = offers_pb2.DESCRIPTOR.services_by_name["OfferService"].full_name
+ADMIN_SERVICE = admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+class HealthMonitor:
+    """Keeps grpc.health.v1 in step with the database: pings it every `interval` seconds (and
+    hears the circuit breaker), NOT_SERVING while it is unreachable and after shutdown begins."""
+
+    def __init__(self, servicer: health.HealthServicer, ping, interval: float):
+        self.servicer = servicer
+        self.ping = ping
+        self.interval = interval
+        self.reachable = False
+        self.shutting_down = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="health", daemon=True)
+
+    def start(self) -> None:
+        self.check()
+        self._thread.start()
+
+    def check(self) -> bool:
+        try:
+            self.ping(min(self.interval, 2.0))
+            self.set_reachable(True)
+        except Exception:  # any failure to answer means not serving
+            self.set_reachable(False)
+        return self.reachable
+
+    def set_reachable(self, reachable: bool) -> None:
+        if reachable != self.reachable:
+            log.warning("database %s", "reachable: serving" if reachable else "unreachable: not serving")
+        self.reachable = reachable
+        self._publish()
+
+    def on_breaker(self, state: str) -> None:
+        if state == "open":
+            self.set_reachable(False)
+
+    def _publish(self) -> None:
+        status = SERVING if self.reachable and not self.shutting_down else NOT_SERVING
+        for service in ("", OFFER_SERVICE):
+            self.servicer.set(service, status)
+        self.servicer.set(ADMIN_SERVICE, NOT_SERVING if self.shutting_down else SERVING)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.check()
+
+    def begin_shutdown(self) -> None:
+        self.shutting_down = True
+        self._stop.set()
+        self._publish()
+
+
+def create_server(settings: Settings, offer_servicer: OfferServicer, admin_servicer: AdminServicer,
+                  health_servicer: health.HealthServicer, interceptor: ServiceInterceptor,
+                  address: str | None = None) -> tuple[grpc.Server, int]:
+    """A started-ready (not started) server and the port it bound."""
+    s = settings.server
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=s.max_workers, thread_name_prefix="rpc"),
+        interceptors=[interceptor],
+        maximum_concurrent_rpcs=s.max_concurrent_rpcs,
+        options=[("grpc.max_receive_message_length", s.max_message_bytes),
+                 ("grpc.max_send_message_length", s.max_message_bytes),
+                 ("grpc.so_reuseport", 0)])
+    offers_pb2_grpc.add_OfferServiceServicer_to_server(offer_servicer, server)
+    admin_pb2_grpc.add_AdminServiceServicer_to_server(admin_servicer, server)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (OFFER_SERVICE, ADMIN_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+         reflection.SERVICE_NAME), server)
+    port = server.add_insecure_port(address or f"{s.host}:{s.port}")
+    if port == 0:
+        raise RuntimeError(f"could not bind {address or f'{s.host}:{s.port}'}")
+    return server, port

@@ -1,0 +1,106 @@
+"""Thin servicers: convert the request, call the service, convert the result back.
+
+Errors are raised as server.errors and mapped to status codes by the interceptor.
+"""
+from __future__ import annotations
+
+from typing import Iterator
+
+from protos.tradeup.v1 import admin_pb2, admin_pb2_grpc, offers_pb2 as pb, offers_pb2_grpc
+
+from ..errors import InvalidArgument, ServiceError
+from ..services.admin import AdminService
+from ..services.offers import OfferService, check_deadline
+from . import converters
+
+
+class OfferServicer(offers_pb2_grpc.OfferServiceServicer):
+    def __init__(self, service: OfferService, batch_size: int, max_bulk: int):
+        self.service = service
+        self.batch_size = batch_size
+        self.max_bulk = max_bulk
+
+    def GenerateOffers(self, request: pb.GenerateOffersRequest, context) -> pb.GenerateOffersResponse:
+        result = self.service.generate(converters.offer_query(request), context.time_remaining)
+        return converters.generate_response(result)
+
+    def StreamOffers(self, request: pb.StreamOffersRequest, context) -> Iterator[pb.StreamOffersResponse]:
+        result = self.service.generate(converters.offer_query(request), context.time_remaining)
+        # Batches, not one message per offer: Python gRPC pays a real cost per streamed message.
+        for first in range(0, result.returned, self.batch_size):
+            last = min(first + self.batch_size, result.returned)
+            batch = converters.offers_to_pb(result.offers, range(first, last))
+            yield pb.StreamOffersResponse(
+                offers=batch, summary=converters.summary_to_pb(result) if last == result.returned else None)
+        if result.returned == 0:
+            yield pb.StreamOffersResponse(summary=converters.summary_to_pb(result))
+
+    def GenerateOffersBulk(self, requests, context) -> Iterator[pb.GenerateOffersBulkResponse]:
+        for index, request in enumerate(requests):
+            if index >= self.max_bulk:
+                raise InvalidArgument(f"at most {self.max_bulk} customers per stream", "requests")
+            customer_id = request.customer_id if request.WhichOneof("customer") == "customer_id" \
+                else request.profile.customer_id
+            try:
+                result = self.service.generate(converters.offer_query(request), context.time_remaining)
+            except ServiceError as exc:
+                if exc.code in ("UNAVAILABLE", "DEADLINE_EXCEEDED"):
+                    raise  # the whole call is affected, not this customer
+                yield pb.GenerateOffersBulkResponse(index=index, customer_id=customer_id,
+                                                    error=pb.CustomerError(code=exc.code, message=str(exc)))
+                continue
+            yield pb.GenerateOffersBulkResponse(index=index, customer_id=customer_id,
+                                                offers=converters.generate_response(result))
+
+    def FindMinimumSubsidy(self, request: pb.FindMinimumSubsidyRequest, context):
+        service = self.service
+        query = converters.subsidy_query(request)
+        params = service.params_for(query)
+        customer = service.load_customer(query.customer, context.time_remaining)
+        selection = service.subsidy_cars(customer, list(request.car_ids), query.same_region, query.max_cars,
+                                         context.time_remaining)
+        total, viable = len(selection.car_ids), 0
+        for first in range(0, max(total, 1), self.batch_size):
+            if first:  # stop working on a call whose deadline passed or whose client left
+                check_deadline(context.time_remaining, "during the subsidy search")
+                if not context.is_active():
+                    return
+            last = min(first + self.batch_size, total)
+            results = service.minimum_subsidy(customer, selection, params, first, last)
+            viable += sum(r.viable for r in results)
+            done = last == total
+            yield pb.FindMinimumSubsidyResponse(results=converters.subsidy_to_pb(results),
+                                                viable_count=viable if done else 0,
+                                                cars_searched=total if done else 0)
+
+    def GetAmortizationTable(self, request: pb.GetAmortizationTableRequest, context):
+        offers, rows = self.service.amortization(
+            converters.customer_ref(request), request.car_id, request.term,
+            converters.overrides_to_domain(request.overrides), context.time_remaining)
+        return converters.amortization_response(offers, rows)
+
+
+class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
+    def __init__(self, service: AdminService):
+        self.service = service
+
+    def _authorize(self, context) -> None:
+        metadata = dict(context.invocation_metadata())
+        self.service.authorize(metadata.get("authorization"))
+
+    def GetConfig(self, request, context):
+        self._authorize(context)
+        return admin_pb2.GetConfigResponse(config=converters.to_struct(self.service.config()))
+
+    def UpdateBusinessParameters(self, request, context):
+        self._authorize(context)
+        business = self.service.update_business(converters.from_struct(request.changes))
+        return admin_pb2.UpdateBusinessParametersResponse(business=converters.to_struct(business))
+
+    def InvalidateCache(self, request, context):
+        self._authorize(context)
+        return admin_pb2.InvalidateCacheResponse(entries_removed=self.service.invalidate_caches())
+
+    def GetStatus(self, request, context):
+        self._authorize(context)
+        return converters.status_to_pb(self.service.status())

@@ -1,0 +1,224 @@
+"""Offer generation: load the customer, prefilter the inventory, price with the engine.
+
+Protocol-neutral: takes domain requests, returns engine results, raises server.errors.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field, replace
+from typing import Callable, Sequence
+
+from engine_ext import ALL_TIERS, CustomerTerms, Engine, EngineInputError, OfferSet, PricingParams, ScheduleRow
+from engine_ext import SubsidyResult
+
+from ..config import SettingsStore
+from ..data.inventory import InventoryCache, Selection
+from ..data.repository import Repository
+from ..domain import Customer
+from ..errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, NotFound
+
+MAX_ID_LENGTH = 64
+OVERRIDE_FIELDS = ("service_fee_pct", "cxa_pct", "cac_bonus", "kavak_total_amount", "insurance_amount",
+                   "interest_rate")
+
+# Time left on the call in seconds (None: no deadline).
+Remaining = Callable[[], "float | None"]
+
+
+def no_deadline() -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class CustomerRef:
+    """A customer by id (read fresh from the database) or given inline."""
+    customer_id: str | None = None
+    profile: Customer | None = None
+
+
+@dataclass(frozen=True)
+class OfferQuery:
+    customer: CustomerRef
+    overrides: dict = field(default_factory=dict)   # OVERRIDE_FIELDS -> value
+    terms: tuple[int, ...] = ()                     # empty: the configured terms
+    tiers: tuple[int, ...] = ()                     # empty: every tier
+    max_offers: int = 0                             # 0: all
+    same_region: bool = False
+    max_cars: int = 0                               # 0: the configured prefilter limit
+
+
+@dataclass(frozen=True)
+class OfferResult:
+    customer: Customer
+    offers: OfferSet
+    tiers: tuple[int, ...]
+    returned: int           # offers returned after max_offers
+    database_ms: float
+    engine_ms: float
+    started: float          # perf_counter at the start of the call
+
+    @property
+    def total_ms(self) -> float:
+        return (time.perf_counter() - self.started) * 1e3
+
+
+def check_deadline(remaining: Remaining, stage: str) -> float | None:
+    left = remaining()
+    if left is not None and left <= 0:
+        raise DeadlineExceeded(f"deadline exceeded {stage}")
+    return left
+
+
+def validate_customer(customer: Customer, inline: bool, table_rows: int) -> None:
+    """A customer the engine can price; inline mistakes are the caller's, stored ones are not."""
+    error = InvalidArgument if inline else FailedPrecondition
+    prefix = "profile." if inline else f"customer {customer.customer_id}: "
+    checks = (
+        ("current_monthly_payment", customer.current_monthly_payment, 0.0, 1e9, True),
+        ("outstanding_balance", customer.outstanding_balance, 0.0, 1e10, False),
+        ("current_car_price", customer.current_car_price, 0.0, 1e10, True),
+    )
+    for name, value, low, high, strict in checks:
+        if not math.isfinite(value) or value < low or (strict and value == low) or value > high:
+            bound = f"> {low}" if strict else f">= {low}"
+            raise error(f"must be a finite amount {bound} and <= {high:g} MXN, got {value}", f"{prefix}{name}")
+    if not 1950 <= customer.current_car_year <= 2100:
+        raise error(f"must be within 1950..2100, got {customer.current_car_year}", f"{prefix}current_car_year")
+    if not 0 <= customer.current_car_km <= 10_000_000:
+        raise error(f"must be within 0..10,000,000, got {customer.current_car_km}", f"{prefix}current_car_km")
+    if not 0 <= customer.risk_profile_index < table_rows:
+        raise error(f"must be within 0..{table_rows - 1} (rows of the down-payment table), "
+                    f"got {customer.risk_profile_index}", f"{prefix}risk_profile_index")
+    if len(customer.risk_profile_name) > 16:
+        raise error("must be at most 16 characters", f"{prefix}risk_profile_name")
+    if len(customer.region) > 64:
+        raise error("must be at most 64 characters", f"{prefix}region")
+
+
+class OfferService:
+    def __init__(self, settings: SettingsStore, repository: Repository, inventory: InventoryCache, engine: Engine):
+        self.settings = settings
+        self.repository = repository
+        self.inventory = inventory
+        self.engine = engine
+
+    # --- building blocks ----------------------------------------------------------------------
+    def load_customer(self, ref: CustomerRef, remaining: Remaining = no_deadline) -> Customer:
+        if ref.profile is not None:
+            profile = ref.profile
+            if profile.risk_profile_index is None:
+                index = self.settings.current.business.profile_index(profile.risk_profile_name)
+                profile = replace(profile, risk_profile_index=index)
+            validate_customer(profile, inline=True, table_rows=len(self.settings.current.business.down_payment_rows))
+            return profile
+        customer_id = ref.customer_id or ""
+        if not customer_id:
+            raise InvalidArgument("is required (or give an inline profile)", "customer_id")
+        if len(customer_id) > MAX_ID_LENGTH or not customer_id.isprintable():
+            raise InvalidArgument(f"must be at most {MAX_ID_LENGTH} printable characters", "customer_id")
+        customer = self.repository.get_customer(customer_id, check_deadline(remaining, "before the customer lookup"))
+        if customer is None:
+            raise NotFound(f"no customer {customer_id!r}", "customer_id")
+        validate_customer(customer, inline=False, table_rows=len(self.settings.current.business.down_payment_rows))
+        return customer
+
+    def params_for(self, query: OfferQuery) -> PricingParams:
+        """The configured business parameters with this request's overrides (validated)."""
+        params = self.settings.current.business
+        try:
+            return params.with_overrides(**query.overrides, terms=query.terms or None)
+        except EngineInputError as exc:
+            name = {"rate_override": "overrides.interest_rate", "terms": "options.terms",
+                    "terms[]": "options.terms"}.get(exc.field, f"overrides.{exc.field.removeprefix('fees.')}")
+            raise InvalidArgument(exc.reason, name) from None
+
+    def prefilter(self, customer: Customer, same_region: bool, max_cars: int,
+                  remaining: Remaining = no_deadline) -> Selection:
+        settings = self.settings.current.prefilter
+        if max_cars > settings.max_limit:
+            raise InvalidArgument(f"must be at most {settings.max_limit}, got {max_cars}", "options.max_cars")
+        limit = max_cars or settings.default_limit
+        timeout = check_deadline(remaining, "before the prefilter")
+        if settings.mode == "sql":
+            return self.inventory.prefilter_sql(customer, same_region, limit, timeout)
+        return self.inventory.snapshot(timeout).match(self.engine.kernel, customer, same_region, limit)
+
+    @staticmethod
+    def terms_of(customer: Customer) -> CustomerTerms:
+        return CustomerTerms(current_monthly_payment=customer.current_monthly_payment,
+                             vehicle_equity=customer.vehicle_equity, risk_profile_name=customer.risk_profile_name,
+                             risk_profile_index=customer.risk_profile_index)
+
+    # --- the operations -----------------------------------------------------------------------
+    def generate(self, query: OfferQuery, remaining: Remaining = no_deadline) -> OfferResult:
+        started = time.perf_counter()
+        tiers = tuple(sorted(set(query.tiers))) or ALL_TIERS
+        if any(t not in ALL_TIERS for t in tiers):
+            raise InvalidArgument("must be TIER_REFRESH, TIER_UPGRADE or TIER_MAX_UPGRADE", "options.tiers")
+        params = self.params_for(query)
+        customer = self.load_customer(query.customer, remaining)
+        selection = self.prefilter(customer, query.same_region, query.max_cars, remaining)
+        priced = time.perf_counter()
+        check_deadline(remaining, "before pricing")
+        try:
+            offers = self.engine.price(self.terms_of(customer), selection.car_ids, selection.prices, params,
+                                       tiers=tiers, car_rank=selection.ranks)
+        except EngineInputError as exc:
+            raise FailedPrecondition(exc.reason, exc.field) from None
+        done = time.perf_counter()
+        returned = len(offers) if not query.max_offers else min(query.max_offers, len(offers))
+        return OfferResult(customer=customer, offers=offers, tiers=tiers, returned=returned,
+                           database_ms=(priced - started) * 1e3, engine_ms=(done - priced) * 1e3, started=started)
+
+    def subsidy_cars(self, customer: Customer, car_ids: Sequence[str], same_region: bool, max_cars: int,
+                     remaining: Remaining = no_deadline) -> Selection:
+        """The cars to search: the given ids (validated against the inventory), else the prefilter."""
+        if not car_ids:
+            return self.prefilter(customer, same_region, max_cars, remaining)
+        limit = self.settings.current.prefilter.max_limit
+        if len(car_ids) > limit:
+            raise InvalidArgument(f"at most {limit} cars, got {len(car_ids)}", "car_ids")
+        snapshot = self.inventory.snapshot(check_deadline(remaining, "before the inventory lookup"))
+        rows = []
+        for k, car_id in enumerate(car_ids):
+            row = snapshot.row_of.get(car_id)
+            if row is None:
+                raise NotFound(f"no available car {car_id[:MAX_ID_LENGTH]!r}", f"car_ids[{k}]")
+            rows.append(row)
+        return snapshot.select(rows)
+
+    def minimum_subsidy(self, customer: Customer, selection: Selection, params: PricingParams,
+                        first: int, last: int) -> list[SubsidyResult]:
+        """Search cars [first, last) of the selection (callers stream in batches)."""
+        try:
+            return self.engine.minimum_subsidy(self.terms_of(customer), selection.car_ids[first:last],
+                                               selection.prices[first:last], params)
+        except EngineInputError as exc:
+            raise FailedPrecondition(exc.reason, exc.field) from None
+
+    def amortization(self, ref: CustomerRef, car_id: str, term: int, overrides: dict,
+                     remaining: Remaining = no_deadline) -> tuple[OfferSet, list[ScheduleRow]]:
+        """The offer (priced, whatever its tier) and the schedule of one (customer, car, term)."""
+        if not car_id:
+            raise InvalidArgument("is required", "car_id")
+        params = self.params_for(OfferQuery(customer=ref, overrides=overrides))
+        try:
+            params.check_terms([term], "term")
+        except EngineInputError as exc:
+            raise InvalidArgument(exc.reason, "term") from None
+        customer = self.load_customer(ref, remaining)
+        selection = self.subsidy_cars(customer, [car_id], False, 0, remaining)
+        params = params.with_overrides(terms=[term])
+        terms = self.terms_of(customer)
+        try:
+            offer = self.engine.price(terms, selection.car_ids, selection.prices, params, car_rank=selection.ranks)
+            rows = self.engine.schedule(terms, selection.prices[0], term, params)
+        except EngineInputError as exc:
+            raise FailedPrecondition(exc.reason, exc.field) from None
+        status = offer.columns.status[0]
+        if status in (-1, -2):
+            reason = "down payment not met" if status == -1 else "the equity covers the whole price"
+            raise FailedPrecondition(f"car {car_id} cannot be financed over {term} months for this customer: {reason}",
+                                     "car_id")
+        return offer, rows
