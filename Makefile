@@ -1,8 +1,24 @@
-# Trade-Up Engine. `make run` installs and serves on the embedded database; `make test` runs the suite.
+# Trade-Up Engine.  `make run`: install and serve on the embedded database with demo data.
+#                   `make test`: install and run the whole test suite.
 PYTHON ?= python3
 STAMP := .make
+BIN := $(CURDIR)/bin
+GHZ_VERSION := v0.120.0
+GRPCURL_VERSION := v1.9.3
+HEALTH_PROBE_VERSION := v0.4.62
 
-.PHONY: install build protos test bench bench-engine run clean
+.PHONY: install system-deps build protos run migrate seed test test-python bench bench-engine bench-db tools clean
+
+# MariaDB (for the tests) and a C compiler, from Debian's packages when missing.
+system-deps:
+	@missing=""; \
+	command -v mariadbd >/dev/null 2>&1 || [ -x /usr/sbin/mariadbd ] || missing="$$missing mariadb-server mariadb-client"; \
+	command -v cc >/dev/null 2>&1 || missing="$$missing build-essential"; \
+	if [ -n "$$missing" ]; then \
+	  sudo=""; [ "$$(id -u)" = 0 ] || sudo=sudo; \
+	  echo "installing Debian packages:$$missing"; \
+	  $$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
 
 $(STAMP)/installed: setup.py pyproject.toml
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check -e '.[test]'
@@ -10,19 +26,46 @@ $(STAMP)/installed: setup.py pyproject.toml
 
 install: $(STAMP)/installed
 
-# The compiled kernel, in place (pip's editable install builds it too; this rebuilds after edits).
+# The compiled kernel, in place (the editable install builds it too; this rebuilds after edits).
 engine_ext/_kernel.c: engine_ext/_kernel.pyx | install
 	$(PYTHON) setup.py --quiet build_ext --inplace
 
 build: install engine_ext/_kernel.c
 
-test: build
-	$(PYTHON) -m pytest -q
+# Regenerate the committed stubs from protos/tradeup/v1/*.proto (a test fails when they are stale).
+protos: install
+	$(PYTHON) -m protos.generate
 
-bench: bench-engine
+run: build
+	$(PYTHON) -m server
+
+migrate: build
+	$(PYTHON) -m server migrate
+
+seed: build
+	$(PYTHON) -m server seed --replace
+
+test: system-deps build
+	PATH="/usr/sbin:$$PATH" $(PYTHON) -m pytest -q
+
+# The whole suite again with the pure-Python kernel serving.
+test-python: system-deps build
+	PATH="/usr/sbin:$$PATH" TRADEUP_ENGINE=python $(PYTHON) -m pytest -q
+
+bench: bench-engine bench-db
 
 bench-engine: build
 	$(PYTHON) -m tests.bench.bench_engine
+
+bench-db: system-deps build
+	PATH="/usr/sbin:$$PATH" $(PYTHON) -m tests.bench.bench_db
+
+# ghz, grpcurl and grpc_health_probe, pinned, into ./bin (needs Go).
+tools:
+	@command -v go >/dev/null 2>&1 || { echo "make tools needs Go (https://go.dev/dl or apt-get install golang): it builds ghz, grpcurl and grpc_health_probe with go install"; exit 1; }
+	GOBIN=$(BIN) go install github.com/bojand/ghz/cmd/ghz@$(GHZ_VERSION)
+	GOBIN=$(BIN) go install github.com/fullstorydev/grpcurl/cmd/grpcurl@$(GRPCURL_VERSION)
+	GOBIN=$(BIN) go install github.com/grpc-ecosystem/grpc-health-probe@$(HEALTH_PROBE_VERSION)
 
 clean:
 	rm -rf build *.egg-info $(STAMP) engine_ext/_kernel.c engine_ext/*.so

@@ -8,7 +8,7 @@ import signal
 import sys
 
 from .app import Application, open_repository, seed_demo_data
-from .config import load_settings
+from .config import keys_markdown, load_settings
 from .errors import ConfigError
 from .logs import configure_logging
 
@@ -42,11 +42,15 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command")
     sub.add_parser("serve", help="run the gRPC server (default)")
     sub.add_parser("migrate", help="create the schema if it does not exist")
+    sub.add_parser("keys", help="print the configuration keys as a Markdown table")
     seed = sub.add_parser("seed", help="load the deterministic demo data")
     seed.add_argument("--cars", type=int, default=4000)
     seed.add_argument("--customers", type=int, default=5000)
     seed.add_argument("--replace", action="store_true", help="delete every car and customer first")
     args = parser.parse_args(argv)
+    if args.command == "keys":
+        print(keys_markdown())
+        return 0
     try:
         settings = load_settings()
     except ConfigError as exc:

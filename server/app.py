@@ -50,7 +50,7 @@ class Application:
         self.monitor = HealthMonitor(self.health, self._ping, settings.database.health_check_seconds)
         self.repository.breaker.listeners.append(self.monitor.on_breaker)
         self.admin = AdminService(self.settings, self.repository, self.inventory, kernel.IMPLEMENTATION,
-                                  lambda: self.monitor.reachable)
+                                  lambda: bool(self.monitor.reachable))
         self.interceptor = ServiceInterceptor()
         self.server, self.port = create_server(
             settings, OfferServicer(self.offers, settings.server.stream_batch_size, settings.server.max_bulk_customers),

@@ -150,6 +150,21 @@ class Settings:
         return out
 
 
+def keys_markdown() -> str:
+    """The configuration reference (README): every key, its variable, default and meaning."""
+    lines = ["| key | environment | default | meaning |", "|---|---|---|---|"]
+    for section, cls in SECTIONS.items():
+        for f in fields(cls):
+            meta = f.metadata
+            default = "" if f.default == "" else f"`{f.default}`"
+            choices = f" ({' / '.join(meta['choices'])})" if meta["choices"] else ""
+            secret = " Secret: also `" + meta["env"] + "_FILE`; shown as ***." if meta["secret"] else ""
+            lines.append(f"| `{section}.{f.name}` | `{meta['env']}` | {default} | {meta['doc']}{choices}.{secret} |")
+    lines.append("| `business.*` | (JSON files only) | SPEC §4 | pricing parameters in the params.json layout "
+                 "(rates, down-payment table, fees, tiers, terms, subsidy grid and gates) |")
+    return "\n".join(lines)
+
+
 def _coerce(section: str, f, value: Any) -> Any:
     name = f"{section}.{f.name}"
     meta, kind = f.metadata, f.type

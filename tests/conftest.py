@@ -1,5 +1,17 @@
+"""Fixtures: kernels, real databases (the embedded SQLite file and a real MariaDB), and a real
+gRPC server on an ephemeral loopback port.
+
+MariaDB: TRADEUP_TEST_MYSQL_URL (set by .ci/run) names a server; otherwise, when the MariaDB
+binaries are installed, the session starts a private throwaway one. With neither, MySQL tests
+fail when CI=true and are skipped with that reason otherwise.
+"""
+from __future__ import annotations
+
 import os
+import socket
 import sys
+import tempfile
+import uuid
 from pathlib import Path
 
 import pytest
@@ -7,6 +19,19 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from engine_ext import IMPLEMENTATIONS, Engine, load_kernel  # noqa: E402
+
+import golden_data as golden  # noqa: E402
+from mariadb import MariaDBServer, binaries_available  # noqa: E402
+
+BACKENDS = ("sqlite", "mysql")
+
+
+def pytest_report_header(config):
+    mysql = os.environ.get("TRADEUP_TEST_MYSQL_URL")
+    where = "TRADEUP_TEST_MYSQL_URL" if mysql else ("a private MariaDB started by the tests"
+                                                    if binaries_available() else "none (mariadbd not installed)")
+    return [f"engine for the server tests: {os.environ.get('TRADEUP_ENGINE') or 'compiled'}",
+            f"MariaDB for the tests: {where}"]
 
 
 @pytest.fixture(params=IMPLEMENTATIONS, ids=lambda name: f"{name}-kernel")
@@ -21,5 +46,99 @@ def engine(kernel):
     engine.close()
 
 
-def pytest_report_header(config):
-    return f"engine implementation for the server: {os.environ.get('TRADEUP_ENGINE') or 'compiled'}"
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def mysql_server_url(tmp_path_factory):
+    """A MariaDB url with a database the tests may fill and empty."""
+    url = os.environ.get("TRADEUP_TEST_MYSQL_URL")
+    if url:
+        yield url
+        return
+    if not binaries_available():
+        reason = "MariaDB is not installed (mariadbd missing) and TRADEUP_TEST_MYSQL_URL is not set"
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    server = MariaDBServer(tmp_path_factory.mktemp("mariadb"), free_port())
+    server.start()
+    server.create_database("tradeup_test", "tradeup", "test-password")
+    yield f"mysql://tradeup:test-password@127.0.0.1:{server.port}/tradeup_test"
+    server.stop()
+
+
+def database_environ(backend: str, request, tmp_path) -> dict[str, str]:
+    """Configuration environment for a test database of `backend`."""
+    if backend == "sqlite":
+        return {"TRADEUP_SQLITE_PATH": str(tmp_path / f"tradeup-{uuid.uuid4().hex[:8]}.db")}
+    return {"TRADEUP_DATABASE_URL": request.getfixturevalue("mysql_server_url")}
+
+
+@pytest.fixture(scope="session")
+def session_dir():
+    with tempfile.TemporaryDirectory(prefix="tradeup-tests-") as path:
+        yield Path(path)
+
+
+def make_settings(environ: dict[str, str], **extra):
+    from server.config import load_settings
+    base = {"TRADEUP_PORT": "0", "TRADEUP_HOST": "127.0.0.1", "TRADEUP_SEED_DEMO_DATA": "false",
+            "TRADEUP_ADMIN_TOKEN": "test-admin-token", "TRADEUP_HEALTH_CHECK_SECONDS": "0.2",
+            "TRADEUP_ENGINE": os.environ.get("TRADEUP_ENGINE", "compiled")}
+    return load_settings({**base, **environ, **{k: str(v) for k, v in extra.items()}})
+
+
+@pytest.fixture(scope="session", params=BACKENDS)
+def golden_database(request, session_dir):
+    """(backend, environment) of a database holding the golden inventory and customers."""
+    from server.app import open_repository
+    backend = request.param
+    environ = database_environ(backend, request, session_dir)
+    environ["TRADEUP_RUNTIME_OVERRIDES_FILE"] = str(session_dir / f"overrides-{backend}.json")
+    repository = open_repository(make_settings(environ))
+    repository.migrate()
+    repository.delete_all()
+    repository.put_cars(golden.cars())
+    repository.put_customers(golden.domain_customers())
+    repository.database.close()
+    return backend, environ
+
+
+@pytest.fixture
+def repository(golden_database):
+    from server.app import open_repository
+    repository = open_repository(make_settings(golden_database[1]))
+    yield repository
+    repository.database.close()
+
+
+class RunningServer:
+    def __init__(self, app):
+        from client import OfferClient
+        self.app = app
+        self.target = f"127.0.0.1:{app.port}"
+        self.client = OfferClient(self.target, timeout=20, admin_token="test-admin-token")
+
+    def stop(self):
+        self.client.close()
+        self.app.stop(grace=1)
+
+
+def start_server(environ: dict[str, str], **extra) -> RunningServer:
+    from server.app import Application
+    app = Application(make_settings(environ, **extra))
+    app.start()
+    return RunningServer(app)
+
+
+@pytest.fixture
+def server(golden_database, tmp_path):
+    """A real gRPC server on a loopback port over the golden data (per backend)."""
+    environ = {**golden_database[1], "TRADEUP_RUNTIME_OVERRIDES_FILE": str(tmp_path / "overrides.json")}
+    running = start_server(environ)
+    yield running
+    running.stop()

@@ -59,3 +59,24 @@ def terms_of(customer: dict) -> CustomerTerms:
 def close(actual: float, expected: float, rel: float = 1e-9, abs_: float = 1e-6) -> bool:
     """The golden tolerance: 1e-9 relative, 1e-6 MXN absolute near zero."""
     return abs(actual - expected) <= max(rel * abs(expected), abs_)
+
+
+def cars() -> list:
+    """The golden inventory as domain cars (brand and model from "Brand Model Year")."""
+    from server.domain import Car
+    out = []
+    for car in inventory().values():
+        brand, _, rest = car["model"].partition(" ")
+        out.append(Car(car_id=car["car_id"], brand=brand, model=rest.rsplit(" ", 1)[0], year=car["year"],
+                       kilometers=car["kilometers"], regular_price=car["car_price"], promotion_price=None,
+                       region="", color=""))
+    return out
+
+
+def domain_customers() -> list:
+    from server.domain import Customer
+    return [Customer(customer_id=c["customer_id"], current_monthly_payment=c["current_monthly_payment"],
+                     outstanding_balance=c["outstanding_balance"], current_car_price=c["current_car_price"],
+                     current_car_year=c["current_car_year"], current_car_km=c["current_car_km"],
+                     risk_profile_name=c["risk_profile_name"], risk_profile_index=c["risk_profile_index"])
+            for c in customers().values()]

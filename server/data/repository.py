@@ -45,9 +45,11 @@ SCHEMA = (
         color VARCHAR(32) NOT NULL DEFAULT '',
         available SMALLINT NOT NULL DEFAULT 1
     ){suffix}""",
-    # Serves the prefilter: equality on available, then the year range; price and km are
-    # filtered from the index without touching the rows (covering, with the primary key).
-    "CREATE INDEX IF NOT EXISTS idx_inventory_prefilter ON inventory (available, year, price, kilometers, region)",
+    # Serves the prefilter in its own order (year desc, price desc, car_id asc), so the database
+    # reads index entries in order, checks km and region from the index itself, and stops after
+    # LIMIT matches instead of sorting every candidate.
+    "CREATE INDEX IF NOT EXISTS idx_inventory_trade_up ON inventory "
+    "(available, year DESC, price DESC, car_id, kilometers, region)",
 )
 
 _CUSTOMER_COLUMNS = ("customer_id, current_monthly_payment, outstanding_balance, current_car_price, "

@@ -7,7 +7,7 @@ from concurrent import futures
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from protos.tradeup.v1 import admin_pb2, admin_pb2_grpc, offers_pb2, offers_pb2_grpc
 
@@ -22,6 +22,23 @@ SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
+class MethodAwareReflectionServicer(reflection.ReflectionServicer):
+    """Server reflection that also resolves `package.Service.Method` symbols (ghz and grpcurl ask
+    for them; protobuf's upb descriptor pool only knows services) to the service's file."""
+
+    def _file_containing_symbol(self, request, fully_qualified_name):
+        response = super()._file_containing_symbol(request, fully_qualified_name)
+        if response.HasField("error_response"):
+            service_name, _, method = fully_qualified_name.rpartition(".")
+            try:
+                service = self._pool.FindServiceByName(service_name)
+            except KeyError:
+                return response
+            if method in service.methods_by_name:
+                return super()._file_containing_symbol(request, service_name)
+        return response
+
+
 class HealthMonitor:
     """Keeps grpc.health.v1 in step with the database: pings it every `interval` seconds (and
     hears the circuit breaker), NOT_SERVING while it is unreachable and after shutdown begins."""
@@ -30,7 +47,7 @@ class HealthMonitor:
         self.servicer = servicer
         self.ping = ping
         self.interval = interval
-        self.reachable = False
+        self.reachable: bool | None = None  # unknown until the first check
         self.shutting_down = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="health", daemon=True)
@@ -48,8 +65,9 @@ class HealthMonitor:
         return self.reachable
 
     def set_reachable(self, reachable: bool) -> None:
-        if reachable != self.reachable:
-            log.warning("database %s", "reachable: serving" if reachable else "unreachable: not serving")
+        if reachable == self.reachable:
+            return  # Watch streams hear changes only
+        log.warning("database %s", "reachable: serving" if reachable else "unreachable: not serving")
         self.reachable = reachable
         self._publish()
 
@@ -88,9 +106,9 @@ def create_server(settings: Settings, offer_servicer: OfferServicer, admin_servi
     offers_pb2_grpc.add_OfferServiceServicer_to_server(offer_servicer, server)
     admin_pb2_grpc.add_AdminServiceServicer_to_server(admin_servicer, server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(MethodAwareReflectionServicer(
         (OFFER_SERVICE, ADMIN_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-         reflection.SERVICE_NAME), server)
+         reflection.SERVICE_NAME)), server)
     port = server.add_insecure_port(address or f"{s.host}:{s.port}")
     if port == 0:
         raise RuntimeError(f"could not bind {address or f'{s.host}:{s.port}'}")

@@ -1,0 +1,283 @@
+"""`tradeup` / `python -m client`: the command line over OfferClient."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import grpc
+from google.protobuf import json_format
+
+from protos.tradeup.v1 import offers_pb2 as pb
+
+from .library import TIERS, OfferClient
+
+TIER_TITLES = {pb.TIER_REFRESH: "Refresh", pb.TIER_UPGRADE: "Upgrade", pb.TIER_MAX_UPGRADE: "Max Upgrade"}
+OVERRIDE_FLAGS = (("service_fee_pct", "--service-fee", "service fee, fraction of the price"),
+                  ("cxa_pct", "--cxa", "opening fee, fraction of the price"),
+                  ("cac_bonus", "--cac", "customer bonus, MXN"),
+                  ("kavak_total_amount", "--kavak-total", "Kavak Total amount, MXN"),
+                  ("insurance_amount", "--insurance", "annual insurance, MXN"),
+                  ("interest_rate", "--rate", "annual rate (fraction, or percent above 1)"))
+
+
+def _as_json(message) -> str:
+    return json_format.MessageToJson(message, preserving_proto_field_name=True, indent=1)
+
+
+def _money(value: float) -> str:
+    return f"{value:,.2f}"
+
+
+def _overrides(args) -> dict:
+    return {name: getattr(args, name) for name, _, _ in OVERRIDE_FLAGS if getattr(args, name) is not None}
+
+
+def _customer(args) -> dict:
+    if args.profile:
+        return {"profile": json.loads(args.profile)}
+    return {"customer_id": args.customer}
+
+
+def _offer_table(offers: Sequence[pb.Offer]) -> list[str]:
+    lines = [f"  {'car':10} {'term':>4} {'monthly MXN':>12} {'delta':>8} {'financed MXN':>13} {'npv MXN':>10} {'rate':>7}"]
+    for o in offers:
+        lines.append(f"  {o.car_id:10} {o.term:>4} {_money(o.monthly_payment):>12} {o.payment_delta:>+8.2%} "
+                     f"{_money(o.loan_amount):>13} {_money(o.npv):>10} {o.interest_rate:>7.2%}")
+    return lines
+
+
+def _summary_line(summary: pb.OfferSummary) -> str:
+    t = summary.timing
+    return (f"Customer {summary.customer_id}: {summary.cars_evaluated} cars evaluated, {summary.total_offers} offers "
+            f"(Refresh {summary.refresh_count}, Upgrade {summary.upgrade_count}, Max Upgrade "
+            f"{summary.max_upgrade_count}); server {t.total_ms:.1f} ms (database {t.database_ms:.1f}, "
+            f"engine {t.engine_ms:.1f})")
+
+
+def cmd_offers(client: OfferClient, args) -> int:
+    response = client.generate_offers(**_customer(args), overrides=_overrides(args), terms=args.terms or (),
+                                      tiers=args.tiers or (), max_offers=args.max_offers,
+                                      same_region=args.same_region, max_cars=args.max_cars)
+    if args.json:
+        print(_as_json(response))
+        return 0
+    print(_summary_line(response.summary))
+    for group in response.groups:
+        shown = group.offers[: args.per_tier]
+        print(f"\n{TIER_TITLES[group.tier]}: {group.count} offers" +
+              (f", best {len(shown)} shown" if len(shown) < group.count else ""))
+        if shown:
+            print("\n".join(_offer_table(shown)))
+    return 0
+
+
+def _customer_ids(args) -> list[str]:
+    ids = list(args.customers)
+    if args.file:
+        ids += [line.strip() for line in Path(args.file).read_text().splitlines() if line.strip()]
+    return ids
+
+
+def _progress(done: int, total: int, errors: int) -> None:
+    width = 30
+    filled = width * done // max(total, 1)
+    sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} customers, {errors} errors")
+    sys.stderr.flush()
+
+
+def cmd_bulk(client: OfferClient, args) -> int:
+    ids = _customer_ids(args)
+    if not ids:
+        print("bulk: give customer ids as arguments or with --file", file=sys.stderr)
+        return 2
+    requests = ({"customer_id": c, "max_offers": args.max_offers} for c in ids)
+    errors = 0
+    show_progress = args.progress or (sys.stderr.isatty() and not args.json)
+    for done, item in enumerate(client.generate_offers_bulk(requests, timeout=args.timeout * len(ids)), 1):
+        if item.WhichOneof("result") == "error":
+            errors += 1
+        if args.json:
+            print(json_format.MessageToJson(item, preserving_proto_field_name=True, indent=None))
+        elif item.WhichOneof("result") == "error":
+            print(f"{item.customer_id or '#' + str(item.index)}: {item.error.code} {item.error.message}")
+        else:
+            s = item.offers.summary
+            print(f"{item.customer_id}: {s.total_offers} offers (Refresh {s.refresh_count}, Upgrade "
+                  f"{s.upgrade_count}, Max Upgrade {s.max_upgrade_count}) from {s.cars_evaluated} cars")
+        if show_progress:
+            _progress(done, len(ids), errors)
+    if show_progress:
+        sys.stderr.write("\n")
+    return 1 if errors else 0
+
+
+def cmd_subsidy(client: OfferClient, args) -> int:
+    stream = client.find_minimum_subsidy(**_customer(args), car_ids=args.cars or (), overrides=_overrides(args),
+                                         same_region=args.same_region, max_cars=args.max_cars)
+    rows: list[pb.SubsidyResult] = []
+    last = None
+    for message in stream:
+        rows.extend(message.results)
+        last = message
+    if args.json:
+        print(json.dumps([json_format.MessageToDict(r, preserving_proto_field_name=True) for r in rows], indent=1))
+        return 0
+    shown = [r for r in rows if r.viable or args.all][: args.limit]
+    print(f"{last.viable_count if last else 0} of {last.cars_searched if last else 0} cars viable"
+          + (f"; first {len(shown)} shown" if shown else ""))
+    if shown:
+        print(f"  {'car':10} {'outcome':24} {'term':>4} {'fee':>6} {'bonus MXN':>10} {'cxa':>6} "
+              f"{'monthly MXN':>12} {'delta':>8} {'npv MXN':>10} {'tried':>6}")
+    for r in shown:
+        outcome = pb.SubsidyOutcome.Name(r.outcome).removeprefix("SUBSIDY_OUTCOME_")
+        print(f"  {r.car_id:10} {outcome:24} {r.term:>4} {r.service_fee_pct:>6.1%} {_money(r.cac_bonus):>10} "
+              f"{r.cxa_pct:>6.1%} {_money(r.monthly_payment):>12} {r.payment_delta:>+8.2%} {_money(r.npv):>10} "
+              f"{r.iterations_tried:>6}")
+    return 0
+
+
+def cmd_amortization(client: OfferClient, args) -> int:
+    response = client.amortization(args.car, args.term, **_customer(args), overrides=_overrides(args))
+    if args.json:
+        print(_as_json(response))
+        return 0
+    o = response.offer
+    tier = TIER_TITLES.get(o.tier, "outside every tier")
+    print(f"{o.car_id}, {o.term} months at {o.interest_rate:.2%}: {_money(o.monthly_payment)} MXN in month 1 "
+          f"({o.payment_delta:+.2%}, {tier}); financed {_money(o.loan_amount)} MXN")
+    print(f"  {'cuota':>5} {'saldo_insoluto':>15} {'capital':>11} {'interes':>10} {'cargos':>7} {'iva':>9} {'exigible':>10}")
+    for r in response.rows:
+        print(f"  {r.cuota:>5} {_money(r.saldo_insoluto):>15} {_money(r.capital):>11} {_money(r.interes):>10} "
+              f"{_money(r.cargos):>7} {_money(r.iva):>9} {_money(r.exigible):>10}")
+    return 0
+
+
+def cmd_health(client: OfferClient, args) -> int:
+    if args.watch:
+        for status in client.watch_health(args.service, timeout=args.watch_seconds):
+            print(status, flush=True)
+        return 0
+    status = client.health(args.service)
+    print(status)
+    return 0 if status == "SERVING" else 1
+
+
+def cmd_config(client: OfferClient, args) -> int:
+    print(json.dumps(client.get_config(), indent=1, sort_keys=True))
+    return 0
+
+
+def cmd_set_params(client: OfferClient, args) -> int:
+    print(json.dumps(client.update_business_parameters(json.loads(args.changes)), indent=1, sort_keys=True))
+    return 0
+
+
+def cmd_status(client: OfferClient, args) -> int:
+    print(json_format.MessageToJson(client.status(), preserving_proto_field_name=True, indent=1,
+                                    always_print_fields_with_no_presence=True))
+    return 0
+
+
+def cmd_invalidate(client: OfferClient, args) -> int:
+    print(f"{client.invalidate_cache()} cache entries removed")
+    return 0
+
+
+def _add_customer(parser: argparse.ArgumentParser, overrides: bool = True) -> None:
+    parser.add_argument("customer", nargs="?", help="customer id (or use --profile)")
+    parser.add_argument("--profile", help="inline customer profile as JSON (CustomerProfile fields)")
+    if overrides:
+        for name, flag, doc in OVERRIDE_FLAGS:
+            parser.add_argument(flag, dest=name, type=float, help=f"override: {doc}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tradeup", description="Client of the Trade-Up Engine gRPC service")
+    parser.add_argument("--target", default=os.environ.get("TRADEUP_TARGET", "localhost:50051"),
+                        help="host:port (env TRADEUP_TARGET; default localhost:50051)")
+    parser.add_argument("--timeout", type=float, default=10.0, help="deadline per call, seconds")
+    parser.add_argument("--tls", action="store_true", help="use TLS (system roots unless --ca)")
+    parser.add_argument("--ca", help="PEM file of the root certificate(s) to trust")
+    parser.add_argument("--cert", help="PEM client certificate (mutual TLS)")
+    parser.add_argument("--key", help="PEM client private key (mutual TLS)")
+    parser.add_argument("--token", default=os.environ.get("TRADEUP_ADMIN_TOKEN"),
+                        help="admin bearer token (env TRADEUP_ADMIN_TOKEN)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("offers", help="offers for one customer, grouped by tier")
+    _add_customer(p)
+    p.add_argument("--terms", type=int, nargs="+", help="terms in months (default all)")
+    p.add_argument("--tiers", nargs="+", choices=sorted(TIERS), help="tiers wanted (default all)")
+    p.add_argument("--max-offers", type=int, default=0, help="at most this many offers (0 = all)")
+    p.add_argument("--max-cars", type=int, default=0, help="prefilter limit (0 = server default)")
+    p.add_argument("--same-region", action="store_true", help="only cars in the customer's region")
+    p.add_argument("--per-tier", type=int, default=5, help="offers shown per tier in the table")
+    p.add_argument("--json", action="store_true", help="the whole response as JSON")
+    p.set_defaults(run=cmd_offers)
+
+    p = sub.add_parser("bulk", help="offers for many customers over one stream")
+    p.add_argument("customers", nargs="*", help="customer ids")
+    p.add_argument("--file", help="file with one customer id per line")
+    p.add_argument("--max-offers", type=int, default=0)
+    p.add_argument("--progress", action="store_true", help="show the progress bar even when not on a terminal")
+    p.add_argument("--json", action="store_true", help="one JSON object per customer")
+    p.set_defaults(run=cmd_bulk)
+
+    p = sub.add_parser("subsidy", help="minimum-subsidy search over a customer's cars")
+    _add_customer(p)
+    p.add_argument("--cars", nargs="+", help="car ids (default: the prefiltered cars)")
+    p.add_argument("--max-cars", type=int, default=0)
+    p.add_argument("--same-region", action="store_true")
+    p.add_argument("--all", action="store_true", help="show non-viable cars too")
+    p.add_argument("--limit", type=int, default=10, help="rows shown")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=cmd_subsidy)
+
+    p = sub.add_parser("amortization", help="month-by-month schedule of one offer")
+    _add_customer(p)
+    p.add_argument("--car", required=True, help="car id")
+    p.add_argument("--term", type=int, required=True, help="months")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=cmd_amortization)
+
+    p = sub.add_parser("health", help="grpc.health.v1 status (exit 0 when SERVING)")
+    p.add_argument("--service", default="", help='"" (overall), tradeup.v1.OfferService, tradeup.v1.AdminService')
+    p.add_argument("--watch", action="store_true", help="stream status changes")
+    p.add_argument("--watch-seconds", type=float, default=None, help="stop watching after this long")
+    p.set_defaults(run=cmd_health)
+
+    for name, run, doc in (("config", cmd_config, "effective configuration (admin)"),
+                           ("status", cmd_status, "detailed status (admin)"),
+                           ("invalidate", cmd_invalidate, "drop the inventory caches (admin)")):
+        sub.add_parser(name, help=doc).set_defaults(run=run)
+    p = sub.add_parser("set-params", help="change business parameters at runtime (admin)")
+    p.add_argument("changes", help='partial params.json document, e.g. \'{"fees": {"service_fee_pct": 0.035}}\'')
+    p.set_defaults(run=cmd_set_params)
+    return parser
+
+
+def main(argv: Iterable[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "customer", None) is None and getattr(args, "profile", None) is None \
+            and args.command in ("offers", "subsidy", "amortization"):
+        print(f"{args.command}: give a customer id or --profile", file=sys.stderr)
+        return 2
+    read = lambda path: Path(path).read_bytes() if path else None  # noqa: E731
+    client = OfferClient(args.target, timeout=args.timeout, admin_token=args.token, tls=args.tls,
+                         root_certificates=read(args.ca), certificate_chain=read(args.cert), private_key=read(args.key))
+    try:
+        with client:
+            return args.run(client, args)
+    except grpc.RpcError as err:
+        print(f"error: {err.code().name}: {err.details()}", file=sys.stderr)
+        return 1
+    except json.JSONDecodeError as err:
+        print(f"error: invalid JSON: {err}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # output piped into `head` and the like
+        sys.stderr.close()
+        return 0

@@ -1,0 +1,146 @@
+"""OfferClient: a typed Python client of the Trade-Up Engine.
+
+    with OfferClient("localhost:50051") as client:
+        response = client.generate_offers(customer_id="C00001", max_offers=10)
+
+Every call has a default deadline (overridable per call); UNAVAILABLE is retried with
+backoff by gRPC itself (service config), never other codes. Results are the generated
+protobuf messages (typed by their .pyi stubs).
+"""
+from __future__ import annotations
+
+import json
+from typing import Any, Iterable, Iterator, Sequence
+
+import grpc
+from google.protobuf import json_format, struct_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from protos.tradeup.v1 import admin_pb2, admin_pb2_grpc, offers_pb2 as pb, offers_pb2_grpc
+
+TIERS = {"refresh": pb.TIER_REFRESH, "upgrade": pb.TIER_UPGRADE, "max_upgrade": pb.TIER_MAX_UPGRADE}
+RETRY_POLICY = {
+    "methodConfig": [{
+        "name": [{"service": "tradeup.v1.OfferService"}, {"service": "tradeup.v1.AdminService"},
+                 {"service": "grpc.health.v1.Health", "method": "Check"}],
+        "retryPolicy": {"maxAttempts": 4, "initialBackoff": "0.1s", "maxBackoff": "1s",
+                        "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]},
+    }],
+}
+
+
+def offer_request(cls, customer_id: str | None = None, profile: dict | pb.CustomerProfile | None = None,
+                  overrides: dict | None = None, terms: Sequence[int] = (), tiers: Sequence[str | int] = (),
+                  max_offers: int = 0, same_region: bool = False, max_cars: int = 0):
+    """A GenerateOffers / StreamOffers / bulk request from plain values."""
+    request = cls(overrides=pb.PricingOverrides(**(overrides or {})),
+                  options=pb.OfferOptions(terms=list(terms), tiers=[TIERS.get(t, t) for t in tiers],
+                                          max_offers=max_offers, same_region=same_region, max_cars=max_cars))
+    _set_customer(request, customer_id, profile)
+    return request
+
+
+def _set_customer(request, customer_id, profile) -> None:
+    if (customer_id is None) == (profile is None):
+        raise ValueError("give exactly one of customer_id and profile")
+    if customer_id is not None:
+        request.customer_id = customer_id
+    else:
+        request.profile.CopyFrom(profile if isinstance(profile, pb.CustomerProfile) else pb.CustomerProfile(**profile))
+
+
+class OfferClient:
+    def __init__(self, target: str = "localhost:50051", timeout: float = 10.0, admin_token: str | None = None,
+                 root_certificates: bytes | None = None, private_key: bytes | None = None,
+                 certificate_chain: bytes | None = None, tls: bool = False, options: Sequence = ()):
+        """`tls` (or any certificate given) opens a secure channel; `private_key` and
+        `certificate_chain` add a client certificate for mutual TLS."""
+        channel_options = [("grpc.service_config", json.dumps(RETRY_POLICY)), ("grpc.enable_retries", 1),
+                           ("grpc.max_receive_message_length", 64 * 1024 * 1024), *options]
+        if tls or root_certificates or private_key:
+            credentials = grpc.ssl_channel_credentials(root_certificates, private_key, certificate_chain)
+            self.channel = grpc.secure_channel(target, credentials, options=channel_options)
+        else:
+            self.channel = grpc.insecure_channel(target, options=channel_options)
+        self.timeout = timeout
+        self.admin_token = admin_token
+        self.offers = offers_pb2_grpc.OfferServiceStub(self.channel)
+        self.admin = admin_pb2_grpc.AdminServiceStub(self.channel)
+        self.health_stub = health_pb2_grpc.HealthStub(self.channel)
+
+    def __enter__(self) -> "OfferClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def _timeout(self, timeout: float | None) -> float:
+        return self.timeout if timeout is None else timeout
+
+    # --- offers ---------------------------------------------------------------------------------
+    def generate_offers(self, *, timeout: float | None = None, metadata=None, **request) -> pb.GenerateOffersResponse:
+        return self.offers.GenerateOffers(offer_request(pb.GenerateOffersRequest, **request),
+                                          timeout=self._timeout(timeout), metadata=metadata)
+
+    def stream_offers(self, *, timeout: float | None = None, metadata=None, **request) -> Iterator[pb.StreamOffersResponse]:
+        return self.offers.StreamOffers(offer_request(pb.StreamOffersRequest, **request),
+                                        timeout=self._timeout(timeout), metadata=metadata)
+
+    def generate_offers_bulk(self, requests: Iterable[dict], *, timeout: float | None = None,
+                             metadata=None) -> Iterator[pb.GenerateOffersBulkResponse]:
+        """`requests`: dicts of offer_request keywords, e.g. {"customer_id": "C00001"}."""
+        return self.offers.GenerateOffersBulk((offer_request(pb.GenerateOffersBulkRequest, **r) for r in requests),
+                                              timeout=self._timeout(timeout), metadata=metadata)
+
+    def find_minimum_subsidy(self, customer_id: str | None = None, profile=None, car_ids: Sequence[str] = (),
+                             overrides: dict | None = None, same_region: bool = False, max_cars: int = 0,
+                             timeout: float | None = None, metadata=None) -> Iterator[pb.FindMinimumSubsidyResponse]:
+        request = pb.FindMinimumSubsidyRequest(car_ids=list(car_ids), overrides=pb.PricingOverrides(**(overrides or {})),
+                                               same_region=same_region, max_cars=max_cars)
+        _set_customer(request, customer_id, profile)
+        return self.offers.FindMinimumSubsidy(request, timeout=self._timeout(timeout), metadata=metadata)
+
+    def amortization(self, car_id: str, term: int, customer_id: str | None = None, profile=None,
+                     overrides: dict | None = None, timeout: float | None = None,
+                     metadata=None) -> pb.GetAmortizationTableResponse:
+        request = pb.GetAmortizationTableRequest(car_id=car_id, term=term,
+                                                 overrides=pb.PricingOverrides(**(overrides or {})))
+        _set_customer(request, customer_id, profile)
+        return self.offers.GetAmortizationTable(request, timeout=self._timeout(timeout), metadata=metadata)
+
+    # --- health ---------------------------------------------------------------------------------
+    def health(self, service: str = "", timeout: float | None = None) -> str:
+        """SERVING, NOT_SERVING or SERVICE_UNKNOWN."""
+        response = self.health_stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=self._timeout(timeout))
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+
+    def watch_health(self, service: str = "", timeout: float | None = None) -> Iterator[str]:
+        for response in self.health_stub.Watch(health_pb2.HealthCheckRequest(service=service), timeout=timeout):
+            yield health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+
+    # --- admin ----------------------------------------------------------------------------------
+    def _admin_metadata(self) -> tuple:
+        return (("authorization", f"Bearer {self.admin_token}"),) if self.admin_token else ()
+
+    def get_config(self, timeout: float | None = None) -> dict[str, Any]:
+        response = self.admin.GetConfig(admin_pb2.GetConfigRequest(), timeout=self._timeout(timeout),
+                                        metadata=self._admin_metadata())
+        return json_format.MessageToDict(response.config)
+
+    def update_business_parameters(self, changes: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
+        struct = struct_pb2.Struct()
+        struct.update(changes)
+        response = self.admin.UpdateBusinessParameters(admin_pb2.UpdateBusinessParametersRequest(changes=struct),
+                                                       timeout=self._timeout(timeout), metadata=self._admin_metadata())
+        return json_format.MessageToDict(response.business)
+
+    def invalidate_cache(self, timeout: float | None = None) -> int:
+        return self.admin.InvalidateCache(admin_pb2.InvalidateCacheRequest(), timeout=self._timeout(timeout),
+                                          metadata=self._admin_metadata()).entries_removed
+
+    def status(self, timeout: float | None = None) -> admin_pb2.GetStatusResponse:
+        return self.admin.GetStatus(admin_pb2.GetStatusRequest(), timeout=self._timeout(timeout),
+                                    metadata=self._admin_metadata())
