@@ -475,3 +475,134 @@ def subsidy_search(splan, prices, Py_ssize_t first, Py_ssize_t last, out):
                 financed[car] = result.financed
                 iterations[car] = result.tried
     return invalid
+
+
+# --- protobuf wire encoding of ranked offers (see wire_py.py, the twin) ------------------------
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
+from cpython.unicode cimport PyUnicode_AsUTF8AndSize
+from libc.stdint cimport uint64_t
+from libc.string cimport memcpy
+
+
+cdef inline Py_ssize_t _varint_size(uint64_t value) noexcept nogil:
+    cdef Py_ssize_t size = 1
+    while value > 0x7F:
+        value >>= 7
+        size += 1
+    return size
+
+
+cdef inline char* _put_varint(char* p, uint64_t value) noexcept nogil:
+    while value > 0x7F:
+        p[0] = <char>((value & 0x7F) | 0x80)
+        p += 1
+        value >>= 7
+    p[0] = <char>value
+    return p + 1
+
+
+cdef inline bint _is_default(double value) noexcept nogil:
+    cdef uint64_t bits
+    memcpy(&bits, &value, 8)
+    return bits == 0  # +0.0 only: proto3 writes -0.0
+
+
+cdef inline char* _put_double(char* p, int number, double value) noexcept nogil:
+    if _is_default(value):
+        return p
+    p[0] = <char>(number << 3 | 1)
+    memcpy(p + 1, &value, 8)  # little-endian, as the wire wants (x86-64 and arm64 are)
+    return p + 9
+
+
+def encode_offers(plan, out, list car_ids, order, Py_ssize_t first, Py_ssize_t last, int field_number):
+    """The offers ranked at positions [first, last), each as field `field_number` (length-delimited)."""
+    cols = plan.columns
+    cdef int n_terms = len(cols.terms), t, i
+    cdef const long[:] order_view = order
+    cdef const long[:] terms = cols.terms
+    cdef const double[:] rates = cols.annual_rates
+    cdef const signed char[:] status = out.status
+    cdef const double[:] payment = out.payment, delta = out.delta, financed = out.financed
+    cdef const double[:] equity = out.equity, service_fee = out.service_fee, cxa = out.cxa, npv = out.npv
+    cdef double kavak = plan.kavak_total, insurance = plan.insurance
+    cdef double gps_install = plan.gps_install, gps_monthly = plan.gps_monthly
+    if first < 0 or last > order_view.shape[0] or first > last or not 1 <= field_number <= 15:
+        raise IndexError("positions or field number out of range")
+    cdef Py_ssize_t count = last - first, k, slot, car, id_length, total = 0, body
+    cdef Py_ssize_t* sizes = <Py_ssize_t*> malloc(max(count, 1) * sizeof(Py_ssize_t))
+    cdef const char** ids = <const char**> malloc(max(count, 1) * sizeof(char*))
+    cdef Py_ssize_t* id_lengths = <Py_ssize_t*> malloc(max(count, 1) * sizeof(Py_ssize_t))
+    cdef double doubles[12]
+    cdef char* p
+    if sizes == NULL or ids == NULL or id_lengths == NULL:
+        free(sizes); free(ids); free(id_lengths)
+        raise MemoryError()
+    try:
+        # Pass 1: the size of every offer (ids are read with the GIL; UTF-8 is cached by str).
+        for k in range(count):
+            slot = order_view[first + k]
+            car = slot // n_terms
+            t = slot % n_terms
+            ids[k] = PyUnicode_AsUTF8AndSize(car_ids[car], &id_length)
+            id_lengths[k] = id_length
+            body = (1 + _varint_size(id_length) + id_length) if id_length else 0
+            body += 1 + _varint_size(<uint64_t>terms[t]) if terms[t] else 0
+            body += 2 if status[slot] else 0
+            doubles[0] = payment[slot]
+            doubles[1] = delta[slot]
+            doubles[2] = financed[car]
+            doubles[3] = equity[car]
+            doubles[4] = service_fee[car]
+            doubles[5] = cxa[car]
+            doubles[6] = kavak
+            doubles[7] = insurance
+            doubles[8] = gps_install
+            doubles[9] = gps_monthly
+            doubles[10] = npv[car]
+            doubles[11] = rates[t]
+            for i in range(12):
+                if not _is_default(doubles[i]):
+                    body += 9
+            sizes[k] = body
+            total += 1 + _varint_size(body) + body
+        encoded = PyBytes_FromStringAndSize(NULL, total)
+        p = PyBytes_AS_STRING(encoded)
+        # Pass 2: write.
+        for k in range(count):
+            slot = order_view[first + k]
+            car = slot // n_terms
+            t = slot % n_terms
+            p[0] = <char>(field_number << 3 | 2)
+            p = _put_varint(p + 1, sizes[k])
+            if id_lengths[k]:
+                p[0] = 0x0A
+                p = _put_varint(p + 1, id_lengths[k])
+                memcpy(p, ids[k], id_lengths[k])
+                p += id_lengths[k]
+            if terms[t]:
+                p[0] = 0x10
+                p = _put_varint(p + 1, <uint64_t>terms[t])
+            if status[slot]:
+                p[0] = 0x18
+                p[1] = <char>status[slot]
+                p += 2
+            p = _put_double(p, 4, payment[slot])
+            p = _put_double(p, 5, delta[slot])
+            p = _put_double(p, 6, financed[car])
+            p = _put_double(p, 7, equity[car])
+            p = _put_double(p, 8, service_fee[car])
+            p = _put_double(p, 9, cxa[car])
+            p = _put_double(p, 10, kavak)
+            p = _put_double(p, 11, insurance)
+            p = _put_double(p, 12, gps_install)
+            p = _put_double(p, 13, gps_monthly)
+            p = _put_double(p, 14, npv[car])
+            p = _put_double(p, 15, rates[t])
+        if p - PyBytes_AS_STRING(encoded) != total:
+            raise AssertionError("offer encoding size mismatch")
+        return encoded
+    finally:
+        free(sizes)
+        free(ids)
+        free(id_lengths)

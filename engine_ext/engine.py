@@ -78,7 +78,9 @@ class Offer:
 class OfferSet:
     """The ranked offers of one request, as columns (cheap to encode) and as `Offer` objects."""
 
-    def __init__(self, plan: OfferPlan, car_ids: Sequence[str], out: OfferBuffers, order: array, counts: array):
+    def __init__(self, plan: OfferPlan, car_ids: Sequence[str], out: OfferBuffers, order: array, counts: array,
+                 kernel):
+        self.kernel = kernel
         self.plan = plan
         self.car_ids = car_ids
         self.columns = out
@@ -112,6 +114,11 @@ class OfferSet:
 
     def __iter__(self) -> Iterator[Offer]:
         return (self.offer(k) for k in range(len(self.order)))
+
+    def encode(self, first: int, last: int, field_number: int) -> bytes:
+        """Protobuf wire bytes of the offers ranked [first, last) as repeated `tradeup.v1.Offer`
+        field `field_number` of the enclosing message (see wire_py.py)."""
+        return self.kernel.encode_offers(self.plan, self.columns, self.car_ids, self.order, first, last, field_number)
 
 
 @dataclass(frozen=True)
@@ -208,6 +215,7 @@ class Engine:
         """Every feasible offer of `tiers` for these cars, ranked by SPEC §3, with rejection counts.
         `car_rank[k]` orders car k by car_id for ties; computed when not given."""
         prices = self._prices(prices, car_ids)
+        car_ids = list(car_ids)
         plan = build_offer_plan(customer, params)
         out = OfferBuffers(len(prices), len(plan.columns.terms))
         self._fan_out(lambda first, last: self.kernel.price_offers(plan, prices, first, last, out),
@@ -218,7 +226,7 @@ class Engine:
             car_rank = array("l", car_rank)
         tier_mask = sum(1 << t for t in tiers)
         order, counts = self.kernel.rank_offers(plan, out, len(prices), car_rank, tier_mask)
-        return OfferSet(plan, car_ids, out, order, counts)
+        return OfferSet(plan, car_ids, out, order, counts, self.kernel)
 
     def schedule(self, customer: CustomerTerms, price: float, term: int, params: PricingParams) -> list[ScheduleRow]:
         """The amortization schedule of one offer (SPEC §3), feasible or not."""

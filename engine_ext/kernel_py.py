@@ -245,3 +245,7 @@ def subsidy_search(splan, prices, first, last, out):
          out.payment[car], out.delta[car], out.npv[car], out.financed[car],
          out.iterations[car]) = subsidy_search_car(splan, prices[car])
     return -1
+
+
+# --- protobuf wire encoding of ranked offers ----------------------------------------------------
+from .wire_py import encode_offers  # noqa: E402,F401  (both kernels expose it)

@@ -4,12 +4,12 @@ from __future__ import annotations
 import logging
 import sys
 
-from .rpc.interceptors import RequestIdFilter
+from .rpc.interceptors import install_request_id_records
 
 
 def configure_logging(level: str) -> None:
+    install_request_id_records()
     handler = logging.StreamHandler(sys.stderr)
-    handler.addFilter(RequestIdFilter())
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -152,3 +152,21 @@ def test_errors_that_are_not_outages_do_not_trip_the_breaker():
     with pytest.raises(KeyError):
         breaker.call(lambda: {}["x"], lambda exc: isinstance(exc, OSError))
     assert breaker.state == "closed"
+
+
+def test_same_region_on_both_paths(repository):
+    from dataclasses import replace as swap
+    cars = golden.cars()[:50]
+    try:
+        repository.put_cars([swap(c, region="Monterrey" if k % 2 else "Puebla") for k, c in enumerate(cars)])
+        cache = InventoryCache(repository, ttl_seconds=60, prefilter_entries=10)
+        wide = replace(golden.domain_customers()[0], current_car_price=1.0, current_car_year=1990,
+                       current_car_km=10 ** 7)
+        for region, expected in (("Monterrey", 25), ("Puebla", 25), ("Nowhere", 0), ("", 3950)):
+            customer = replace(wide, region=region)
+            sql = cache.prefilter_sql(customer, True, 2000).car_ids
+            memory = cache.snapshot().match(load_kernel(), customer, True, 2000).car_ids
+            assert sql == memory and len(sql) == min(expected, 2000)
+            assert all(golden.inventory()[c] for c in sql)
+    finally:
+        repository.put_cars(cars)

@@ -314,3 +314,51 @@ def test_graceful_shutdown_lets_a_running_stream_finish(golden_database, tmp_pat
         running.client.generate_offers(customer_id="C0001", timeout=2)
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE
     running.client.close()
+
+
+INJECTIONS = ("' OR '1'='1", "C0001'; DROP TABLE inventory; --", "x' UNION SELECT customer_id FROM customers --",
+              "\\'; DELETE FROM customers; --", "%", "Robert'); DROP TABLE customers;--")
+
+
+def test_injection_strings_in_every_string_field_are_inert(server):
+    before = server.app.repository.counts()
+    for text in INJECTIONS:
+        with pytest.raises(grpc.RpcError) as err:
+            server.client.generate_offers(customer_id=text)
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+        profile = {**PROFILE, "customer_id": text, "region": text, "risk_profile_name": text[:16]}
+        response = server.client.generate_offers(profile=profile, same_region=True)
+        assert response.summary.cars_evaluated == 0 and response.summary.customer_id == text
+        with pytest.raises(grpc.RpcError) as err:
+            list(server.client.find_minimum_subsidy(customer_id="C0001", car_ids=[text]))
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+        with pytest.raises(grpc.RpcError) as err:
+            server.client.amortization(text, 48, customer_id="C0001")
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    assert server.app.repository.counts() == before
+    assert server.client.generate_offers(customer_id="C0001").summary.total_offers == 620
+
+
+def test_a_changed_customer_is_priced_fresh_on_the_next_call(server):
+    from dataclasses import replace
+    original = server.app.repository.get_customer("C0002")
+    try:
+        first = server.client.generate_offers(customer_id="C0002")
+        server.app.repository.put_customers([replace(original, current_monthly_payment=original.current_monthly_payment * 2)])
+        second = server.client.generate_offers(customer_id="C0002")
+        deltas = lambda r: {offer_key(o): o.payment_delta for g in r.groups for o in g.offers}  # noqa: E731
+        assert deltas(first) != deltas(second)
+        common = set(deltas(first)) & set(deltas(second))
+        assert all(deltas(second)[k] < deltas(first)[k] for k in common)
+    finally:
+        server.app.repository.put_customers([original])
+
+
+def test_every_log_line_of_a_call_carries_its_request_id(server, caplog):
+    import logging
+    with caplog.at_level(logging.INFO, logger="tradeup.access"):
+        server.client.generate_offers(customer_id="C0001", metadata=(("x-request-id", "trace-42"),))
+        with pytest.raises(grpc.RpcError):
+            server.client.generate_offers(customer_id="NOPE", metadata=(("x-request-id", "trace-43"),))
+    lines = {r.request_id: r.getMessage() for r in caplog.records if r.name == "tradeup.access"}
+    assert "GenerateOffers OK" in lines["trace-42"] and "GenerateOffers NOT_FOUND" in lines["trace-43"]

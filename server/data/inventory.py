@@ -55,7 +55,8 @@ class InventorySnapshot:
 
     def match(self, kernel, customer: Customer, same_region: bool, limit: int) -> Selection:
         """SPEC §2 against the snapshot, with the compiled (or twin) kernel."""
-        region = self.region_codes.get(customer.region, -2) if same_region else -1
+        # -1: any region; a region no car is in gets a code no row has.
+        region = self.region_codes.get(customer.region, len(self.region_codes)) if same_region else -1
         rows = kernel.match_cars(self.years, self.prices, self.kilometers, self.regions,
                                  float(customer.current_car_price), int(customer.current_car_year),
                                  int(customer.current_car_km), region, limit)

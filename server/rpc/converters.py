@@ -7,6 +7,7 @@ from typing import Any, Sequence
 from google.protobuf import json_format, struct_pb2
 
 from engine_ext import OfferSet, ScheduleRow, SubsidyResult
+from engine_ext.wire_py import length_delimited
 from engine_ext.constants import ALL_TIERS, TIER_MAX_UPGRADE, TIER_REFRESH, TIER_UPGRADE
 
 from protos.tradeup.v1 import admin_pb2, offers_pb2 as pb
@@ -92,25 +93,6 @@ def subsidy_query(request: pb.FindMinimumSubsidyRequest) -> OfferQuery:
 
 
 # --- domain -> responses -------------------------------------------------------------------------
-def offers_to_pb(offers: OfferSet, positions: range) -> list[pb.Offer]:
-    """Offers by rank, built straight from the engine's columns (no intermediate objects)."""
-    plan, out, ids, order = offers.plan, offers.columns, offers.car_ids, offers.order
-    terms, rates = plan.columns.terms, plan.columns.annual_rates
-    n_terms = len(terms)
-    kavak, insurance, gps_install, gps_monthly = plan.kavak_total, plan.insurance, plan.gps_install, plan.gps_monthly
-    built = []
-    for position in positions:
-        slot = order[position]
-        car, t = divmod(slot, n_terms)
-        built.append(pb.Offer(
-            car_id=ids[car], term=terms[t], tier=out.status[slot], monthly_payment=out.payment[slot],
-            payment_delta=out.delta[slot], loan_amount=out.financed[car], effective_equity=out.equity[car],
-            service_fee_amount=out.service_fee[car], cxa_amount=out.cxa[car], kavak_total_amount=kavak,
-            insurance_amount=insurance, gps_install_fee=gps_install, gps_monthly_fee=gps_monthly,
-            npv=out.npv[car], interest_rate=rates[t]))
-    return built
-
-
 def summary_to_pb(result: OfferResult) -> pb.OfferSummary:
     counts, rejected = result.offers.tier_counts, result.offers.rejected
     wanted = set(result.tiers)
@@ -124,19 +106,47 @@ def summary_to_pb(result: OfferResult) -> pb.OfferSummary:
         timing=pb.Timing(database_ms=result.database_ms, engine_ms=result.engine_ms, total_ms=result.total_ms))
 
 
-def generate_response(result: OfferResult) -> pb.GenerateOffersResponse:
-    """Offers grouped by tier. The ranking puts tiers in order, so each group is a run of it."""
+# Field numbers of the messages the server assembles from pre-encoded parts.
+_RESPONSE_SUMMARY = pb.GenerateOffersResponse.DESCRIPTOR.fields_by_name["summary"].number
+_RESPONSE_GROUPS = pb.GenerateOffersResponse.DESCRIPTOR.fields_by_name["groups"].number
+_GROUP_OFFERS = pb.TierGroup.DESCRIPTOR.fields_by_name["offers"].number
+_STREAM_OFFERS = pb.StreamOffersResponse.DESCRIPTOR.fields_by_name["offers"].number
+_STREAM_SUMMARY = pb.StreamOffersResponse.DESCRIPTOR.fields_by_name["summary"].number
+_BULK_OFFERS = pb.GenerateOffersBulkResponse.DESCRIPTOR.fields_by_name["offers"].number
+
+
+def generate_response(result: OfferResult) -> bytes:
+    """GenerateOffersResponse, encoded: the small parts through protobuf, the offers by the kernel.
+    The ranking puts tiers in order, so each tier group is a run of it."""
     offers = result.offers
-    groups = []
+    names = {TIER_REFRESH: "Refresh", TIER_UPGRADE: "Upgrade", TIER_MAX_UPGRADE: "Max Upgrade"}
+    parts = [length_delimited(_RESPONSE_SUMMARY, summary_to_pb(result).SerializeToString())]
     position = 0
-    counts = {TIER_REFRESH: "Refresh", TIER_UPGRADE: "Upgrade", TIER_MAX_UPGRADE: "Max Upgrade"}
     for tier in result.tiers:
-        count = offers.tier_counts[counts[tier]]
-        end = position + count
-        groups.append(pb.TierGroup(tier=tier, count=count,
-                                   offers=offers_to_pb(offers, range(position, min(end, result.returned)))))
-        position = end
-    return pb.GenerateOffersResponse(summary=summary_to_pb(result), groups=groups)
+        count = offers.tier_counts[names[tier]]
+        last = max(position, min(position + count, result.returned))
+        group = pb.TierGroup(tier=tier, count=count).SerializeToString() + offers.encode(position, last, _GROUP_OFFERS)
+        parts.append(length_delimited(_RESPONSE_GROUPS, group))
+        position += count
+    return b"".join(parts)
+
+
+def stream_batch(result: OfferResult, first: int, last: int, with_summary: bool) -> bytes:
+    """One StreamOffersResponse, encoded: offers ranked [first, last), and the summary if asked."""
+    encoded = result.offers.encode(first, last, _STREAM_OFFERS)
+    if with_summary:
+        encoded += length_delimited(_STREAM_SUMMARY, summary_to_pb(result).SerializeToString())
+    return encoded
+
+
+def bulk_offers(index: int, customer_id: str, result: OfferResult) -> bytes:
+    head = pb.GenerateOffersBulkResponse(index=index, customer_id=customer_id).SerializeToString()
+    return head + length_delimited(_BULK_OFFERS, generate_response(result))
+
+
+def bulk_error(index: int, customer_id: str, code: str, message: str) -> bytes:
+    return pb.GenerateOffersBulkResponse(index=index, customer_id=customer_id,
+                                         error=pb.CustomerError(code=code, message=message)).SerializeToString()
 
 
 def subsidy_to_pb(results: Sequence[SubsidyResult]) -> list[pb.SubsidyResult]:

@@ -20,12 +20,19 @@ request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id
 _VALID_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
-class RequestIdFilter(logging.Filter):
-    """Adds `request_id` to every record logged while a call is being served."""
+def install_request_id_records() -> None:
+    """Give every log record a `request_id`: the id of the call being served ("-" outside calls)."""
+    factory = logging.getLogRecordFactory()
+    if getattr(factory, "adds_request_id", False):
+        return
 
-    def filter(self, record: logging.LogRecord) -> bool:
+    def with_request_id(*args, **kwargs) -> logging.LogRecord:
+        record = factory(*args, **kwargs)
         record.request_id = request_id_var.get()
-        return True
+        return record
+
+    with_request_id.adds_request_id = True
+    logging.setLogRecordFactory(with_request_id)
 
 
 def _request_id(context: grpc.ServicerContext) -> str:
@@ -37,6 +44,7 @@ def _request_id(context: grpc.ServicerContext) -> str:
 
 class ServiceInterceptor(grpc.ServerInterceptor):
     def __init__(self, on_call: Callable[[str, str, float], None] | None = None):
+        install_request_id_records()
         self.on_call = on_call  # (method, status code name, seconds): for metrics
 
     def intercept_service(self, continuation, handler_call_details):

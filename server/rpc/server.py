@@ -7,19 +7,39 @@ from concurrent import futures
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from google.protobuf.message_factory import GetMessageClass
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
-from protos.tradeup.v1 import admin_pb2, admin_pb2_grpc, offers_pb2, offers_pb2_grpc
+from protos.tradeup.v1 import admin_pb2, admin_pb2_grpc, offers_pb2
 
 from ..config import Settings
 from .interceptors import ServiceInterceptor
-from .servicers import AdminServicer, OfferServicer
+from .servicers import PRE_ENCODED, AdminServicer, OfferServicer
 
 log = logging.getLogger("tradeup.server")
 OFFER_SERVICE = offers_pb2.DESCRIPTOR.services_by_name["OfferService"].full_name
 ADMIN_SERVICE = admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def _pass_through(encoded: bytes) -> bytes:
+    return encoded
+
+
+def offer_service_handler(servicer: OfferServicer) -> grpc.GenericRpcHandler:
+    """The generated registration of OfferService, except that the PRE_ENCODED methods hand
+    their already-serialized response bytes to gRPC unchanged. Clients see ordinary messages."""
+    service = offers_pb2.DESCRIPTOR.services_by_name["OfferService"]
+    kinds = {(False, False): grpc.unary_unary_rpc_method_handler, (False, True): grpc.unary_stream_rpc_method_handler,
+             (True, False): grpc.stream_unary_rpc_method_handler, (True, True): grpc.stream_stream_rpc_method_handler}
+    handlers = {}
+    for method in service.methods:
+        serializer = _pass_through if method.name in PRE_ENCODED else GetMessageClass(method.output_type).SerializeToString
+        handlers[method.name] = kinds[(method.client_streaming, method.server_streaming)](
+            getattr(servicer, method.name), request_deserializer=GetMessageClass(method.input_type).FromString,
+            response_serializer=serializer)
+    return grpc.method_handlers_generic_handler(service.full_name, handlers)
 
 
 class MethodAwareReflectionServicer(reflection.ReflectionServicer):
@@ -103,7 +123,7 @@ def create_server(settings: Settings, offer_servicer: OfferServicer, admin_servi
         options=[("grpc.max_receive_message_length", s.max_message_bytes),
                  ("grpc.max_send_message_length", s.max_message_bytes),
                  ("grpc.so_reuseport", 0)])
-    offers_pb2_grpc.add_OfferServiceServicer_to_server(offer_servicer, server)
+    server.add_generic_rpc_handlers((offer_service_handler(offer_servicer),))
     admin_pb2_grpc.add_AdminServiceServicer_to_server(admin_servicer, server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection_pb2_grpc.add_ServerReflectionServicer_to_server(MethodAwareReflectionServicer(

@@ -14,28 +14,28 @@ from ..services.offers import OfferService, check_deadline
 from . import converters
 
 
+# Methods whose servicer returns pre-encoded response bytes (see converters.generate_response).
+PRE_ENCODED = frozenset({"GenerateOffers", "StreamOffers", "GenerateOffersBulk"})
+
+
 class OfferServicer(offers_pb2_grpc.OfferServiceServicer):
     def __init__(self, service: OfferService, batch_size: int, max_bulk: int):
         self.service = service
         self.batch_size = batch_size
         self.max_bulk = max_bulk
 
-    def GenerateOffers(self, request: pb.GenerateOffersRequest, context) -> pb.GenerateOffersResponse:
+    def GenerateOffers(self, request: pb.GenerateOffersRequest, context) -> bytes:
         result = self.service.generate(converters.offer_query(request), context.time_remaining)
         return converters.generate_response(result)
 
-    def StreamOffers(self, request: pb.StreamOffersRequest, context) -> Iterator[pb.StreamOffersResponse]:
+    def StreamOffers(self, request: pb.StreamOffersRequest, context) -> Iterator[bytes]:
         result = self.service.generate(converters.offer_query(request), context.time_remaining)
         # Batches, not one message per offer: Python gRPC pays a real cost per streamed message.
-        for first in range(0, result.returned, self.batch_size):
+        for first in range(0, max(result.returned, 1), self.batch_size):
             last = min(first + self.batch_size, result.returned)
-            batch = converters.offers_to_pb(result.offers, range(first, last))
-            yield pb.StreamOffersResponse(
-                offers=batch, summary=converters.summary_to_pb(result) if last == result.returned else None)
-        if result.returned == 0:
-            yield pb.StreamOffersResponse(summary=converters.summary_to_pb(result))
+            yield converters.stream_batch(result, first, last, with_summary=last == result.returned)
 
-    def GenerateOffersBulk(self, requests, context) -> Iterator[pb.GenerateOffersBulkResponse]:
+    def GenerateOffersBulk(self, requests, context) -> Iterator[bytes]:
         for index, request in enumerate(requests):
             if index >= self.max_bulk:
                 raise InvalidArgument(f"at most {self.max_bulk} customers per stream", "requests")
@@ -46,11 +46,9 @@ class OfferServicer(offers_pb2_grpc.OfferServiceServicer):
             except ServiceError as exc:
                 if exc.code in ("UNAVAILABLE", "DEADLINE_EXCEEDED"):
                     raise  # the whole call is affected, not this customer
-                yield pb.GenerateOffersBulkResponse(index=index, customer_id=customer_id,
-                                                    error=pb.CustomerError(code=exc.code, message=str(exc)))
+                yield converters.bulk_error(index, customer_id, exc.code, str(exc))
                 continue
-            yield pb.GenerateOffersBulkResponse(index=index, customer_id=customer_id,
-                                                offers=converters.generate_response(result))
+            yield converters.bulk_offers(index, customer_id, result)
 
     def FindMinimumSubsidy(self, request: pb.FindMinimumSubsidyRequest, context):
         service = self.service
