@@ -37,7 +37,7 @@ protos: install
 	$(PYTHON) -m protos.generate
 
 run: build
-	$(PYTHON) -m server
+	TRADEUP_METRICS_PORT=$${TRADEUP_METRICS_PORT:-9464} $(PYTHON) -m server
 
 migrate: build
 	$(PYTHON) -m server migrate

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import signal
 import sys
@@ -27,7 +26,7 @@ def serve(settings) -> int:
     app.start()
     target = f"localhost:{app.port}"
     log.info("Trade-Up Engine listening on %s (database: %s, engine: %s)", target, app.repository.backend,
-             app.engine.implementation)
+             app.engine.implementation, extra={"port": app.port, "metrics_port": app.metrics_port})
     print(f"Trade-Up Engine listening on {target}. Try:\n"
           f"  python -m client --target {target} offers C00001\n"
           f"  grpcurl -plaintext -d '{{\"customer_id\": \"C00001\"}}' {target} tradeup.v1.OfferService/GenerateOffers",
@@ -56,8 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"invalid configuration: {exc}", file=sys.stderr)
         return 2
-    configure_logging(settings.server.log_level)
-    log.info("effective configuration: %s", json.dumps(settings.to_dict(redact=True), sort_keys=True))
+    configure_logging(settings.server.log_level, settings.server.log_format)
+    log.info("effective configuration", extra={"config": settings.to_dict(redact=True)})
     if args.command in (None, "serve"):
         return serve(settings)
     repository = open_repository(settings)

@@ -15,6 +15,7 @@ from .data.breaker import CircuitBreaker
 from .data.database import open_database
 from .data.inventory import InventoryCache
 from .data.repository import Repository
+from .metrics import Metrics
 from .rpc.interceptors import ServiceInterceptor
 from .rpc.server import HealthMonitor, create_server
 from .rpc.servicers import AdminServicer, OfferServicer
@@ -37,21 +38,28 @@ def seed_demo_data(repository: Repository, cars: int = 4000, customers: int = 50
 class Application:
     def __init__(self, settings: Settings, address: str | None = None):
         self.settings = SettingsStore(settings)
+        self.metrics = Metrics()
         self.repository = open_repository(settings)
+        self.repository.on_query = self.metrics.query_done
         kernel = load_kernel(settings.engine.implementation)
         e = settings.engine
         self.engine = Engine(kernel, workers=e.workers or None, offer_chunk_cars=e.offer_chunk_cars,
                              subsidy_chunk_cars=e.subsidy_chunk_cars)
         self.inventory = InventoryCache(self.repository, settings.cache.inventory_ttl_seconds,
                                         settings.cache.prefilter_max_entries)
-        self.offers = OfferService(self.settings, self.repository, self.inventory, self.engine)
+        self.offers = OfferService(self.settings, self.repository, self.inventory, self.engine,
+                                   on_priced=lambda r: self.metrics.offers_priced(
+                                       r.offers.tier_counts, r.offers.rejected, r.offers.cars_evaluated,
+                                       r.engine_ms / 1e3))
         self.health = health.HealthServicer(experimental_non_blocking=True,
                                             experimental_thread_pool=futures.ThreadPoolExecutor(max_workers=1))
         self.monitor = HealthMonitor(self.health, self._ping, settings.database.health_check_seconds)
         self.repository.breaker.listeners.append(self.monitor.on_breaker)
         self.admin = AdminService(self.settings, self.repository, self.inventory, kernel.IMPLEMENTATION,
                                   lambda: bool(self.monitor.reachable))
-        self.interceptor = ServiceInterceptor()
+        self.metrics.watch_status(self.admin.status)
+        self.metrics_port = 0
+        self.interceptor = ServiceInterceptor(self.metrics, settings.server.log_customer_ids)
         self.server, self.port = create_server(
             settings, OfferServicer(self.offers, settings.server.stream_batch_size, settings.server.max_bulk_customers),
             AdminServicer(self.admin), self.health, self.interceptor, address)
@@ -84,6 +92,9 @@ class Application:
             log.warning("database not ready at start-up (%s); will retry", exc)
         self.server.start()
         self.monitor.start()
+        s = self.settings.current.server
+        if s.metrics_port:
+            self.metrics_port = self.metrics.serve(s.metrics_host, s.metrics_port)
 
     def stop(self, grace: float | None = None) -> None:
         """Health NOT_SERVING, refuse new calls, let in-flight ones finish within `grace`."""
@@ -92,6 +103,7 @@ class Application:
         self.monitor.begin_shutdown()
         grace = self.settings.current.server.grace_seconds if grace is None else grace
         self.server.stop(grace).wait()
+        self.metrics.close()
         self.engine.close()
         self.repository.database.close()
         self.stopped.set()

@@ -51,6 +51,13 @@ class ServerSettings:
                                       "where AdminService persists business-parameter changes")
     log_level: str = key("INFO", "TRADEUP_LOG_LEVEL", "logging level",
                          choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    log_format: str = key("json", "TRADEUP_LOG_FORMAT", "one JSON object per line, or plain text",
+                          choices=("json", "text"))
+    log_customer_ids: bool = key(False, "TRADEUP_LOG_CUSTOMER_IDS",
+                                 "log raw customer ids (default: a SHA-256 prefix of the id)")
+    metrics_port: int = key(0, "TRADEUP_METRICS_PORT", "Prometheus /metrics HTTP port (0 = off)",
+                            minimum=0, maximum=65535)
+    metrics_host: str = key("0.0.0.0", "TRADEUP_METRICS_HOST", "address of the metrics endpoint")
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,8 @@
 """`python -m server` as a process: it listens where configured and drains on SIGTERM."""
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -28,6 +30,7 @@ def test_sigterm_drains_in_flight_streams_and_exits_zero(tmp_path):
         assert f"listening on localhost:{port}" in banner
         with OfferClient(f"127.0.0.1:{port}", timeout=30) as client:
             assert client.health() == "SERVING"
+            client.generate_offers(customer_id="C00001", metadata=(("x-request-id", "proc-7"),))
             stream = client.find_minimum_subsidy(customer_id="C00001", max_cars=400)
             first = next(stream)
             process.send_signal(signal.SIGTERM)
@@ -40,7 +43,15 @@ def test_sigterm_drains_in_flight_streams_and_exits_zero(tmp_path):
             except grpc.RpcError as err:
                 assert err.code() == grpc.StatusCode.UNAVAILABLE
         assert process.wait(timeout=30) == 0
-        assert "received SIGTERM" in process.stderr.read()
+        lines = [json.loads(line) for line in process.stderr.read().splitlines()]
+        messages = [line["message"] for line in lines]
+        assert any(m.startswith("received SIGTERM") for m in messages) and messages[-1] == "stopped"
+        assert any(m.startswith("Trade-Up Engine listening") for m in messages)
+        (access,) = [line for line in lines if line["request_id"] == "proc-7"]
+        assert access["method"] == "/tradeup.v1.OfferService/GenerateOffers" and access["code"] == "OK"
+        assert access["offers"] > 0 and access["duration_ms"] > 0
+        assert access["customer"] == hashlib.sha256(b"C00001").hexdigest()[:16]  # not the raw id
+        assert "C00001" not in json.dumps(access)
     finally:
         if process.poll() is None:
             process.kill()

@@ -74,20 +74,16 @@ class InventoryCache:
         self._prefilter: TTLCache = TTLCache(maxsize=prefilter_entries, ttl=ttl_seconds, timer=clock)
         self._lock = threading.Lock()
         self._load_lock = threading.Lock()
-        self.hits = 0
-        self.misses = 0
+        self.counts = {"inventory": [0, 0], "prefilter": [0, 0]}  # cache -> [hits, misses]
 
-    def _get(self, cache: TTLCache, key):
+    def _get(self, name: str, cache: TTLCache, key):
         with self._lock:
             value = cache.get(key)
-            if value is None:
-                self.misses += 1
-            else:
-                self.hits += 1
+            self.counts[name][value is None] += 1
             return value
 
     def snapshot(self, timeout: float | None = None) -> InventorySnapshot:
-        snapshot = self._get(self._snapshots, "inventory")
+        snapshot = self._get("inventory", self._snapshots, "inventory")
         if snapshot is not None:
             return snapshot
         with self._load_lock:  # one load at a time; the others then find it cached
@@ -106,7 +102,7 @@ class InventoryCache:
         region = customer.region if same_region else None
         key = (float(customer.current_car_price), int(customer.current_car_year), int(customer.current_car_km),
                region, limit, id(snapshot))
-        rows = self._get(self._prefilter, key)
+        rows = self._get("prefilter", self._prefilter, key)
         if rows is None:
             ids = self.repository.prefilter_ids(*key[:5], timeout=timeout)
             # A car sold after the snapshot was taken is not priced until the snapshot reloads.
@@ -122,11 +118,21 @@ class InventoryCache:
             self._prefilter.clear()
             return removed
 
+    @property
+    def hits(self) -> int:
+        return sum(hits for hits, _ in self.counts.values())
+
+    @property
+    def misses(self) -> int:
+        return sum(misses for _, misses in self.counts.values())
+
     def status(self) -> dict:
         with self._lock:
             snapshot = self._snapshots.get("inventory")
-            total = self.hits + self.misses
-            return {"inventory_cars": len(snapshot) if snapshot else 0,
-                    "inventory_age_seconds": self._clock() - snapshot.loaded_at if snapshot else 0.0,
-                    "prefilter_cache_entries": len(self._prefilter), "cache_hits": self.hits,
-                    "cache_misses": self.misses, "cache_hit_rate": self.hits / total if total else 0.0}
+            counts = {name: tuple(pair) for name, pair in self.counts.items()}
+            prefilter_entries = len(self._prefilter)
+        hits, misses = sum(h for h, _ in counts.values()), sum(m for _, m in counts.values())
+        return {"inventory_cars": len(snapshot) if snapshot else 0,
+                "inventory_age_seconds": self._clock() - snapshot.loaded_at if snapshot else 0.0,
+                "prefilter_cache_entries": prefilter_entries, "cache_hits": hits, "cache_misses": misses,
+                "cache_hit_rate": hits / (hits + misses) if hits + misses else 0.0, "cache_counts": counts}

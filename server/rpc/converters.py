@@ -180,4 +180,5 @@ def from_struct(struct: struct_pb2.Struct) -> dict[str, Any]:
 
 
 def status_to_pb(status: dict[str, Any]) -> admin_pb2.GetStatusResponse:
-    return admin_pb2.GetStatusResponse(**status)
+    fields = admin_pb2.GetStatusResponse.DESCRIPTOR.fields_by_name
+    return admin_pb2.GetStatusResponse(**{k: v for k, v in status.items() if k in fields})

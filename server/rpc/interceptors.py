@@ -4,11 +4,12 @@ and the mapping of exceptions to status codes (a generic INTERNAL for bugs)."""
 from __future__ import annotations
 
 import contextvars
+import hashlib
 import logging
 import re
 import time
 import uuid
-from typing import Any, Callable
+from typing import Any
 
 import grpc
 
@@ -17,6 +18,7 @@ from ..errors import ServiceError
 log = logging.getLogger("tradeup.access")
 errors_log = logging.getLogger("tradeup.errors")
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+_call_details: contextvars.ContextVar[dict | None] = contextvars.ContextVar("call_details", default=None)
 _VALID_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
@@ -35,6 +37,13 @@ def install_request_id_records() -> None:
     logging.setLogRecordFactory(with_request_id)
 
 
+def note_call(**details) -> None:
+    """Add details (customer, offers) to the access-log line of the call being served."""
+    current = _call_details.get()
+    if current is not None:
+        current.update(details)
+
+
 def _request_id(context: grpc.ServicerContext) -> str:
     for key, value in context.invocation_metadata():
         if key == "x-request-id" and _VALID_ID.match(value):
@@ -43,9 +52,11 @@ def _request_id(context: grpc.ServicerContext) -> str:
 
 
 class ServiceInterceptor(grpc.ServerInterceptor):
-    def __init__(self, on_call: Callable[[str, str, float], None] | None = None):
+    def __init__(self, metrics=None, log_customer_ids: bool = False):
+        """`metrics`: call_started(method) / call_finished(method, code, seconds), or None."""
         install_request_id_records()
-        self.on_call = on_call  # (method, status code name, seconds): for metrics
+        self.metrics = metrics
+        self.log_customer_ids = log_customer_ids
 
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
@@ -65,20 +76,34 @@ class ServiceInterceptor(grpc.ServerInterceptor):
         return grpc.stream_stream_rpc_method_handler(
             self._streaming(handler.stream_stream, method), handler.request_deserializer, handler.response_serializer)
 
-    def _begin(self, context: grpc.ServicerContext) -> tuple[contextvars.Token, float]:
+    def _begin(self, method: str, context: grpc.ServicerContext) -> tuple[tuple, float]:
         request_id = _request_id(context)
         context.send_initial_metadata((("x-request-id", request_id),))
-        return request_id_var.set(request_id), time.perf_counter()
+        if self.metrics:
+            self.metrics.call_started(method)
+        return (request_id_var.set(request_id), _call_details.set({})), time.perf_counter()
 
-    def _end(self, method: str, code: str, started: float, token: contextvars.Token, detail: str = "") -> None:
+    def _customer_field(self, customer_id: str) -> str:
+        if self.log_customer_ids:
+            return customer_id
+        return hashlib.sha256(customer_id.encode()).hexdigest()[:16]
+
+    def _end(self, method: str, code: str, started: float, tokens: tuple, messages: int | None = None) -> None:
         elapsed = time.perf_counter() - started
-        log.info("%s %s %.2fms%s", method, code, elapsed * 1e3, f" {detail}" if detail else "")
-        if self.on_call:
-            self.on_call(method, code, elapsed)
-        try:
-            request_id_var.reset(token)
-        except ValueError:  # a stream closed from another context: nothing to restore
-            pass
+        details = dict(_call_details.get() or {})
+        if "customer" in details:
+            details["customer"] = self._customer_field(details["customer"])
+        if messages is not None:
+            details["messages"] = messages
+        log.info("%s %s %.2fms", method, code, elapsed * 1e3,
+                 extra={"method": method, "code": code, "duration_ms": round(elapsed * 1e3, 3), **details})
+        if self.metrics:
+            self.metrics.call_finished(method, code, elapsed)
+        for var, token in zip((request_id_var, _call_details), tokens):
+            try:
+                var.reset(token)
+            except ValueError:  # a stream closed from another context: nothing to restore
+                pass
 
     def _abort(self, context: grpc.ServicerContext, exc: BaseException) -> tuple[str, str]:
         if isinstance(exc, ServiceError):
@@ -90,7 +115,7 @@ class ServiceInterceptor(grpc.ServerInterceptor):
 
     def _unary(self, behavior, method: str):
         def wrapper(request: Any, context: grpc.ServicerContext):
-            token, started = self._begin(context)
+            tokens, started = self._begin(method, context)
             code = "OK"
             try:
                 return behavior(request, context)
@@ -101,12 +126,12 @@ class ServiceInterceptor(grpc.ServerInterceptor):
                     raise
                 self._abort(context, exc)
             finally:
-                self._end(method, code, started, token)
+                self._end(method, code, started, tokens)
         return wrapper
 
     def _streaming(self, behavior, method: str):
         def wrapper(request: Any, context: grpc.ServicerContext):
-            token, started = self._begin(context)
+            tokens, started = self._begin(method, context)
             code = "OK"
             sent = 0
             try:
@@ -122,5 +147,5 @@ class ServiceInterceptor(grpc.ServerInterceptor):
             finally:
                 if code == "OK" and not context.is_active():
                     code = "CANCELLED"
-                self._end(method, code, started, token, f"messages={sent}")
+                self._end(method, code, started, tokens, sent)
         return wrapper

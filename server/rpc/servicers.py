@@ -12,6 +12,7 @@ from ..errors import InvalidArgument, ServiceError
 from ..services.admin import AdminService
 from ..services.offers import OfferService, check_deadline
 from . import converters
+from .interceptors import note_call
 
 
 # Methods whose servicer returns pre-encoded response bytes (see converters.generate_response).
@@ -26,16 +27,19 @@ class OfferServicer(offers_pb2_grpc.OfferServiceServicer):
 
     def GenerateOffers(self, request: pb.GenerateOffersRequest, context) -> bytes:
         result = self.service.generate(converters.offer_query(request), context.time_remaining)
+        note_call(customer=result.customer.customer_id, offers=result.returned)
         return converters.generate_response(result)
 
     def StreamOffers(self, request: pb.StreamOffersRequest, context) -> Iterator[bytes]:
         result = self.service.generate(converters.offer_query(request), context.time_remaining)
+        note_call(customer=result.customer.customer_id, offers=result.returned)
         # Batches, not one message per offer: Python gRPC pays a real cost per streamed message.
         for first in range(0, max(result.returned, 1), self.batch_size):
             last = min(first + self.batch_size, result.returned)
             yield converters.stream_batch(result, first, last, with_summary=last == result.returned)
 
     def GenerateOffersBulk(self, requests, context) -> Iterator[bytes]:
+        offers = 0
         for index, request in enumerate(requests):
             if index >= self.max_bulk:
                 raise InvalidArgument(f"at most {self.max_bulk} customers per stream", "requests")
@@ -46,8 +50,11 @@ class OfferServicer(offers_pb2_grpc.OfferServiceServicer):
             except ServiceError as exc:
                 if exc.code in ("UNAVAILABLE", "DEADLINE_EXCEEDED"):
                     raise  # the whole call is affected, not this customer
+                note_call(customers=index + 1, offers=offers)
                 yield converters.bulk_error(index, customer_id, exc.code, str(exc))
                 continue
+            offers += result.returned
+            note_call(customers=index + 1, offers=offers)
             yield converters.bulk_offers(index, customer_id, result)
 
     def FindMinimumSubsidy(self, request: pb.FindMinimumSubsidyRequest, context):
@@ -57,6 +64,7 @@ class OfferServicer(offers_pb2_grpc.OfferServiceServicer):
         customer = service.load_customer(query.customer, context.time_remaining)
         selection = service.subsidy_cars(customer, list(request.car_ids), query.same_region, query.max_cars,
                                          context.time_remaining)
+        note_call(customer=customer.customer_id, cars=len(selection.car_ids))
         total, viable = len(selection.car_ids), 0
         for first in range(0, max(total, 1), self.batch_size):
             if first:  # stop working on a call whose deadline passed or whose client left
@@ -72,9 +80,11 @@ class OfferServicer(offers_pb2_grpc.OfferServiceServicer):
                                                 cars_searched=total if done else 0)
 
     def GetAmortizationTable(self, request: pb.GetAmortizationTableRequest, context):
-        offers, rows = self.service.amortization(
-            converters.customer_ref(request), request.car_id, request.term,
-            converters.overrides_to_domain(request.overrides), context.time_remaining)
+        ref = converters.customer_ref(request)
+        offers, rows = self.service.amortization(ref, request.car_id, request.term,
+                                                 converters.overrides_to_domain(request.overrides),
+                                                 context.time_remaining)
+        note_call(customer=ref.customer_id or ref.profile.customer_id)
         return converters.amortization_response(offers, rows)
 
 

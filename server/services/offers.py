@@ -97,11 +97,13 @@ def validate_customer(customer: Customer, inline: bool, table_rows: int) -> None
 
 
 class OfferService:
-    def __init__(self, settings: SettingsStore, repository: Repository, inventory: InventoryCache, engine: Engine):
+    def __init__(self, settings: SettingsStore, repository: Repository, inventory: InventoryCache, engine: Engine,
+                 on_priced: Callable[["OfferResult"], None] | None = None):
         self.settings = settings
         self.repository = repository
         self.inventory = inventory
         self.engine = engine
+        self.on_priced = on_priced  # every priced request, e.g. for metrics
 
     # --- building blocks ----------------------------------------------------------------------
     def load_customer(self, ref: CustomerRef, remaining: Remaining = no_deadline) -> Customer:
@@ -168,8 +170,11 @@ class OfferService:
             raise FailedPrecondition(exc.reason, exc.field) from None
         done = time.perf_counter()
         returned = len(offers) if not query.max_offers else min(query.max_offers, len(offers))
-        return OfferResult(customer=customer, offers=offers, tiers=tiers, returned=returned,
-                           database_ms=(priced - started) * 1e3, engine_ms=(done - priced) * 1e3, started=started)
+        result = OfferResult(customer=customer, offers=offers, tiers=tiers, returned=returned,
+                             database_ms=(priced - started) * 1e3, engine_ms=(done - priced) * 1e3, started=started)
+        if self.on_priced:
+            self.on_priced(result)
+        return result
 
     def subsidy_cars(self, customer: Customer, car_ids: Sequence[str], same_region: bool, max_cars: int,
                      remaining: Remaining = no_deadline) -> Selection:

@@ -1,0 +1,100 @@
+"""Prometheus metrics of one server (prometheus-client, text exposition on an HTTP port).
+
+Counts that the service already keeps (cache hits and misses, pool use, circuit state,
+inventory size) are read at scrape time from the same `status()` the AdminService returns,
+so the two always agree. Each server has its own registry.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+CIRCUIT_STATES = ("closed", "half_open", "open")
+
+
+class StatusCollector(Collector):
+    """Exports the figures of the admin status at each scrape."""
+
+    def __init__(self, status: Callable[[], dict]):
+        self.status = status
+
+    def collect(self):
+        status = self.status()
+        cache = CounterMetricFamily("tradeup_cache_requests", "Cache lookups by cache and result",
+                                    labels=["cache", "result"])
+        for name, (hits, misses) in status["cache_counts"].items():
+            cache.add_metric([name, "hit"], hits)
+            cache.add_metric([name, "miss"], misses)
+        yield cache
+        pool = GaugeMetricFamily("tradeup_db_pool_connections", "Database connections by state", labels=["state"])
+        pool.add_metric(["in_use"], status["pool_in_use"])
+        pool.add_metric(["idle"], status["pool_idle"])
+        yield pool
+        circuit = GaugeMetricFamily("tradeup_circuit_breaker_state", "1 for the circuit breaker's current state",
+                                    labels=["state"])
+        for state in CIRCUIT_STATES:
+            circuit.add_metric([state], 1.0 if status["circuit_state"] == state else 0.0)
+        yield circuit
+        yield GaugeMetricFamily("tradeup_database_up", "1 when the database answered the last health ping",
+                                value=1.0 if status["database_reachable"] else 0.0)
+        yield GaugeMetricFamily("tradeup_inventory_cars", "Cars in the cached inventory snapshot",
+                                value=status["inventory_cars"])
+
+
+class Metrics:
+    def __init__(self):
+        self.registry = registry = CollectorRegistry()
+        self.requests = Counter("tradeup_rpc_requests", "RPCs finished, by method and status code",
+                                ["method", "code"], registry=registry)
+        self.duration = Histogram("tradeup_rpc_duration_seconds", "RPC duration in the server",
+                                  ["method", "code"], buckets=LATENCY_BUCKETS, registry=registry)
+        self.in_flight = Gauge("tradeup_rpc_in_flight", "RPCs being served now", ["method"], registry=registry)
+        self.offers = Counter("tradeup_offers_generated", "Offers produced, by tier", ["tier"], registry=registry)
+        self.cars = Counter("tradeup_cars_evaluated", "Prefiltered cars priced", registry=registry)
+        self.rejected = Counter("tradeup_candidates_rejected", "Car x term candidates not offered, by reason",
+                                ["reason"], registry=registry)
+        self.engine = Histogram("tradeup_engine_duration_seconds", "Pricing and ranking time per request",
+                                buckets=LATENCY_BUCKETS, registry=registry)
+        self.queries = Histogram("tradeup_db_query_duration_seconds", "Database query time, by query",
+                                 ["query"], buckets=LATENCY_BUCKETS, registry=registry)
+        self._http = None
+
+    def watch_status(self, status: Callable[[], dict]) -> None:
+        self.registry.register(StatusCollector(status))
+
+    # --- hooks ------------------------------------------------------------------------------------
+    def call_started(self, method: str) -> None:
+        self.in_flight.labels(method).inc()
+
+    def call_finished(self, method: str, code: str, seconds: float) -> None:
+        self.in_flight.labels(method).dec()
+        self.requests.labels(method, code).inc()
+        self.duration.labels(method, code).observe(seconds)
+
+    def offers_priced(self, tier_counts: dict[str, int], rejected: dict[str, int], cars: int,
+                      engine_seconds: float) -> None:
+        for tier, count in tier_counts.items():
+            self.offers.labels(tier).inc(count)
+        for reason, count in rejected.items():
+            self.rejected.labels(reason).inc(count)
+        self.cars.inc(cars)
+        self.engine.observe(engine_seconds)
+
+    def query_done(self, query: str, seconds: float) -> None:
+        self.queries.labels(query).observe(seconds)
+
+    # --- exposition -------------------------------------------------------------------------------
+    def serve(self, host: str, port: int) -> int:
+        """Serve /metrics on host:port (0 = any free port); returns the port."""
+        self._http, _ = start_http_server(port, addr=host, registry=self.registry)
+        return self._http.server_port
+
+    def close(self) -> None:
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+            self._http = None
