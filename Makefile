@@ -7,7 +7,8 @@ GHZ_VERSION := v0.120.0
 GRPCURL_VERSION := v1.9.3
 HEALTH_PROBE_VERSION := v0.4.62
 
-.PHONY: install system-deps build protos run migrate seed test test-python bench bench-engine bench-db tools clean
+.PHONY: install system-deps build protos run migrate seed test test-python bench bench-engine bench-db \
+	bench-growth loadtest tools clean
 
 # MariaDB (for the tests) and a C compiler, from Debian's packages when missing.
 system-deps:
@@ -59,6 +60,15 @@ bench-engine: build
 
 bench-db: system-deps build
 	PATH="/usr/sbin:$$PATH" $(PYTHON) -m tests.bench.bench_db
+
+# ghz against the real server and MariaDB with the demo data; reports in results/.
+loadtest: system-deps build
+	@[ -x $(BIN)/ghz ] || $(MAKE) tools
+	PATH="/usr/sbin:$$PATH" $(PYTHON) -m tests.bench.loadtest
+
+bench-growth: system-deps build
+	@[ -x $(BIN)/ghz ] || $(MAKE) tools
+	PATH="/usr/sbin:$$PATH" $(PYTHON) -m tests.bench.loadtest --growth
 
 # ghz, grpcurl and grpc_health_probe, pinned, into ./bin (needs Go).
 tools:

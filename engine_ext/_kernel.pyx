@@ -109,6 +109,32 @@ def match_cars(const long[:] years, const double[:] prices, const long[:] kilome
     return found[:count]  # a copy: `found` cannot shrink while `out` views it
 
 
+def take(source, const long[:] rows):
+    """array of source[r] for r in rows ('d' or 'l' arrays): the snapshot columns of a selection."""
+    cdef Py_ssize_t n = rows.shape[0], k, size = len(source)
+    cdef const double[:] doubles
+    cdef const long[:] longs
+    cdef double[:] double_out
+    cdef long[:] long_out
+    for k in range(n):
+        if rows[k] < 0 or rows[k] >= size:
+            raise IndexError(f"row {rows[k]} outside [0, {size})")
+    out = array(source.typecode, bytes(source.itemsize * n))
+    if source.typecode == "d":
+        doubles, double_out = source, out
+        with nogil:
+            for k in range(n):
+                double_out[k] = doubles[rows[k]]
+    elif source.typecode == "l":
+        longs, long_out = source, out
+        with nogil:
+            for k in range(n):
+                long_out[k] = longs[rows[k]]
+    else:
+        raise TypeError("take() handles 'd' and 'l' arrays")
+    return out
+
+
 # --- SPEC §3: offers -------------------------------------------------------------------------
 cdef inline signed char _classify(const Plan* p, double delta) noexcept nogil:
     if delta < p.tier_floor:

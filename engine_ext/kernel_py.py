@@ -36,6 +36,11 @@ def match_cars(years, prices, kilometers, regions, min_price, min_year, max_km, 
     return found
 
 
+def take(source, rows):
+    """array of source[r] for r in rows: the snapshot columns of a selection."""
+    return array(source.typecode, (source[r] for r in rows))
+
+
 # --- SPEC §3: one offer ----------------------------------------------------------------------
 def is_valid_price(price):
     return math.isfinite(price) and 0.0 < price <= MAX_PRICE

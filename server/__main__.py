@@ -2,6 +2,10 @@
 from __future__ import annotations
 
 import argparse
+import os
+import socket
+import threading
+from dataclasses import replace
 import logging
 import signal
 import sys
@@ -14,26 +18,96 @@ from .logs import configure_logging
 log = logging.getLogger("tradeup.server")
 
 
-def serve(settings) -> int:
+def serve_one(settings, worker: int | None = None, ready_fd: int | None = None) -> int:
+    """Run one server process until SIGTERM/SIGINT; returns its exit status. A worker writes one
+    byte to `ready_fd` once it serves."""
     app = Application(settings)
 
     def on_signal(signum, frame):
         log.info("received %s: draining for up to %ss", signal.Signals(signum).name, settings.server.grace_seconds)
-        app.stop()
+        threading.Thread(target=app.stop, name="shutdown").start()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     app.start()
-    target = f"localhost:{app.port}"
-    log.info("Trade-Up Engine listening on %s (database: %s, engine: %s)", target, app.repository.backend,
-             app.engine.implementation, extra={"port": app.port, "metrics_port": app.metrics_port})
-    print(f"Trade-Up Engine listening on {target}. Try:\n"
-          f"  python -m client --target {target} offers C00001\n"
-          f"  grpcurl -plaintext -d '{{\"customer_id\": \"C00001\"}}' {target} tradeup.v1.OfferService/GenerateOffers",
-          flush=True)
+    log.info("Trade-Up Engine listening on localhost:%s (database: %s, engine: %s)", app.port,
+             app.repository.backend, app.engine.implementation,
+             extra={"port": app.port, "metrics_port": app.metrics_port, "worker": worker})
+    if ready_fd is None:
+        print(banner(app.port, 1), flush=True)
+    else:
+        os.write(ready_fd, b"!")
+        os.close(ready_fd)
     app.stopped.wait()
-    log.info("stopped")
+    log.info("stopped", extra={"worker": worker})
     return 0
+
+
+def banner(port: int, processes: int) -> str:
+    target = f"localhost:{port}"
+    return (f"Trade-Up Engine listening on {target} ({processes} process{'es' if processes > 1 else ''}). Try:\n"
+            f"  python -m client --target {target} offers C00001\n"
+            f"  grpcurl -plaintext -d '{{\"customer_id\": \"C00001\"}}' {target} tradeup.v1.OfferService/GenerateOffers")
+
+
+def reserve_port(host: str, port: int) -> socket.socket:
+    """Hold the port (SO_REUSEPORT) so every worker binds the same one, even when port is 0."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host.strip("[]"), port))
+    return sock
+
+
+def serve(settings) -> int:
+    processes = settings.server.processes
+    if processes == 1:
+        return serve_one(settings)
+    # Multi-core serving is processes: prepare the database once, then fork the workers before any
+    # gRPC object exists; each builds its own server on the shared port (grpc's multiprocessing example).
+    prepared = Application.prepare_shared(settings)
+    held = reserve_port(settings.server.host, settings.server.port)
+    port = held.getsockname()[1]
+    server = replace(settings.server, port=port)
+    ready_read, ready_write = os.pipe()
+    workers = []
+    for index in range(processes):
+        metrics = server.metrics_port + index if server.metrics_port else 0
+        pid = os.fork()
+        if pid == 0:
+            held.close()
+            os.close(ready_read)
+            code = 1
+            try:
+                code = serve_one(replace(settings, server=replace(server, metrics_port=metrics)), index, ready_write)
+            finally:
+                os._exit(code)
+        workers.append(pid)
+    os.close(ready_write)
+    ready = 0
+    while ready < processes:  # one byte per worker once it serves; end of file if they all died
+        chunk = os.read(ready_read, processes)
+        if not chunk:
+            break
+        ready += len(chunk)
+    os.close(ready_read)
+    log.info("%d of %d worker processes serving on port %d", ready, processes, port,
+             extra={"workers": workers, **prepared})
+    if ready == processes:
+        print(banner(port, processes), flush=True)
+
+    def forward(signum, frame):
+        for pid in workers:
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                pass
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    statuses = [os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in workers]
+    held.close()
+    log.info("stopped", extra={"worker_exit_codes": statuses})
+    return 0 if all(code == 0 for code in statuses) else 1
 
 
 def main(argv: list[str] | None = None) -> int:

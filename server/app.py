@@ -35,6 +35,14 @@ def seed_demo_data(repository: Repository, cars: int = 4000, customers: int = 50
     repository.put_customers(demo.demo_customers(customers))
 
 
+def prepare_database(repository: Repository, seed_demo: bool) -> None:
+    """Migrate, and seed an empty database with the demo data when asked to."""
+    repository.migrate()
+    if seed_demo and repository.counts() == (0, 0):
+        log.info("empty database: loading the demo data")
+        seed_demo_data(repository)
+
+
 class Application:
     def __init__(self, settings: Settings, address: str | None = None):
         self.settings = SettingsStore(settings)
@@ -67,15 +75,23 @@ class Application:
         self._prepare_lock = threading.Lock()
         self.stopped = threading.Event()
 
+    @staticmethod
+    def prepare_shared(settings: Settings) -> dict:
+        """Migrate and seed before worker processes fork (no gRPC object may exist yet)."""
+        repository = open_repository(settings)
+        try:
+            prepare_database(repository, settings.database.seed_demo_data)
+            cars, customers = repository.counts()
+            return {"cars": cars, "customers": customers}
+        finally:
+            repository.database.close()
+
     def prepare_database(self) -> None:
-        """Migrate, and seed an empty database with the demo data when configured to."""
+        """Migrate and seed (see prepare_database), then open the pool's first connections."""
         with self._prepare_lock:
             if self._prepared:
                 return
-            self.repository.migrate()
-            if self.settings.current.database.seed_demo_data and self.repository.counts() == (0, 0):
-                log.info("empty database: loading the demo data")
-                seed_demo_data(self.repository)
+            prepare_database(self.repository, self.settings.current.database.seed_demo_data)
             self.repository.database.warm_up()
             self._prepared = True
 

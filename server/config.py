@@ -34,7 +34,12 @@ def key(default: Any, env: str, doc: str, *, minimum: float | None = None, maxim
 class ServerSettings:
     host: str = key("[::]", "TRADEUP_HOST", "address to listen on")
     port: int = key(50051, "TRADEUP_PORT", "gRPC port (0 = any free port)", minimum=0, maximum=65535)
-    max_workers: int = key(32, "TRADEUP_MAX_WORKERS", "threads serving RPCs", minimum=1, maximum=1024)
+    processes: int = key(1, "TRADEUP_PROCESSES",
+                         "server processes sharing the port (SO_REUSEPORT), each with its own threads",
+                         minimum=1, maximum=64)
+    max_workers: int = key(8, "TRADEUP_MAX_WORKERS",
+                           "threads serving RPCs, per process (more threads contend for the GIL)",
+                           minimum=1, maximum=1024)
     max_concurrent_rpcs: int = key(64, "TRADEUP_MAX_CONCURRENT_RPCS",
                                    "calls in progress at once; more get RESOURCE_EXHAUSTED", minimum=1, maximum=100000)
     max_message_bytes: int = key(16 * 1024 * 1024, "TRADEUP_MAX_MESSAGE_BYTES",
@@ -55,7 +60,8 @@ class ServerSettings:
                           choices=("json", "text"))
     log_customer_ids: bool = key(False, "TRADEUP_LOG_CUSTOMER_IDS",
                                  "log raw customer ids (default: a SHA-256 prefix of the id)")
-    metrics_port: int = key(0, "TRADEUP_METRICS_PORT", "Prometheus /metrics HTTP port (0 = off)",
+    metrics_port: int = key(0, "TRADEUP_METRICS_PORT",
+                            "Prometheus /metrics HTTP port (0 = off); with N processes, worker k uses port + k",
                             minimum=0, maximum=65535)
     metrics_host: str = key("0.0.0.0", "TRADEUP_METRICS_HOST", "address of the metrics endpoint")
 
@@ -72,7 +78,9 @@ class DatabaseSettings:
     sqlite_path: str = key("var/tradeup.db", "TRADEUP_SQLITE_PATH", "embedded database file")
     seed_demo_data: bool = key(True, "TRADEUP_SEED_DEMO_DATA", "seed an empty database with the demo data at start")
     pool_min_cached: int = key(2, "TRADEUP_POOL_MIN_CACHED", "idle connections opened at start", minimum=0, maximum=1000)
-    pool_max_cached: int = key(8, "TRADEUP_POOL_MAX_CACHED", "idle connections kept", minimum=0, maximum=1000)
+    pool_max_cached: int = key(32, "TRADEUP_POOL_MAX_CACHED",
+                               "idle connections kept (below the calls in flight, connections churn)",
+                               minimum=0, maximum=1000)
     pool_max_connections: int = key(32, "TRADEUP_POOL_MAX_CONNECTIONS",
                                     "connections at most (0 = unlimited)", minimum=0, maximum=10000)
     pool_blocking: bool = key(True, "TRADEUP_POOL_BLOCKING",

@@ -58,11 +58,11 @@ def test_sql_mode_and_limits(repository):
     customers = {c.customer_id: c for c in golden.domain_customers()}
     record = golden.offers()[7]
     customer = customers[record["customer_id"]]
-    assert cache.prefilter_sql(customer, False, 500).car_ids == record["cars"]
-    assert cache.prefilter_sql(customer, False, 17).car_ids == record["cars"][:17]
+    assert cache.prefilter_sql(load_kernel(), customer, False, 500).car_ids == record["cars"]
+    assert cache.prefilter_sql(load_kernel(), customer, False, 17).car_ids == record["cars"][:17]
     wide = replace(customer, current_car_price=1.0, current_car_year=1990, current_car_km=10 ** 7)
-    assert len(cache.prefilter_sql(wide, False, 2000).car_ids) == 2000
-    assert cache.snapshot().match(load_kernel(), wide, False, 2000).car_ids == cache.prefilter_sql(wide, False, 2000).car_ids
+    assert len(cache.prefilter_sql(load_kernel(), wide, False, 2000).car_ids) == 2000
+    assert cache.snapshot().match(load_kernel(), wide, False, 2000).car_ids == cache.prefilter_sql(load_kernel(), wide, False, 2000).car_ids
 
 
 def test_prefilter_uses_the_index(repository):
@@ -117,7 +117,7 @@ def test_sold_car_leaves_the_snapshot_on_reload(repository):
         cache.invalidate()
         assert car not in cache.snapshot().row_of
         customer = golden_customer(golden.offers()[0])
-        assert car not in cache.prefilter_sql(customer, False, 500).car_ids
+        assert car not in cache.prefilter_sql(load_kernel(), customer, False, 500).car_ids
     finally:
         repository.set_car_available(car, True)
 
@@ -164,7 +164,7 @@ def test_same_region_on_both_paths(repository):
                        current_car_km=10 ** 7)
         for region, expected in (("Monterrey", 25), ("Puebla", 25), ("Nowhere", 0), ("", 3950)):
             customer = replace(wide, region=region)
-            sql = cache.prefilter_sql(customer, True, 2000).car_ids
+            sql = cache.prefilter_sql(load_kernel(), customer, True, 2000).car_ids
             memory = cache.snapshot().match(load_kernel(), customer, True, 2000).car_ids
             assert sql == memory and len(sql) == min(expected, 2000)
             assert all(golden.inventory()[c] for c in sql)

@@ -55,3 +55,31 @@ def test_sigterm_drains_in_flight_streams_and_exits_zero(tmp_path):
     finally:
         if process.poll() is None:
             process.kill()
+
+
+def test_worker_processes_share_the_port(tmp_path):
+    import urllib.request
+    port, metrics = free_port(), free_port()
+    env = {**os.environ, "TRADEUP_PORT": str(port), "TRADEUP_HOST": "127.0.0.1", "TRADEUP_PROCESSES": "2",
+           "TRADEUP_METRICS_PORT": str(metrics), "TRADEUP_METRICS_HOST": "127.0.0.1",
+           "TRADEUP_SQLITE_PATH": str(tmp_path / "demo.db"), "TRADEUP_RUNTIME_OVERRIDES_FILE": str(tmp_path / "o.json")}
+    process = subprocess.Popen([sys.executable, "-m", "server"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert "(2 processes)" in process.stdout.readline()
+        calls = 40
+        for k in range(calls):  # a new connection each time: the kernel spreads them over the workers
+            with OfferClient(f"127.0.0.1:{port}", timeout=30) as client:
+                client.generate_offers(customer_id=f"C{k + 1:05d}", max_offers=1)
+        served = []
+        for worker_port in (metrics, metrics + 1):
+            text = urllib.request.urlopen(f"http://127.0.0.1:{worker_port}/metrics", timeout=5).read().decode()
+            line = next((l for l in text.splitlines() if l.startswith("tradeup_rpc_requests_total{") and
+                         'code="OK"' in l and "GenerateOffers" in l), None)
+            served.append(float(line.rsplit(" ", 1)[1]) if line else 0.0)
+        assert sum(served) == calls and all(count > 0 for count in served), served
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()

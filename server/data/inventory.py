@@ -48,10 +48,11 @@ class InventorySnapshot:
     def __len__(self) -> int:
         return len(self.cars)
 
-    def select(self, rows: Sequence[int]) -> Selection:
-        return Selection(car_ids=[self.car_ids[r] for r in rows], prices=array("d", (self.prices[r] for r in rows)),
-                         ranks=array("l", (self.ranks[r] for r in rows)),
-                         rows=rows if isinstance(rows, array) else array("l", rows))
+    def select(self, kernel, rows: Sequence[int]) -> Selection:
+        rows = rows if isinstance(rows, array) else array("l", rows)
+        ids = self.car_ids
+        return Selection(car_ids=[ids[r] for r in rows], prices=kernel.take(self.prices, rows),
+                         ranks=kernel.take(self.ranks, rows), rows=rows)
 
     def match(self, kernel, customer: Customer, same_region: bool, limit: int) -> Selection:
         """SPEC §2 against the snapshot, with the compiled (or twin) kernel."""
@@ -60,7 +61,7 @@ class InventorySnapshot:
         rows = kernel.match_cars(self.years, self.prices, self.kilometers, self.regions,
                                  float(customer.current_car_price), int(customer.current_car_year),
                                  int(customer.current_car_km), region, limit)
-        return self.select(rows)
+        return self.select(kernel, rows)
 
 
 class InventoryCache:
@@ -95,7 +96,7 @@ class InventoryCache:
                     self._snapshots["inventory"] = snapshot
             return snapshot
 
-    def prefilter_sql(self, customer: Customer, same_region: bool, limit: int,
+    def prefilter_sql(self, kernel, customer: Customer, same_region: bool, limit: int,
                       timeout: float | None = None) -> Selection:
         """SPEC §2 in the database (ids only), the cars' details from the snapshot."""
         snapshot = self.snapshot(timeout)
@@ -109,7 +110,7 @@ class InventoryCache:
             rows = array("l", (snapshot.row_of[i] for i in ids if i in snapshot.row_of))
             with self._lock:
                 self._prefilter[key] = rows
-        return snapshot.select(rows)
+        return snapshot.select(kernel, rows)
 
     def invalidate(self) -> int:
         with self._lock:

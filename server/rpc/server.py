@@ -122,7 +122,8 @@ def create_server(settings: Settings, offer_servicer: OfferServicer, admin_servi
         maximum_concurrent_rpcs=s.max_concurrent_rpcs,
         options=[("grpc.max_receive_message_length", s.max_message_bytes),
                  ("grpc.max_send_message_length", s.max_message_bytes),
-                 ("grpc.so_reuseport", 0)])
+                 # Several worker processes may share the port (server.processes).
+                 ("grpc.so_reuseport", 1 if s.processes > 1 else 0)])
     server.add_generic_rpc_handlers((offer_service_handler(offer_servicer),))
     admin_pb2_grpc.add_AdminServiceServicer_to_server(admin_servicer, server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -143,7 +143,7 @@ class OfferService:
         limit = max_cars or settings.default_limit
         timeout = check_deadline(remaining, "before the prefilter")
         if settings.mode == "sql":
-            return self.inventory.prefilter_sql(customer, same_region, limit, timeout)
+            return self.inventory.prefilter_sql(self.engine.kernel, customer, same_region, limit, timeout)
         return self.inventory.snapshot(timeout).match(self.engine.kernel, customer, same_region, limit)
 
     @staticmethod
@@ -191,7 +191,7 @@ class OfferService:
             if row is None:
                 raise NotFound(f"no available car {car_id[:MAX_ID_LENGTH]!r}", f"car_ids[{k}]")
             rows.append(row)
-        return snapshot.select(rows)
+        return snapshot.select(self.engine.kernel, rows)
 
     def minimum_subsidy(self, customer: Customer, selection: Selection, params: PricingParams,
                         first: int, last: int) -> list[SubsidyResult]:

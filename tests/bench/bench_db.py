@@ -50,7 +50,7 @@ def run(backend: str, environ: dict, sizes: list[int], customers: int) -> None:
         for label, call in (
             ("sql, cold", lambda c: repository.prefilter_ids(c.current_car_price, c.current_car_year,
                                                              c.current_car_km, None, 500)),
-            ("sql, cached", lambda c: cache.prefilter_sql(c, False, 500)),
+            ("sql, cached", lambda c: cache.prefilter_sql(kernel, c, False, 500)),
             ("snapshot", lambda c: snapshot.match(kernel, c, False, 500)),
             ("customer", lambda c: repository.get_customer(c.customer_id)),
         ):
