@@ -8,7 +8,7 @@ GRPCURL_VERSION := v1.9.3
 HEALTH_PROBE_VERSION := v0.4.62
 
 .PHONY: install system-deps build protos run migrate seed test test-python bench bench-engine bench-db \
-	bench-growth loadtest tools clean
+	bench-growth loadtest soak tools clean
 
 # MariaDB (for the tests) and a C compiler, from Debian's packages when missing.
 system-deps:
@@ -65,6 +65,12 @@ bench-db: system-deps build
 loadtest: system-deps build
 	@[ -x $(BIN)/ghz ] || $(MAKE) tools
 	PATH="/usr/sbin:$$PATH" $(PYTHON) -m tests.bench.loadtest
+
+# Constant load at ~80 % of capacity; MINUTES=10 by default.
+MINUTES ?= 10
+soak: system-deps build
+	@[ -x $(BIN)/ghz ] || $(MAKE) tools
+	PATH="/usr/sbin:$$PATH" $(PYTHON) -m tests.bench.soak --minutes $(MINUTES)
 
 bench-growth: system-deps build
 	@[ -x $(BIN)/ghz ] || $(MAKE) tools

@@ -273,7 +273,7 @@ class PricingParams:
         if "terms" in kw:
             kw["terms"] = tuple(kw["terms"])
         if "term_rate_adjustments" in data:
-            kw["term_rate_adjustments"] = {int(t): a for t, a in data["term_rate_adjustments"].items()}
+            kw["term_rate_adjustments"] = {_term_key(t): a for t, a in data["term_rate_adjustments"].items()}
         if "down_payment_table" in data:
             table = data["down_payment_table"]
             kw["down_payment_terms"] = tuple(table.get("columns_terms", DEFAULT_TERMS))
@@ -328,6 +328,13 @@ class PricingParams:
                           "max_loan_to_value": s.max_loan_to_value},
             },
         }
+
+
+def _term_key(key: Any) -> int:
+    try:
+        return int(key)
+    except (TypeError, ValueError):
+        raise EngineInputError("term_rate_adjustments", f"keys must be terms in months, got {key!r}") from None
 
 
 def _build(cls: type, data: Mapping[str, Any], section: str) -> Any:

@@ -21,6 +21,7 @@ from .rpc.server import HealthMonitor, create_server
 from .rpc.servicers import AdminServicer, OfferServicer
 from .services.admin import AdminService
 from .services.offers import OfferService
+from .services.ratelimit import TokenBuckets
 
 log = logging.getLogger("tradeup.server")
 
@@ -59,18 +60,23 @@ class Application:
                                    on_priced=lambda r: self.metrics.offers_priced(
                                        r.offers.tier_counts, r.offers.rejected, r.offers.cars_evaluated,
                                        r.engine_ms / 1e3))
-        self.health = health.HealthServicer(experimental_non_blocking=True,
-                                            experimental_thread_pool=futures.ThreadPoolExecutor(max_workers=1))
+        self._health_pool = futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="health")
+        self.health = health.HealthServicer(experimental_non_blocking=True, experimental_thread_pool=self._health_pool)
         self.monitor = HealthMonitor(self.health, self._ping, settings.database.health_check_seconds)
         self.repository.breaker.listeners.append(self.monitor.on_breaker)
         self.admin = AdminService(self.settings, self.repository, self.inventory, kernel.IMPLEMENTATION,
                                   lambda: bool(self.monitor.reachable))
         self.metrics.watch_status(self.admin.status)
         self.metrics_port = 0
-        self.interceptor = ServiceInterceptor(self.metrics, settings.server.log_customer_ids)
+        s = settings.server
+        self.interceptor = ServiceInterceptor(
+            self.metrics, s.log_customer_ids,
+            TokenBuckets(s.rate_limit_per_second, s.rate_limit_burst) if s.rate_limit_per_second else None,
+            s.rate_limit_key)
+        self._rpc_pool = futures.ThreadPoolExecutor(max_workers=s.max_workers, thread_name_prefix="rpc")
         self.server, self.port = create_server(
-            settings, OfferServicer(self.offers, settings.server.stream_batch_size, settings.server.max_bulk_customers),
-            AdminServicer(self.admin), self.health, self.interceptor, address)
+            settings, OfferServicer(self.offers, s.stream_batch_size, s.max_bulk_customers),
+            AdminServicer(self.admin), self.health, self.interceptor, self._rpc_pool, address)
         self._prepared = False
         self._prepare_lock = threading.Lock()
         self.stopped = threading.Event()
@@ -119,6 +125,8 @@ class Application:
         self.monitor.begin_shutdown()
         grace = self.settings.current.server.grace_seconds if grace is None else grace
         self.server.stop(grace).wait()
+        self._rpc_pool.shutdown(wait=True)
+        self._health_pool.shutdown(wait=True)
         self.metrics.close()
         self.engine.close()
         self.repository.database.close()

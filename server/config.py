@@ -50,6 +50,17 @@ class ServerSettings:
                                  "offers or subsidy results per streamed message", minimum=1, maximum=10000)
     max_bulk_customers: int = key(10000, "TRADEUP_MAX_BULK_CUSTOMERS",
                                   "requests on one GenerateOffersBulk stream", minimum=1, maximum=1000000)
+    rate_limit_per_second: float = key(0.0, "TRADEUP_RATE_LIMIT_PER_SECOND",
+                                       "calls a second per caller, on average (0 = no limit)",
+                                       minimum=0, maximum=1e6)
+    rate_limit_burst: int = key(20, "TRADEUP_RATE_LIMIT_BURST", "calls a caller may make at once",
+                                minimum=1, maximum=1_000_000)
+    rate_limit_key: str = key("", "TRADEUP_RATE_LIMIT_KEY",
+                              "metadata key naming the caller (e.g. x-caller-id); empty: the peer address")
+    tls_cert_file: str = key("", "TRADEUP_TLS_CERT_FILE", "PEM certificate chain: serve TLS when set")
+    tls_key_file: str = key("", "TRADEUP_TLS_KEY_FILE", "PEM private key of the certificate", secret=True)
+    tls_client_ca_file: str = key("", "TRADEUP_TLS_CLIENT_CA_FILE",
+                                  "PEM roots of client certificates: require mutual TLS when set")
     admin_token: str = key("", "TRADEUP_ADMIN_TOKEN",
                            "bearer token of the AdminService (empty: admin calls are refused)", secret=True)
     runtime_overrides_file: str = key("var/runtime-overrides.json", "TRADEUP_RUNTIME_OVERRIDES_FILE",
@@ -273,9 +284,18 @@ def build_settings(raw: Mapping[str, Any]) -> Settings:
         built["business"] = PricingParams.from_dict(raw.get("business", {}))
     except EngineInputError as exc:
         raise ConfigError(f"business.{exc.field}", exc.reason) from None
-    except (TypeError, KeyError, AttributeError) as exc:
+    except (TypeError, KeyError, AttributeError, ValueError) as exc:
         raise ConfigError("business", f"malformed: {exc}") from None
     settings = Settings(**built)
+    s = settings.server
+    if bool(s.tls_cert_file) != bool(s.tls_key_file):
+        raise ConfigError("server.tls_key_file", "TLS needs both tls_cert_file and tls_key_file")
+    if s.tls_client_ca_file and not s.tls_cert_file:
+        raise ConfigError("server.tls_client_ca_file", "mutual TLS needs tls_cert_file and tls_key_file")
+    for name in ("tls_cert_file", "tls_key_file", "tls_client_ca_file"):
+        path = getattr(s, name)
+        if path and not Path(path).is_file():
+            raise ConfigError(f"server.{name}", f"no such file: {path}")
     if settings.database.backend == "mysql":
         settings.database.mysql_params()  # validates the url
     return settings
@@ -307,7 +327,7 @@ class SettingsStore:
                 business = PricingParams.from_dict(merged)
             except EngineInputError as exc:
                 raise ConfigError(f"business.{exc.field}", exc.reason) from None
-            except (TypeError, KeyError, AttributeError) as exc:
+            except (TypeError, KeyError, AttributeError, ValueError) as exc:
                 raise ConfigError("business", f"malformed: {exc}") from None
             path = Path(self.current.server.runtime_overrides_file)
             persisted = _read_json(str(path), "server.runtime_overrides_file") if path.exists() else {}

@@ -92,19 +92,24 @@ def make_settings(environ: dict[str, str], **extra):
     return load_settings({**base, **environ, **{k: str(v) for k, v in extra.items()}})
 
 
-@pytest.fixture(scope="session", params=BACKENDS)
-def golden_database(request, session_dir):
-    """(backend, environment) of a database holding the golden inventory and customers."""
+def load_golden(environ: dict[str, str]) -> None:
+    """Fill the database named by `environ` with the golden inventory and customers."""
     from server.app import open_repository
-    backend = request.param
-    environ = database_environ(backend, request, session_dir)
-    environ["TRADEUP_RUNTIME_OVERRIDES_FILE"] = str(session_dir / f"overrides-{backend}.json")
     repository = open_repository(make_settings(environ))
     repository.migrate()
     repository.delete_all()
     repository.put_cars(golden.cars())
     repository.put_customers(golden.domain_customers())
     repository.database.close()
+
+
+@pytest.fixture(scope="session", params=BACKENDS)
+def golden_database(request, session_dir):
+    """(backend, environment) of a database holding the golden inventory and customers."""
+    backend = request.param
+    environ = database_environ(backend, request, session_dir)
+    environ["TRADEUP_RUNTIME_OVERRIDES_FILE"] = str(session_dir / f"overrides-{backend}.json")
+    load_golden(environ)
     return backend, environ
 
 

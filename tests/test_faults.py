@@ -106,3 +106,142 @@ def test_pool_exhaustion(private_mariadb):
         assert repository.get_customer("C0001", timeout=0.5).customer_id == "C0001"
         assert repository.breaker.state == "closed"  # a full pool is not an outage
         repository.database.close()
+
+
+class StallingProxy:
+    """A loopback TCP proxy to the database that can stop passing replies (a hung server)."""
+
+    def __init__(self, upstream_port: int):
+        import socket
+        self.upstream_port = upstream_port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.passing = threading.Event()
+        self.passing.set()
+        self.closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        import socket
+        while not self.closed:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            threading.Thread(target=self._pipe, args=(client, upstream, False), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, True), daemon=True).start()
+
+    def _pipe(self, source, target, replies):
+        try:
+            while True:
+                data = source.recv(65536)
+                if not data:
+                    break
+                if replies:
+                    self.passing.wait()  # a stalled database: replies are held back
+                target.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, target):
+                try:
+                    sock.close()
+                except OSError:
+                    pass
+
+    def close(self):
+        self.closed = True
+        self.passing.set()
+        self.listener.close()
+
+
+def test_stalled_database_gives_deadline_exceeded_on_time(private_mariadb, tmp_path):
+    mariadb, _ = private_mariadb
+    proxy = StallingProxy(mariadb.port)
+    url = f"mysql://faults:faults-password@127.0.0.1:{proxy.port}/faults"
+    running = start_server({"TRADEUP_DATABASE_URL": url, "TRADEUP_RUNTIME_OVERRIDES_FILE": str(tmp_path / "o.json"),
+                            "TRADEUP_DATABASE_READ_TIMEOUT": "30", "TRADEUP_HEALTH_CHECK_SECONDS": "5"})
+    try:
+        running.client.generate_offers(customer_id="C0001")  # inventory snapshot cached
+        proxy.passing.clear()
+        for _ in range(6):  # more stalled calls than the 8 server threads could absorb if they stuck
+            started = time.monotonic()
+            with pytest.raises(grpc.RpcError) as err:
+                running.client.generate_offers(customer_id="C0001", timeout=1.0)
+            assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            assert time.monotonic() - started < 1.5
+        deadline = time.monotonic() + 3  # the workers come back once their deadline passes
+        while time.monotonic() < deadline and running.app.repository.database.pool_status()[0]:
+            time.sleep(0.05)
+        assert running.app.repository.database.pool_status()[0] == 0, "a worker is still stuck on the database"
+        assert running.app.repository.breaker.state == "closed"  # deadlines are the caller's, not an outage
+        proxy.passing.set()
+        assert running.client.generate_offers(customer_id="C0001", timeout=5).summary.total_offers == 620
+    finally:
+        proxy.close()
+        running.stop()
+
+
+def test_outage_under_load(private_mariadb, tmp_path):
+    """Bounded load from 4 client threads while MariaDB goes down and comes back."""
+    mariadb, url = private_mariadb
+    running = start_server({"TRADEUP_DATABASE_URL": url, "TRADEUP_RUNTIME_OVERRIDES_FILE": str(tmp_path / "o.json"),
+                            "TRADEUP_BREAKER_RESET_SECONDS": "0.5", "TRADEUP_DATABASE_CONNECT_TIMEOUT": "0.5",
+                            "TRADEUP_DATABASE_READ_TIMEOUT": "2", "TRADEUP_HEALTH_CHECK_SECONDS": "0.2"})
+    client = running.client
+    client.generate_offers(customer_id="C0001")
+    threads_before = threading.active_count()
+    outcomes: list[tuple[float, str, float]] = []  # (start, code, seconds)
+    health: list[tuple[float, str]] = []
+    stop = threading.Event()
+
+    def load():
+        from client import OfferClient
+        with OfferClient(running.target, timeout=2) as own:
+            k = 0
+            while not stop.is_set():
+                k += 1
+                started = time.monotonic()
+                try:
+                    own.generate_offers(customer_id=f"C{(k % 200) + 1:04d}", max_offers=5, timeout=2)
+                    code = "OK"
+                except grpc.RpcError as err:
+                    code = err.code().name
+                outcomes.append((started, code, time.monotonic() - started))
+
+    def watch():
+        while not stop.is_set():
+            try:
+                health.append((time.monotonic(), client.health(timeout=1)))
+            except grpc.RpcError:
+                pass
+            time.sleep(0.1)
+
+    workers = [threading.Thread(target=load) for _ in range(4)] + [threading.Thread(target=watch)]
+    for worker in workers:
+        worker.start()
+    try:
+        time.sleep(1.0)
+        mariadb.stop()
+        down_at = time.monotonic()
+        time.sleep(2.0)
+        mariadb.start()
+        back_at = time.monotonic()
+        time.sleep(6.0)
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.join(10)
+        running_status = client.status()
+        running.stop()
+    codes = {code for _, code, _ in outcomes}
+    assert codes <= {"OK", "UNAVAILABLE"}, codes
+    assert "UNAVAILABLE" in codes and all(seconds < 2.5 for _, _, seconds in outcomes)
+    assert any(s == "NOT_SERVING" for t, s in health if down_at < t < back_at)
+    recovered = min(t for t, code, _ in outcomes if code == "OK" and t > back_at)
+    assert recovered - back_at < 5.0, "no successful call within 5 s of the database returning"
+    assert all(code == "OK" for t, code, _ in outcomes if t > back_at + 5.0)
+    assert health[-1][1] == "SERVING"
+    assert running_status.pool_in_use == 0 and running_status.circuit_state == "closed"
+    assert threading.active_count() <= threads_before + 2  # no threads left behind by the outage

@@ -83,3 +83,51 @@ def test_worker_processes_share_the_port(tmp_path):
     finally:
         if process.poll() is None:
             process.kill()
+
+
+def test_sigterm_under_load_cuts_no_stream(tmp_path):
+    import threading
+    port = free_port()
+    env = {**os.environ, "TRADEUP_PORT": str(port), "TRADEUP_HOST": "127.0.0.1", "TRADEUP_STREAM_BATCH_SIZE": "2",
+           "TRADEUP_SQLITE_PATH": str(tmp_path / "demo.db"), "TRADEUP_RUNTIME_OVERRIDES_FILE": str(tmp_path / "o.json"),
+           "TRADEUP_GRACE_SECONDS": "30", "TRADEUP_LOG_LEVEL": "WARNING"}
+    process = subprocess.Popen([sys.executable, "-m", "server"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert "listening" in process.stdout.readline()
+        results: dict[int, object] = {}
+        started = threading.Barrier(7)
+
+        def stream(k: int):
+            with OfferClient(f"127.0.0.1:{port}", timeout=60) as client:
+                received = 0
+                try:
+                    for k_message, message in enumerate(client.find_minimum_subsidy(customer_id=f"C{k + 1:05d}",
+                                                                                   max_cars=300)):
+                        received += len(message.results)
+                        if k_message == 0:
+                            started.wait(10)
+                    results[k] = received
+                except grpc.RpcError as err:
+                    results[k] = err.code()
+
+        threads = [threading.Thread(target=stream, args=(k,)) for k in range(6)]
+        for thread in threads:
+            thread.start()
+        started.wait(20)  # every stream has its first message
+        stopped_at = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        for thread in threads:
+            thread.join(60)
+        assert results == {k: 300 for k in range(6)}  # every stream delivered every car
+        with OfferClient(f"127.0.0.1:{port}", timeout=2) as late:
+            try:
+                late.generate_offers(customer_id="C00001")
+                raise AssertionError("accepted a call after SIGTERM")
+            except grpc.RpcError as err:
+                assert err.code() == grpc.StatusCode.UNAVAILABLE
+        assert process.wait(timeout=35) == 0
+        assert time.monotonic() - stopped_at < 30  # within the grace period
+    finally:
+        if process.poll() is None:
+            process.kill()

@@ -12,7 +12,7 @@ import pymysql
 from dbutils.pooled_db import PooledDB, TooManyConnections
 
 from ..config import DatabaseSettings
-from ..errors import Unavailable
+from ..errors import DeadlineExceeded, Unavailable
 
 
 class MySQLDatabase:
@@ -36,6 +36,7 @@ class MySQLDatabase:
             read_timeout=settings.read_timeout, write_timeout=settings.write_timeout,
             autocommit=settings.autocommit, charset="utf8mb4")
         self._warm = settings.pool_min_cached
+        self.read_timeout = settings.read_timeout
 
     def warm_up(self) -> None:
         """Open pool_min_cached connections now (after the server is reachable)."""
@@ -61,13 +62,25 @@ class MySQLDatabase:
                 raise Unavailable("database connection pool exhausted: every connection is in use") from None
             with self._count_lock:
                 self._in_use += 1
+            raw = _pymysql_connection(connection)
+            # Wait for replies no longer than the call has left (pymysql applies _read_timeout to
+            # every packet read), so a stalled database frees the worker at the deadline.
+            bounded = raw is not None and timeout is not None and timeout < self.read_timeout
+            if bounded:
+                raw._read_timeout = max(timeout, 0.001)
             try:
                 cursor = connection.cursor()
                 try:
                     yield cursor
                 finally:
                     cursor.close()
+            except pymysql.err.OperationalError as exc:
+                if bounded and "timed out" in str(exc):
+                    raise DeadlineExceeded("deadline exceeded waiting for the database") from exc
+                raise
             finally:
+                if raw is not None:
+                    raw._read_timeout = self.read_timeout
                 with self._count_lock:
                     self._in_use -= 1
                 connection.close()  # back to the pool
@@ -81,6 +94,13 @@ class MySQLDatabase:
 
     def close(self) -> None:
         self.pool.close()
+
+
+def _pymysql_connection(pooled) -> "pymysql.connections.Connection | None":
+    """The pymysql connection inside a DBUtils pooled connection (PooledDB -> SteadyDB -> pymysql)."""
+    steady = getattr(pooled, "_con", None)
+    raw = getattr(steady, "_con", None)
+    return raw if isinstance(raw, pymysql.connections.Connection) else None
 
 
 class SQLiteDatabase:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 from typing import Any, Sequence
 
-from google.protobuf import json_format, struct_pb2
+from google.protobuf import struct_pb2
 
 from engine_ext import OfferSet, ScheduleRow, SubsidyResult
 from engine_ext.wire_py import length_delimited
@@ -174,9 +174,24 @@ def to_struct(data: dict[str, Any]) -> struct_pb2.Struct:
     return struct
 
 
-def from_struct(struct: struct_pb2.Struct) -> dict[str, Any]:
-    """Struct numbers arrive as doubles; the schema accepts whole doubles where it wants an int."""
-    return json_format.MessageToDict(struct)
+def from_struct(struct: struct_pb2.Struct, name: str = "changes") -> dict[str, Any]:
+    """A Struct as plain values. Numbers arrive as doubles (the schema accepts whole doubles where
+    it wants an int); a non-finite one is refused, naming where it is."""
+    return {key: _from_value(value, f"{name}.{key}") for key, value in struct.fields.items()}
+
+
+def _from_value(value: struct_pb2.Value, name: str) -> Any:
+    kind = value.WhichOneof("kind")
+    if kind == "number_value":
+        if not math.isfinite(value.number_value):
+            raise InvalidArgument(f"must be finite, got {value.number_value}", name)
+        return value.number_value
+    if kind == "struct_value":
+        return from_struct(value.struct_value, name)
+    if kind == "list_value":
+        return [_from_value(item, f"{name}[{k}]") for k, item in enumerate(value.list_value.values)]
+    return {"string_value": lambda: value.string_value, "bool_value": lambda: value.bool_value}.get(
+        kind, lambda: None)()
 
 
 def status_to_pb(status: dict[str, Any]) -> admin_pb2.GetStatusResponse:

@@ -13,7 +13,8 @@ from typing import Any
 
 import grpc
 
-from ..errors import ServiceError
+from ..errors import ResourceExhausted, ServiceError
+from ..services.ratelimit import TokenBuckets
 
 log = logging.getLogger("tradeup.access")
 errors_log = logging.getLogger("tradeup.errors")
@@ -51,12 +52,34 @@ def _request_id(context: grpc.ServicerContext) -> str:
     return uuid.uuid4().hex
 
 
+# Probes and tooling are never rate limited.
+UNLIMITED_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
+
+
 class ServiceInterceptor(grpc.ServerInterceptor):
-    def __init__(self, metrics=None, log_customer_ids: bool = False):
-        """`metrics`: call_started(method) / call_finished(method, code, seconds), or None."""
+    def __init__(self, metrics=None, log_customer_ids: bool = False, rate_limiter: TokenBuckets | None = None,
+                 rate_limit_key: str = ""):
+        """`metrics`: call_started(method) / call_finished(method, code, seconds), or None.
+        `rate_limiter`: per-caller buckets; the caller is the `rate_limit_key` metadata, else the peer."""
         install_request_id_records()
         self.metrics = metrics
         self.log_customer_ids = log_customer_ids
+        self.rate_limiter = rate_limiter
+        self.rate_limit_key = rate_limit_key
+
+    def _check_rate(self, method: str, context: grpc.ServicerContext) -> None:
+        if self.rate_limiter is None or method.startswith(UNLIMITED_PREFIXES):
+            return
+        caller = None
+        if self.rate_limit_key:
+            caller = next((v for k, v in context.invocation_metadata() if k == self.rate_limit_key), None)
+        if caller is None:
+            caller = context.peer().rsplit(":", 1)[0]  # the address, whatever the port
+        wait = self.rate_limiter.take(caller)
+        if wait > 0:
+            retry_ms = max(1, int(wait * 1000 + 0.999))
+            context.set_trailing_metadata((("retry-after-ms", str(retry_ms)),))
+            raise ResourceExhausted(f"rate limit exceeded for this caller: retry in {retry_ms} ms")
 
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
@@ -118,6 +141,7 @@ class ServiceInterceptor(grpc.ServerInterceptor):
             tokens, started = self._begin(method, context)
             code = "OK"
             try:
+                self._check_rate(method, context)
                 return behavior(request, context)
             except Exception as exc:
                 code = exc.code if isinstance(exc, ServiceError) else "INTERNAL"
@@ -135,6 +159,7 @@ class ServiceInterceptor(grpc.ServerInterceptor):
             code = "OK"
             sent = 0
             try:
+                self._check_rate(method, context)
                 for response in behavior(request, context):
                     sent += 1
                     yield response

@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import threading
 from concurrent import futures
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -113,11 +114,12 @@ class HealthMonitor:
 
 def create_server(settings: Settings, offer_servicer: OfferServicer, admin_servicer: AdminServicer,
                   health_servicer: health.HealthServicer, interceptor: ServiceInterceptor,
-                  address: str | None = None) -> tuple[grpc.Server, int]:
-    """A started-ready (not started) server and the port it bound."""
+                  executor: futures.ThreadPoolExecutor, address: str | None = None) -> tuple[grpc.Server, int]:
+    """A server ready to start, serving on `executor`'s threads (the caller shuts it down after
+    stopping the server: grpc does not), and the port it bound."""
     s = settings.server
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=s.max_workers, thread_name_prefix="rpc"),
+        executor,
         interceptors=[interceptor],
         maximum_concurrent_rpcs=s.max_concurrent_rpcs,
         options=[("grpc.max_receive_message_length", s.max_message_bytes),
@@ -130,7 +132,15 @@ def create_server(settings: Settings, offer_servicer: OfferServicer, admin_servi
     reflection_pb2_grpc.add_ServerReflectionServicer_to_server(MethodAwareReflectionServicer(
         (OFFER_SERVICE, ADMIN_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
          reflection.SERVICE_NAME)), server)
-    port = server.add_insecure_port(address or f"{s.host}:{s.port}")
+    address = address or f"{s.host}:{s.port}"
+    if s.tls_cert_file:
+        client_ca = Path(s.tls_client_ca_file).read_bytes() if s.tls_client_ca_file else None
+        credentials = grpc.ssl_server_credentials(
+            [(Path(s.tls_key_file).read_bytes(), Path(s.tls_cert_file).read_bytes())],
+            root_certificates=client_ca, require_client_auth=client_ca is not None)
+        port = server.add_secure_port(address, credentials)
+    else:
+        port = server.add_insecure_port(address)
     if port == 0:
-        raise RuntimeError(f"could not bind {address or f'{s.host}:{s.port}'}")
+        raise RuntimeError(f"could not bind {address}")
     return server, port

@@ -43,7 +43,8 @@ class AdminService:
         try:
             return self.settings.update_business(changes).to_dict()
         except ConfigError as exc:
-            raise InvalidArgument(str(exc).split(": ", 1)[-1], f"changes.{exc.key.removeprefix('business.')}") from None
+            path = exc.key.removeprefix("business").lstrip(".")
+            raise InvalidArgument(str(exc).split(": ", 1)[-1], f"changes.{path}" if path else "changes") from None
 
     def invalidate_caches(self) -> int:
         return self.inventory.invalidate()

@@ -107,10 +107,11 @@ class Server:
 
 
 def ghz(binary: str, target: str, method: str, data: str, requests: int, concurrency: int, report: Path,
-        timeout: float = 120.0) -> dict:
+        timeout: float = 120.0, extra: list[str] = ()) -> dict:
+    """One bounded ghz run (`requests` calls, or as `extra` says, e.g. --rps and -z); its JSON report."""
     command = [binary, "--insecure", "--call", method, "-d", data, "-n", str(requests), "-c", str(concurrency),
                "--connections", str(min(concurrency, 8)), "--timeout", "20s", "--format", "json",
-               "-o", str(report), target]
+               "-o", str(report), *extra, target]
     subprocess.run(command, check=True, timeout=timeout, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     return json.loads(report.read_text())
 

@@ -1,0 +1,143 @@
+"""Hypothesis-generated requests for every RPC against a live server: extreme, NaN, negative,
+huge and empty values, odd unicode, oversized strings, repeated fields over their limits.
+No call may end INTERNAL (or UNKNOWN), and every client-error message names the field.
+TRADEUP_FUZZ_EXAMPLES sets the requests per RPC (default 2,000: over 10,000 in all)."""
+from __future__ import annotations
+
+import os
+import re
+
+import grpc
+import pytest
+from google.protobuf import struct_pb2
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from protos.tradeup.v1 import admin_pb2, offers_pb2 as pb
+
+EXAMPLES = int(os.environ.get("TRADEUP_FUZZ_EXAMPLES", "2000"))
+FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None,
+                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
+                                       HealthCheck.data_too_large])
+# "field: message", "field[3]: message" or "customer C0001: field: message"
+NAMES_A_FIELD = re.compile(r"^(customer .{0,64}: )?[a-z_]+(\[\d+\])?(\.[a-z_]+(\[\d+\])?)*: \S")
+CLIENT_ERRORS = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION}
+
+text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=80) | st.sampled_from(
+    ["", "C0001", "C0002", "INV01895", "x" * 5000, "' OR 1=1 --", "\u202e\u0000\U0001F697", "C0001\n"])
+ids = st.sampled_from(["C0001", "C0043", "C0150", ""]) | text
+car_ids = st.sampled_from(["INV01895", "INV01835", "INV00001"]) | text
+doubles = st.floats(allow_nan=True, allow_infinity=True) | st.sampled_from(
+    [0.0, -0.0, -1.0, 1e-300, 1e300, 5398.16, 175999.0, 0.04, 18.5, 2.0**53])
+int32 = st.integers(-2**31, 2**31 - 1) | st.sampled_from([0, 12, 48, 72, 2013, 105000])
+uint32 = st.integers(0, 2**32 - 1) | st.sampled_from([0, 1, 3, 500, 2000, 2001])
+optional = lambda strategy: st.none() | strategy  # noqa: E731
+
+profiles = st.builds(lambda *v: pb.CustomerProfile(**{k: x for k, x in zip(
+    ("customer_id", "current_monthly_payment", "outstanding_balance", "current_car_price", "current_car_year",
+     "current_car_km", "risk_profile_name", "region"), v)}), text, doubles, doubles, doubles, int32, int32, text, text)
+overrides = st.builds(lambda *v: pb.PricingOverrides(**{k: x for k, x in zip(
+    ("service_fee_pct", "cxa_pct", "cac_bonus", "kavak_total_amount", "insurance_amount", "interest_rate"), v)
+    if x is not None}), *[optional(doubles)] * 6)
+options = st.builds(lambda terms, tiers, max_offers, same_region, max_cars: pb.OfferOptions(
+    terms=terms, tiers=tiers, max_offers=max_offers, same_region=same_region, max_cars=max_cars),
+    st.lists(int32, max_size=30), st.lists(st.integers(-5, 8), max_size=15), uint32, st.booleans(), uint32)
+
+
+def with_customer(message, customer):
+    kind, value = customer
+    if kind == "id":
+        message.customer_id = value
+    elif kind == "profile":
+        message.profile.CopyFrom(value)
+    return message
+
+
+customers = st.tuples(st.just("id"), ids) | st.tuples(st.just("profile"), profiles) | st.just(("none", None))
+
+
+def check(call):
+    try:
+        result = call()
+        if hasattr(result, "__iter__") and not isinstance(result, (bytes, str)):
+            result = list(result)
+        return result
+    except grpc.RpcError as err:
+        assert err.code() not in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN), err.details()
+        if err.code() in CLIENT_ERRORS:
+            assert NAMES_A_FIELD.match(err.details()), err.details()
+        return None
+
+
+@pytest.fixture
+def stubs(tmp_path):
+    """A server on its own embedded database with the golden data (the SQL is the same on MariaDB,
+    whose injection and fault behaviour other tests cover)."""
+    from conftest import load_golden, start_server
+    environ = {"TRADEUP_SQLITE_PATH": str(tmp_path / "fuzz.db"), "TRADEUP_RUNTIME_OVERRIDES_FILE": str(tmp_path / "o.json")}
+    load_golden(environ)
+    running = start_server(environ, TRADEUP_MAX_CONCURRENT_RPCS=1000)
+    yield running.client
+    running.stop()
+
+
+@FUZZ
+@given(customer=customers, overrides=overrides, options=options)
+def test_fuzz_generate_and_stream(stubs, customer, overrides, options):
+    request = with_customer(pb.GenerateOffersRequest(overrides=overrides, options=options), customer)
+    response = check(lambda: stubs.offers.GenerateOffers(request, timeout=30))
+    stream = with_customer(pb.StreamOffersRequest(overrides=overrides, options=options), customer)
+    messages = check(lambda: stubs.offers.StreamOffers(stream, timeout=30))
+    if response is not None and messages is not None:
+        assert sum(len(m.offers) for m in messages) == sum(len(g.offers) for g in response.groups)
+
+
+@FUZZ
+@given(customer=customers, cars=st.lists(car_ids, max_size=5) | st.just(["INV00001"] * 2001),
+       overrides=overrides, same_region=st.booleans(), max_cars=st.sampled_from([0, 1, 20, 2000, 2001, 2**32 - 1]))
+def test_fuzz_minimum_subsidy(stubs, customer, cars, overrides, same_region, max_cars):
+    request = with_customer(pb.FindMinimumSubsidyRequest(car_ids=cars, overrides=overrides, same_region=same_region,
+                                                         max_cars=min(max_cars, 20) if not cars else max_cars),
+                            customer)
+    check(lambda: stubs.offers.FindMinimumSubsidy(request, timeout=30))
+
+
+@FUZZ
+@given(customer=customers, car=car_ids, term=int32, overrides=overrides)
+def test_fuzz_amortization(stubs, customer, car, term, overrides):
+    request = with_customer(pb.GetAmortizationTableRequest(car_id=car, term=term, overrides=overrides), customer)
+    check(lambda: stubs.offers.GetAmortizationTable(request, timeout=30))
+
+
+@FUZZ
+@given(requests=st.lists(st.tuples(customers, overrides, options), max_size=4))
+def test_fuzz_bulk(stubs, requests):
+    messages = [with_customer(pb.GenerateOffersBulkRequest(overrides=o, options=p), c) for c, o, p in requests]
+    responses = check(lambda: stubs.offers.GenerateOffersBulk(iter(messages), timeout=30))
+    if responses is not None:
+        assert [r.index for r in responses] == list(range(len(messages)))
+        for response in responses:
+            if response.WhichOneof("result") == "error":
+                assert response.error.code not in ("INTERNAL", "UNKNOWN")
+                assert NAMES_A_FIELD.match(response.error.message), response.error.message
+
+
+json_values = st.recursive(st.none() | st.booleans() | st.floats() | st.text(max_size=20),
+                           lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner,
+                                                                                          max_size=4), max_leaves=12)
+business_keys = st.sampled_from(["fees", "iva_rate", "terms", "tiers", "subsidy_search", "down_payment_table",
+                                 "interest_rate_table", "term_rate_adjustments", "unknown"])
+
+
+@FUZZ
+@given(changes=st.dictionaries(business_keys, json_values, max_size=3))
+def test_fuzz_admin(stubs, changes):
+    struct = struct_pb2.Struct()
+    struct.update(changes)
+    metadata = (("authorization", "Bearer test-admin-token"),)
+    try:
+        stubs.admin.UpdateBusinessParameters(admin_pb2.UpdateBusinessParametersRequest(changes=struct),
+                                             timeout=10, metadata=metadata)
+    except grpc.RpcError as err:  # keys are the caller's own text: the message starts with their path
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and err.details().startswith("changes"), err.details()
+    assert stubs.admin.GetStatus(admin_pb2.GetStatusRequest(), timeout=10, metadata=metadata).database_reachable
