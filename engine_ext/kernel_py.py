@@ -253,4 +253,6 @@ def subsidy_search(splan, prices, first, last, out):
 
 
 # --- protobuf wire encoding of ranked offers ----------------------------------------------------
-from .wire_py import encode_offers  # noqa: E402,F401  (both kernels expose it)
+from . import wire_py  # noqa: E402
+
+encode_offers = wire_py.encode_offers  # both kernels expose it

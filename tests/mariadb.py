@@ -83,7 +83,7 @@ class MariaDBServer:
             cur = conn.cursor()
             cur.execute(f"CREATE DATABASE IF NOT EXISTS `{database}`")
             for host in ("127.0.0.1", "localhost"):
-                cur.execute(f"CREATE USER IF NOT EXISTS %s@%s IDENTIFIED BY %s", (user, host, password))
+                cur.execute("CREATE USER IF NOT EXISTS %s@%s IDENTIFIED BY %s", (user, host, password))
                 cur.execute(f"GRANT ALL ON `{database}`.* TO %s@%s", (user, host))
 
 
@@ -99,4 +99,4 @@ if __name__ == "__main__":
     elif command == "stop":
         MariaDBServer(Path("."), int(rest[0])).stop()
     else:
-        sys.exit(f"usage: python -m tests.mariadb start DIR PORT | stop PORT")
+        sys.exit("usage: python -m tests.mariadb start DIR PORT | stop PORT")

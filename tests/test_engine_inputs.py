@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from engine_ext import (CustomerTerms, Engine, EngineInputError, Fees, KernelUnavailableError, PricingParams,
+from engine_ext import (CustomerTerms, EngineInputError, Fees, KernelUnavailableError, PricingParams,
                         SubsidyGrid, TierBounds, load_kernel)
 
 GOOD = dict(current_monthly_payment=5000.0, vehicle_equity=100_000.0, risk_profile_name="A1", risk_profile_index=3)

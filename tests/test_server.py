@@ -362,3 +362,16 @@ def test_every_log_line_of_a_call_carries_its_request_id(server, caplog):
             server.client.generate_offers(customer_id="NOPE", metadata=(("x-request-id", "trace-43"),))
     lines = {r.request_id: r.getMessage() for r in caplog.records if r.name == "tradeup.access"}
     assert "GenerateOffers OK" in lines["trace-42"] and "GenerateOffers NOT_FOUND" in lines["trace-43"]
+
+
+def test_a_bug_is_internal_with_a_generic_message_and_a_logged_traceback(server, monkeypatch, caplog):
+    def broken(*args, **kwargs):
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(server.app.offers, "generate", broken)  # a fault injected into our own code
+    with pytest.raises(grpc.RpcError) as err:
+        server.client.generate_offers(customer_id="C0001", metadata=(("x-request-id", "bug-1"),))
+    assert err.value.code() == grpc.StatusCode.INTERNAL
+    assert err.value.details() == "internal server error (request id bug-1)"  # nothing internal leaks
+    (record,) = [r for r in caplog.records if r.name == "tradeup.errors"]
+    assert record.request_id == "bug-1" and record.exc_info[0] is ZeroDivisionError

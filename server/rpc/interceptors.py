@@ -128,13 +128,22 @@ class ServiceInterceptor(grpc.ServerInterceptor):
             except ValueError:  # a stream closed from another context: nothing to restore
                 pass
 
-    def _abort(self, context: grpc.ServicerContext, exc: BaseException) -> tuple[str, str]:
+    @staticmethod
+    def _code_of(exc: Exception, context: grpc.ServicerContext) -> str:
         if isinstance(exc, ServiceError):
-            code, message = exc.code, str(exc)
-        else:
-            errors_log.error("unhandled error", exc_info=exc)
-            code, message = "INTERNAL", f"internal server error (request id {request_id_var.get()})"
-        context.abort(grpc.StatusCode[code], message)
+            return exc.code
+        return "INTERNAL" if context.is_active() else "CANCELLED"
+
+    @staticmethod
+    def _fail(context: grpc.ServicerContext, exc: Exception, code: str) -> None:
+        """End the call with `code`: a domain error's own message, a generic one for bugs (logged
+        with the traceback); a call the client already left is not answered."""
+        if code == "CANCELLED":
+            raise exc
+        if isinstance(exc, ServiceError):
+            context.abort(grpc.StatusCode[code], str(exc))
+        errors_log.error("unhandled error", exc_info=exc)
+        context.abort(grpc.StatusCode.INTERNAL, f"internal server error (request id {request_id_var.get()})")
 
     def _unary(self, behavior, method: str):
         def wrapper(request: Any, context: grpc.ServicerContext):
@@ -144,11 +153,8 @@ class ServiceInterceptor(grpc.ServerInterceptor):
                 self._check_rate(method, context)
                 return behavior(request, context)
             except Exception as exc:
-                code = exc.code if isinstance(exc, ServiceError) else "INTERNAL"
-                if not context.is_active() and not isinstance(exc, ServiceError):
-                    code = "CANCELLED"
-                    raise
-                self._abort(context, exc)
+                code = self._code_of(exc, context)
+                self._fail(context, exc, code)
             finally:
                 self._end(method, code, started, tokens)
         return wrapper
@@ -164,11 +170,8 @@ class ServiceInterceptor(grpc.ServerInterceptor):
                     sent += 1
                     yield response
             except Exception as exc:
-                code = exc.code if isinstance(exc, ServiceError) else "INTERNAL"
-                if not context.is_active() and not isinstance(exc, ServiceError):
-                    code = "CANCELLED"
-                    raise
-                self._abort(context, exc)
+                code = self._code_of(exc, context)
+                self._fail(context, exc, code)
             finally:
                 if code == "OK" and not context.is_active():
                     code = "CANCELLED"

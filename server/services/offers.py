@@ -9,8 +9,8 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Callable, Sequence
 
-from engine_ext import ALL_TIERS, CustomerTerms, Engine, EngineInputError, OfferSet, PricingParams, ScheduleRow
-from engine_ext import SubsidyResult
+from engine_ext import (ALL_TIERS, CustomerTerms, Engine, EngineInputError, OfferSet, PricingParams, ScheduleRow,
+                        SubsidyResult)
 
 from ..config import SettingsStore
 from ..data.inventory import InventoryCache, Selection

@@ -19,7 +19,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -204,7 +203,7 @@ def main() -> None:
 
 def growth(binary: str, url: str, workdir: Path, results: Path) -> None:
     method, data, _ = PROFILES["GenerateOffers top50"]
-    print(f"GenerateOffers (top 50 offers), c=16, 1,500 calls, by inventory size")
+    print("GenerateOffers (top 50 offers), c=16, 1,500 calls, by inventory size")
     print(f"{'cars':>8} {'rps':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}")
     for cars in (4000, 20000, 100000):
         seed(url, cars)
