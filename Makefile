@@ -46,7 +46,10 @@ migrate: build
 seed: build
 	$(PYTHON) -m server seed --replace
 
+# The ghz/grpcurl/grpc_health_probe tests need the tools: built here when Go is there.
 test: system-deps build
+	@[ -x $(BIN)/ghz ] && [ -x $(BIN)/grpcurl ] && [ -x $(BIN)/grpc-health-probe ] || \
+	  ! command -v go >/dev/null 2>&1 || $(MAKE) --no-print-directory tools
 	PATH="/usr/sbin:$$PATH" $(PYTHON) -m pytest -q
 
 # The whole suite again with the pure-Python kernel serving.
