@@ -8,7 +8,7 @@ from google.protobuf import struct_pb2
 
 from engine_ext import OfferSet, ScheduleRow, SubsidyResult
 from engine_ext.wire_py import length_delimited
-from engine_ext.constants import ALL_TIERS, TIER_MAX_UPGRADE, TIER_REFRESH, TIER_UPGRADE
+from engine_ext.constants import ALL_TIERS, TIER_MAX_UPGRADE, TIER_NAMES, TIER_REFRESH, TIER_UPGRADE
 
 from protos.tradeup.v1 import admin_pb2, offers_pb2 as pb
 
@@ -26,6 +26,7 @@ SUBSIDY_OUTCOMES = {
 }
 # Engine tier codes are the proto enum values.
 assert (TIER_REFRESH, TIER_UPGRADE, TIER_MAX_UPGRADE) == (pb.TIER_REFRESH, pb.TIER_UPGRADE, pb.TIER_MAX_UPGRADE)
+TIER_BY_NAME = {name: code for code, name in TIER_NAMES.items()}
 
 
 # --- requests -> domain --------------------------------------------------------------------------
@@ -119,11 +120,10 @@ def generate_response(result: OfferResult) -> bytes:
     """GenerateOffersResponse, encoded: the small parts through protobuf, the offers by the kernel.
     The ranking puts tiers in order, so each tier group is a run of it."""
     offers = result.offers
-    names = {TIER_REFRESH: "Refresh", TIER_UPGRADE: "Upgrade", TIER_MAX_UPGRADE: "Max Upgrade"}
     parts = [length_delimited(_RESPONSE_SUMMARY, summary_to_pb(result).SerializeToString())]
     position = 0
     for tier in result.tiers:
-        count = offers.tier_counts[names[tier]]
+        count = offers.tier_counts[TIER_NAMES[tier]]
         last = max(position, min(position + count, result.returned))
         group = pb.TierGroup(tier=tier, count=count).SerializeToString() + offers.encode(position, last, _GROUP_OFFERS)
         parts.append(length_delimited(_RESPONSE_GROUPS, group))
@@ -159,8 +159,7 @@ def subsidy_to_pb(results: Sequence[SubsidyResult]) -> list[pb.SubsidyResult]:
 
 def amortization_response(offers: OfferSet, rows: Sequence[ScheduleRow]) -> pb.GetAmortizationTableResponse:
     offer = offers.at_slot(0)
-    tier = {"Refresh": pb.TIER_REFRESH, "Upgrade": pb.TIER_UPGRADE, "Max Upgrade": pb.TIER_MAX_UPGRADE}.get(
-        offer.tier, pb.TIER_UNSPECIFIED)
+    tier = TIER_BY_NAME.get(offer.tier, pb.TIER_UNSPECIFIED)
     fields = {name: getattr(offer, name) for name in pb.Offer.DESCRIPTOR.fields_by_name if name != "tier"}
     return pb.GetAmortizationTableResponse(
         offer=pb.Offer(tier=tier, **fields),

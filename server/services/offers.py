@@ -12,6 +12,8 @@ from typing import Callable, Sequence
 from engine_ext import (ALL_TIERS, CustomerTerms, Engine, EngineInputError, OfferSet, PricingParams, ScheduleRow,
                         SubsidyResult)
 
+from engine_ext.constants import REJECT_DOWN_PAYMENT_NOT_MET, REJECT_LOAN_NOT_POSITIVE
+
 from ..config import SettingsStore
 from ..data.inventory import InventoryCache, Selection
 from ..data.repository import Repository
@@ -222,8 +224,8 @@ class OfferService:
         except EngineInputError as exc:
             raise FailedPrecondition(exc.reason, exc.field) from None
         status = offer.columns.status[0]
-        if status in (-1, -2):
-            reason = "down payment not met" if status == -1 else "the equity covers the whole price"
+        if status in (REJECT_DOWN_PAYMENT_NOT_MET, REJECT_LOAN_NOT_POSITIVE):
+            reason = "down payment not met" if status == REJECT_DOWN_PAYMENT_NOT_MET else "the equity covers the whole price"
             raise FailedPrecondition(f"car {car_id} cannot be financed over {term} months for this customer: {reason}",
                                      "car_id")
         return offer, rows
