@@ -215,7 +215,7 @@ class Engine:
         """Every feasible offer of `tiers` for these cars, ranked by SPEC §3, with rejection counts.
         `car_rank[k]` orders car k by car_id for ties; computed when not given."""
         prices = self._prices(prices, car_ids)
-        car_ids = list(car_ids)
+        car_ids = car_ids if isinstance(car_ids, list) else list(car_ids)  # the encoder indexes a list
         plan = build_offer_plan(customer, params)
         out = OfferBuffers(len(prices), len(plan.columns.terms))
         self._fan_out(lambda first, last: self.kernel.price_offers(plan, prices, first, last, out),

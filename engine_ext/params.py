@@ -363,3 +363,10 @@ class CustomerTerms:
             raise EngineInputError("risk_profile_name", "must be a string")
         object.__setattr__(self, "risk_profile_index",
                            _check_int("risk_profile_index", self.risk_profile_index, 0, 10_000))
+
+    @classmethod
+    def from_balance(cls, current_monthly_payment: float, current_car_price: float, outstanding_balance: float,
+                     risk_profile_name: str, risk_profile_index: int) -> "CustomerTerms":
+        """Vehicle equity = today's value of the current car - the outstanding balance (SPEC §1)."""
+        return cls(current_monthly_payment, current_car_price - outstanding_balance, risk_profile_name,
+                   risk_profile_index)

@@ -16,10 +16,6 @@ class Customer:
     risk_profile_index: int | None  # row of the down-payment table; None: from the name
     region: str = ""
 
-    @property
-    def vehicle_equity(self) -> float:
-        return self.current_car_price - self.outstanding_balance
-
 
 @dataclass(frozen=True)
 class Car:

@@ -10,8 +10,7 @@ import time
 import grpc
 import pytest
 
-import golden_data as golden
-from conftest import free_port, make_settings, start_server
+from conftest import free_port, load_golden, make_settings, start_server
 from mariadb import MariaDBServer, binaries_available
 from server.app import open_repository
 from server.errors import Unavailable
@@ -25,11 +24,7 @@ def private_mariadb(tmp_path):
     server.start()
     server.create_database("faults", "faults", "faults-password")
     url = f"mysql://faults:faults-password@127.0.0.1:{server.port}/faults"
-    repository = open_repository(make_settings({"TRADEUP_DATABASE_URL": url}))
-    repository.migrate()
-    repository.put_cars(golden.cars())
-    repository.put_customers(golden.domain_customers())
-    repository.database.close()
+    load_golden({"TRADEUP_DATABASE_URL": url})
     yield server, url
     server.stop()
 

@@ -50,12 +50,12 @@ class OfferServicer(offers_pb2_grpc.OfferServiceServicer):
             except ServiceError as exc:
                 if exc.code in ("UNAVAILABLE", "DEADLINE_EXCEEDED"):
                     raise  # the whole call is affected, not this customer
-                note_call(customers=index + 1, offers=offers)
-                yield converters.bulk_error(index, customer_id, exc.code, str(exc))
-                continue
-            offers += result.returned
+                response = converters.bulk_error(index, customer_id, exc.code, str(exc))
+            else:
+                offers += result.returned
+                response = converters.bulk_offers(index, customer_id, result)
             note_call(customers=index + 1, offers=offers)
-            yield converters.bulk_offers(index, customer_id, result)
+            yield response
 
     def FindMinimumSubsidy(self, request: pb.FindMinimumSubsidyRequest, context):
         service = self.service

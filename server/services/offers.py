@@ -150,9 +150,9 @@ class OfferService:
 
     @staticmethod
     def terms_of(customer: Customer) -> CustomerTerms:
-        return CustomerTerms(current_monthly_payment=customer.current_monthly_payment,
-                             vehicle_equity=customer.vehicle_equity, risk_profile_name=customer.risk_profile_name,
-                             risk_profile_index=customer.risk_profile_index)
+        return CustomerTerms.from_balance(customer.current_monthly_payment, customer.current_car_price,
+                                          customer.outstanding_balance, customer.risk_profile_name,
+                                          customer.risk_profile_index)
 
     # --- the operations -----------------------------------------------------------------------
     def generate(self, query: OfferQuery, remaining: Remaining = no_deadline) -> OfferResult:

@@ -11,6 +11,7 @@ and the one-off snapshot load. MariaDB: TRADEUP_TEST_MYSQL_URL, else a private s
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -78,7 +79,6 @@ def main() -> None:
     print(f"{'backend':8} {'cars':>8} {'path':12} {'p50 ms':>8} {'p95 ms':>8}   (prefilter limit 500)")
     with tempfile.TemporaryDirectory() as tmp:
         run("sqlite", {"TRADEUP_SQLITE_PATH": f"{tmp}/bench.db"}, sizes, args.customers)
-        import os
         url = os.environ.get("TRADEUP_TEST_MYSQL_URL")
         server = None
         if not url:
