@@ -7,10 +7,11 @@ the top of each entry point (`_check_lengths`); the parity and golden tests exer
 """
 from array import array
 
-from libc.math cimport fabs, isfinite, pow
+from libc.math cimport fabs, isfinite
 from libc.stdlib cimport free, malloc, qsort
 
 from .constants import SCHEDULE_COLUMNS
+from .plan import growth_powers
 
 IMPLEMENTATION = "compiled"
 cdef double MAX_PRICE = 1e10
@@ -42,10 +43,16 @@ cdef struct Plan:
     int n_terms
     long terms[MAX_TERMS]
     double down[MAX_TERMS]
-    double main_factor[MAX_TERMS]
-    double insurance_factor[MAX_TERMS]
+    double rate[MAX_TERMS]        # i
+    double rate_iva[MAX_TERMS]    # j
+    double growth[MAX_TERMS]
+    double divisor[MAX_TERMS]
+    double kavak_principal[MAX_TERMS]
+    double kavak_interest[MAX_TERMS]
+    double insurance_principal[MAX_TERMS]
+    double insurance_interest[MAX_TERMS]
     double vehicle_equity, current_payment, service_fee_pct, cxa_pct, cac_bonus
-    double kavak_total, insurance, gps_install, gps_monthly, npv_deduction
+    double kavak_total, insurance, gps_install, gps_monthly, npv_deduction, iva_factor
     double tier_floor, tier_refresh_max, tier_upgrade_max, tier_ceiling
 
 
@@ -58,8 +65,14 @@ cdef int _load_plan(object plan, Plan* p) except -1:
     for t in range(n):
         p.terms[t] = cols.terms[t]
         p.down[t] = cols.down_fractions[t]
-        p.main_factor[t] = cols.main_factors[t]
-        p.insurance_factor[t] = cols.insurance_factors[t]
+        p.rate[t] = cols.monthly_rates[t]
+        p.rate_iva[t] = cols.monthly_rates_iva[t]
+        p.growth[t] = cols.growths[t]
+        p.divisor[t] = cols.divisors[t]
+        p.kavak_principal[t] = cols.kavak_principals[t]
+        p.kavak_interest[t] = cols.kavak_interests[t]
+        p.insurance_principal[t] = cols.insurance_principals[t]
+        p.insurance_interest[t] = cols.insurance_interests[t]
     p.vehicle_equity = plan.vehicle_equity
     p.current_payment = plan.current_payment
     p.service_fee_pct = plan.service_fee_pct
@@ -70,6 +83,7 @@ cdef int _load_plan(object plan, Plan* p) except -1:
     p.gps_install = plan.gps_install
     p.gps_monthly = plan.gps_monthly
     p.npv_deduction = plan.npv_deduction
+    p.iva_factor = plan.iva_factor
     p.tier_floor = plan.tier_floor
     p.tier_refresh_max = plan.tier_refresh_max
     p.tier_upgrade_max = plan.tier_upgrade_max
@@ -148,10 +162,22 @@ cdef inline signed char _classify(const Plan* p, double delta) noexcept nogil:
     return REJECT_ABOVE
 
 
-cdef inline double _first_payment(const Plan* p, double loan, double service_fee, double kavak_total,
-                                  int t) noexcept nogil:
-    return (loan + service_fee + kavak_total) * p.main_factor[t] + p.insurance * p.insurance_factor[t] \
-        + p.gps_monthly + p.gps_install
+# The audited first-month payment, component by component (plan.py derives the formulas).
+cdef inline double _first_principal(double rate, double amount, double growth, double divisor) noexcept nogil:
+    return fabs(amount * growth / divisor - amount * rate)
+
+
+cdef inline double _first_interest(double rate, double amount, double iva_factor) noexcept nogil:
+    return fabs(amount * rate) * iva_factor
+
+
+cdef inline double _first_payment(const Plan* p, double loan, double service_fee, int t) noexcept nogil:
+    cdef double principal = _first_principal(p.rate_iva[t], loan, p.growth[t], p.divisor[t]) \
+        + _first_principal(p.rate_iva[t], service_fee, p.growth[t], p.divisor[t]) \
+        + p.kavak_principal[t] + p.insurance_principal[t]
+    cdef double interest = _first_interest(p.rate[t], loan, p.iva_factor) \
+        + _first_interest(p.rate[t], service_fee, p.iva_factor) + p.kavak_interest[t] + p.insurance_interest[t]
+    return principal + interest + p.gps_monthly + p.gps_install
 
 
 cdef Py_ssize_t _price_range(const Plan* p, const double[:] prices, Py_ssize_t first, Py_ssize_t last,
@@ -184,7 +210,7 @@ cdef Py_ssize_t _price_range(const Plan* p, const double[:] prices, Py_ssize_t f
             elif loan <= 0.0:
                 status_out[slot] = REJECT_LOAN
             else:
-                payment = _first_payment(p, loan, service_fee, p.kavak_total, t)
+                payment = _first_payment(p, loan, service_fee, t)
                 delta = payment / p.current_payment - 1.0
                 payment_out[slot] = payment
                 delta_out[slot] = delta
@@ -287,25 +313,17 @@ def rank_offers(plan, out, Py_ssize_t n_cars, car_rank, long tier_mask):
 
 
 # --- SPEC §3: amortization schedule ------------------------------------------------------------
-cdef inline double _remaining_balance(double rate, long period, long periods, double amount) noexcept nogil:
-    cdef double growth, payment
-    if rate == 0.0:
-        return amount - amount / periods * (period - 1)
-    growth = pow(1.0 + rate, <double>(period - 1))
-    payment = amount * (pow(1.0 + rate, <double>periods) * rate / (pow(1.0 + rate, <double>periods) - 1.0))
-    return amount * growth - payment * (growth - 1.0) / rate
+cdef inline double _divisor(double rate, long periods, double growth) noexcept nogil:
+    return <double>periods if rate == 0.0 else (growth - 1.0) / rate
 
 
-cdef inline double _ipmt(double rate, long period, long periods, double amount) noexcept nogil:
-    return _remaining_balance(rate, period, periods, amount) * rate
-
-
-cdef inline double _ppmt(double rate, long period, long periods, double amount) noexcept nogil:
-    cdef double growth
-    if rate == 0.0:
-        return amount / periods
-    growth = pow(1.0 + rate, <double>periods)
-    return amount * (growth * rate / (growth - 1.0)) - _ipmt(rate, period, periods, amount)
+cdef inline void _components(double rate, double amount, long periods, long elapsed, const double* powers,
+                             double* principal, double* interest) noexcept nogil:
+    # plan.components: numpy-financial's |PPMT| and |IPMT| of period elapsed + 1.
+    cdef double payment = amount * powers[periods] / _divisor(rate, periods, powers[periods])
+    cdef double owed = -(-amount * powers[elapsed] + payment * _divisor(rate, elapsed, powers[elapsed])) * rate
+    principal[0] = fabs(payment - owed)
+    interest[0] = fabs(owed)
 
 
 def amortization(plan, int term_index, double price):
@@ -313,22 +331,28 @@ def amortization(plan, int term_index, double price):
     cols = plan.columns
     cdef long n = cols.terms[term_index], ins_n = plan.insurance_months, p, q
     cdef double i = cols.monthly_rates[term_index], j = cols.monthly_rates_iva[term_index]
-    cdef double iva = plan.iva_rate, ins = plan.insurance, gps_monthly = plan.gps_monthly
+    cdef double iva = plan.iva_rate, iva_factor = plan.iva_factor, ins = plan.insurance
+    cdef double gps_monthly = plan.gps_monthly
     cdef double gps_net = plan.gps_monthly_net, gps_first = plan.gps_install
     cdef double service_fee = price * plan.service_fee_pct
     cdef double loan = price - (plan.vehicle_equity + plan.cac_bonus - price * plan.cxa_pct - plan.gps_install)
     cdef double kavak = plan.kavak_total
-    cdef double amounts[3]
+    cdef double amounts[4]
     cdef double balances[4]
     cdef double principal[4]
     cdef double interest[4]
-    cdef double start, gps_install, principal_sum, interest_sum, payment
+    cdef double start, gps_install, principal_sum, interest_sum, payment, unused
     cdef int c, width = len(SCHEDULE_COLUMNS)
+    cdef long periods, elapsed
     if width != 12:
         raise ValueError("schedule layout changed")
+    # (1 + rate) ** k for k = 0 .. max(n, insurance term): every power a schedule uses.
+    powers_i = array("d", growth_powers(i, range(max(n, ins_n) + 1)))
+    powers_j = array("d", growth_powers(j, range(max(n, ins_n) + 1)))
+    cdef const double[:] pi = powers_i, pj = powers_j
     rows = array("d", bytes(8 * n * width))
     cdef double[:] r = rows
-    amounts[0] = loan; amounts[1] = service_fee; amounts[2] = kavak
+    amounts[0] = loan; amounts[1] = service_fee; amounts[2] = kavak; amounts[3] = ins
     balances[0] = loan; balances[1] = service_fee; balances[2] = kavak; balances[3] = ins
     with nogil:
         for p in range(1, n + 1):
@@ -336,16 +360,15 @@ def amortization(plan, int term_index, double price):
             if q == 1:
                 balances[3] = ins
             start = balances[0] + balances[1] + balances[2] + balances[3]
-            for c in range(3):
-                principal[c] = _ppmt(j, p, n, amounts[c])
-                interest[c] = _ipmt(i, p, n, amounts[c])
-            principal[3] = _ppmt(j, q, ins_n, ins)
-            interest[3] = _ipmt(i, q, ins_n, ins)
+            for c in range(4):
+                periods, elapsed = (n, p - 1) if c < 3 else (ins_n, q - 1)
+                _components(j, amounts[c], periods, elapsed, &pj[0], &principal[c], &unused)
+                _components(i, amounts[c], periods, elapsed, &pi[0], &unused, &interest[c])
             gps_install = gps_first if p == 1 else 0.0
             principal_sum = principal[0] + principal[1] + principal[2] + principal[3]
             interest_sum = interest[0] + interest[1] + interest[2] + interest[3]
-            payment = principal_sum + (interest[0] * (1.0 + iva) + interest[1] * (1.0 + iva)
-                                       + interest[2] * (1.0 + iva) + interest[3] * (1.0 + iva)) \
+            payment = principal_sum + (interest[0] * iva_factor + interest[1] * iva_factor
+                                       + interest[2] * iva_factor + interest[3] * iva_factor) \
                 + gps_monthly + gps_install
             for c in range(4):
                 balances[c] = balances[c] - principal[c]
@@ -429,7 +452,7 @@ cdef Attempt _search_car(const Plan* p, const Grid* g, double price) noexcept no
                     if loan <= 0.0:
                         continue
                     financed = loan + service_fee + p.kavak_total + p.insurance
-                    payment = _first_payment(p, loan, service_fee, p.kavak_total, t)
+                    payment = _first_payment(p, loan, service_fee, t)
                     delta = payment / p.current_payment - 1.0
                     margin = service_fee + cxa - p.npv_deduction - cac
                     gate = _failed_gate(g, delta, margin, financed, price)

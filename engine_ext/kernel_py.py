@@ -16,6 +16,7 @@ from .constants import (
     SUBSIDY_NPV_BELOW_MINIMUM, SUBSIDY_PAYMENT_DELTA_TOO_HIGH, SUBSIDY_VIABLE, TIER_MAX_UPGRADE,
     TIER_REFRESH, TIER_UPGRADE,
 )
+from .plan import components, first_interest, first_principal, growth_powers
 
 IMPLEMENTATION = "python"
 MAX_PRICE = 1e10  # MXN; anything above is a data error, not a car
@@ -56,10 +57,17 @@ def npv(plan, service_fee, cxa, cac_bonus):
     return service_fee + cxa - plan.npv_deduction - cac_bonus
 
 
-def first_payment(plan, loan, service_fee, kavak_total, main_factor, insurance_factor):
-    """PMT(j, n, L+SF+KT) + PMT(j, 12, INS) + G1 + G0 (= the PPMT/IPMT component sum of period 1)."""
-    return (loan + service_fee + kavak_total) * main_factor + plan.insurance * insurance_factor \
-        + plan.gps_monthly + plan.gps_install
+def first_payment(plan, t, loan, service_fee):
+    """The first month's payment, component by component as the audited engine adds it (SPEC §3):
+    the four principals (L, SF, KT, INS), then the four interests with IVA, then G1, then G0."""
+    cols = plan.columns
+    i, j = cols.monthly_rates[t], cols.monthly_rates_iva[t]
+    growth, divisor = cols.growths[t], cols.divisors[t]
+    principal = first_principal(j, loan, growth, divisor) + first_principal(j, service_fee, growth, divisor) \
+        + cols.kavak_principals[t] + cols.insurance_principals[t]
+    interest = first_interest(i, loan, plan.iva_factor) + first_interest(i, service_fee, plan.iva_factor) \
+        + cols.kavak_interests[t] + cols.insurance_interests[t]
+    return principal + interest + plan.gps_monthly + plan.gps_install
 
 
 def classify(plan, delta):
@@ -97,8 +105,7 @@ def price_car(plan, price, car, out):
         elif loan <= 0.0:
             out.status[slot] = REJECT_LOAN_NOT_POSITIVE
         else:
-            payment = first_payment(plan, loan, service_fee, plan.kavak_total,
-                                    cols.main_factors[t], cols.insurance_factors[t])
+            payment = first_payment(plan, t, loan, service_fee)
             delta = payment / plan.current_payment - 1.0
             out.payment[slot] = payment
             out.delta[slot] = delta
@@ -136,37 +143,19 @@ def rank_offers(plan, out, n_cars, car_rank, tier_mask):
 
 
 # --- SPEC §3: amortization schedule -----------------------------------------------------------
-def remaining_balance(rate, period, periods, amount):
-    """Balance of a level-payment loan after period - 1 payments."""
-    if rate == 0.0:
-        return amount - amount / periods * (period - 1)
-    growth = (1.0 + rate) ** (period - 1)
-    payment = amount * ((1.0 + rate) ** periods * rate / ((1.0 + rate) ** periods - 1.0))
-    return amount * growth - payment * (growth - 1.0) / rate
-
-
-def ipmt(rate, period, periods, amount):
-    """Spreadsheet IPMT with PV positive: interest of `period`."""
-    return remaining_balance(rate, period, periods, amount) * rate
-
-
-def ppmt(rate, period, periods, amount):
-    """Spreadsheet PPMT with PV positive: principal of `period`."""
-    if rate == 0.0:
-        return amount / periods
-    growth = (1.0 + rate) ** periods
-    return amount * (growth * rate / (growth - 1.0)) - ipmt(rate, period, periods, amount)
-
-
 def amortization(plan, term_index, price):
-    """The schedule of one offer: len(SCHEDULE_COLUMNS) values per month, row after row."""
+    """The schedule of one offer: len(SCHEDULE_COLUMNS) values per month, row after row. Each
+    component's principal and interest of period p are numpy-financial's (plan.components)."""
     cols = plan.columns
     n = cols.terms[term_index]
     i, j = cols.monthly_rates[term_index], cols.monthly_rates_iva[term_index]
     service_fee = price * plan.service_fee_pct
     loan = price - effective_equity(plan, plan.cac_bonus, price * plan.cxa_pct)
-    ins, ins_n, iva = plan.insurance, plan.insurance_months, plan.iva_rate
-    amounts = (loan, service_fee, plan.kavak_total)
+    ins, ins_n, iva, iva_factor = plan.insurance, plan.insurance_months, plan.iva_rate, plan.iva_factor
+    # (1 + rate) ** k for k = 0 .. max(n, insurance term): every power a schedule uses.
+    top = max(n, ins_n)
+    powers_j, powers_i = growth_powers(j, range(top + 1)), growth_powers(i, range(top + 1))
+    amounts = (loan, service_fee, plan.kavak_total, ins)
     balances = [loan, service_fee, plan.kavak_total, ins]
     rows = array("d")
     for p in range(1, n + 1):
@@ -174,13 +163,16 @@ def amortization(plan, term_index, price):
         if q == 1:
             balances[3] = ins
         start = balances[0] + balances[1] + balances[2] + balances[3]
-        principal = [ppmt(j, p, n, x) for x in amounts] + [ppmt(j, q, ins_n, ins)]
-        interest = [ipmt(i, p, n, x) for x in amounts] + [ipmt(i, q, ins_n, ins)]
+        principal, interest = [0.0] * 4, [0.0] * 4
+        for c in range(4):
+            periods, elapsed = (n, p - 1) if c < 3 else (ins_n, q - 1)
+            principal[c] = components(j, amounts[c], periods, elapsed, powers_j)[0]
+            interest[c] = components(i, amounts[c], periods, elapsed, powers_i)[1]
         gps_install = plan.gps_install if p == 1 else 0.0
         principal_sum = principal[0] + principal[1] + principal[2] + principal[3]
         interest_sum = interest[0] + interest[1] + interest[2] + interest[3]
-        payment = principal_sum + (interest[0] * (1.0 + iva) + interest[1] * (1.0 + iva)
-                                   + interest[2] * (1.0 + iva) + interest[3] * (1.0 + iva)) \
+        payment = principal_sum + (interest[0] * iva_factor + interest[1] * iva_factor
+                                   + interest[2] * iva_factor + interest[3] * iva_factor) \
             + plan.gps_monthly + gps_install
         for c in range(4):
             balances[c] = max(0.0, balances[c] - principal[c])
@@ -225,8 +217,7 @@ def subsidy_search_car(splan, price):
                     if loan <= 0.0:
                         continue
                     financed = loan + service_fee + plan.kavak_total + plan.insurance
-                    payment = first_payment(plan, loan, service_fee, plan.kavak_total,
-                                            cols.main_factors[t], cols.insurance_factors[t])
+                    payment = first_payment(plan, t, loan, service_fee)
                     delta = payment / plan.current_payment - 1.0
                     margin = npv(plan, service_fee, cxa, cac)
                     gate = failed_gate(splan, delta, margin, financed, price)

@@ -1,25 +1,58 @@
-"""Per-request preparation shared by both kernels.
+"""Per-request preparation shared by both kernels, and the audited payment arithmetic.
 
 Everything that depends on the customer and the parameters but not on the car is computed
-here once per request, in plain Python: the term-adjusted rates, the down-payment fractions
-and the annuity factors (the only `pow` calls of offer pricing). Both kernels then run the
-same per-car arithmetic in the same order, so they agree to the last bit.
+here once per request, in plain Python: the term-adjusted rates, the down-payment fractions,
+the growth factors (1 + j) ** n (the only powers of offer pricing) and the payment components
+of the fixed amounts (Kavak Total, insurance). Both kernels then run the same per-car
+arithmetic in the same order, so they agree to the last bit.
+
+The audited engine evaluates the payment component by component with numpy-financial's
+`ppmt`/`ipmt` (PV passed negative, absolute value taken; SPEC §3 "Floating point"). The
+functions below are those formulas, operation for operation, so every float64 rounding is
+the same; the powers come from numpy's own `power`, which is what numpy-financial calls.
 """
 from __future__ import annotations
 
 from array import array
 from dataclasses import dataclass
 
+import numpy
+
 from .errors import EngineInputError
 from .params import MIN_RATE, CustomerTerms, PricingParams
 
 
-def annuity_factor(rate: float, periods: int) -> float:
-    """PMT(rate, periods, 1): the level payment per unit of present value (spreadsheet PMT, PV positive)."""
-    if rate == 0.0:
-        return 1.0 / periods
-    growth = (1.0 + rate) ** periods
-    return growth * rate / (growth - 1.0)
+def growth_powers(rate: float, exponents) -> list[float]:
+    """(1 + rate) ** k for each k, rounded as numpy-financial's `(1 + rate) ** nper` rounds it
+    (numpy's power can differ from libm's pow in the last bit; the audited figures follow numpy)."""
+    return numpy.power(numpy.float64(1.0 + rate), numpy.asarray(exponents, dtype=numpy.int64)).tolist()
+
+
+def annuity_divisor(rate: float, periods: int, growth: float) -> float:
+    """numpy-financial's `fact` with payments at period end: (growth - 1) / rate, or periods at rate 0."""
+    return float(periods) if rate == 0.0 else (growth - 1.0) / rate
+
+
+def components(rate: float, amount: float, periods: int, elapsed: int, powers) -> tuple[float, float]:
+    """(|PPMT|, |IPMT|) of period elapsed + 1 of `amount` over `periods` at `rate`, as numpy-financial
+    computes them with pv = -amount; powers[k] = (1 + rate) ** k. The level payment is
+    -(0 + pv * growth) / divisor, the balance after `elapsed` payments is
+    fv = -(pv * elapsed_growth + payment * elapsed_divisor), and the interest is fv * rate."""
+    growth, elapsed_growth = powers[periods], powers[elapsed]
+    payment = amount * growth / annuity_divisor(rate, periods, growth)
+    interest = -(-amount * elapsed_growth + payment * annuity_divisor(rate, elapsed, elapsed_growth)) * rate
+    return abs(payment - interest), abs(interest)
+
+
+def first_principal(rate: float, amount: float, growth: float, divisor: float) -> float:
+    """|PPMT(rate, 1, n, -amount)|: `components` at elapsed 0, where the balance is the amount
+    itself bit for bit, so the interest is amount * rate."""
+    return abs(amount * growth / divisor - amount * rate)
+
+
+def first_interest(rate: float, amount: float, iva_factor: float) -> float:
+    """|IPMT(rate, 1, n, -amount)| * (1 + IVA): the first month's interest is amount * rate."""
+    return abs(amount * rate) * iva_factor
 
 
 @dataclass(frozen=True)
@@ -30,8 +63,12 @@ class TermColumns:
     monthly_rates: array    # 'd': i = r / 12
     monthly_rates_iva: array  # 'd': j = r (1 + IVA) / 12
     down_fractions: array   # 'd': required down payment as a fraction of the price
-    main_factors: array     # 'd': PMT(j, n, 1)
-    insurance_factors: array  # 'd': PMT(j, insurance term, 1)
+    growths: array          # 'd': (1 + j) ** n
+    divisors: array         # 'd': annuity_divisor(j, n, growth)
+    kavak_principals: array   # 'd': first-month |PPMT| of Kavak Total
+    kavak_interests: array    # 'd': first-month |IPMT| of Kavak Total, IVA included
+    insurance_principals: array  # 'd': first-month |PPMT| of the insurance over its own term
+    insurance_interests: array   # 'd': first-month |IPMT| of the insurance, IVA included
 
 
 @dataclass(frozen=True)
@@ -50,6 +87,7 @@ class OfferPlan:
     gps_monthly: float      # G1, idem
     gps_monthly_net: float  # the `cargos` column: GPS monthly fee before IVA
     iva_rate: float
+    iva_factor: float       # 1 + IVA, applied to each interest component
     npv_deduction: float
     tier_floor: float
     tier_refresh_max: float
@@ -69,24 +107,41 @@ class SubsidyPlan:
     max_loan_to_value: float
 
 
-def term_columns(customer: CustomerTerms, params: PricingParams, terms: tuple[int, ...]) -> TermColumns:
+def term_columns(customer: CustomerTerms, params: PricingParams, terms: tuple[int, ...],
+                 kavak_total: float) -> TermColumns:
     base_rate = params.annual_rate(customer.risk_profile_name)
     down_row = params.down_payment_rows[customer.risk_profile_index]
-    ins_months = params.fees.insurance_term_months
+    insurance, ins_months = params.fees.insurance_amount, params.fees.insurance_term_months
+    iva_factor = 1.0 + params.iva_rate
     rates = [base_rate + params.term_rate_adjustments.get(n, 0.0) for n in terms]
     for n, rate in zip(terms, rates):
         if not (rate == 0.0 or MIN_RATE <= rate <= 1.0):
             raise EngineInputError("interest_rate", f"the {n}-month rate after its term adjustment is {rate}; "
                                                     f"it must be 0 or within [{MIN_RATE}, 1]")
-    monthly_iva = [r * (1.0 + params.iva_rate) / 12.0 for r in rates]
+    monthly = [r / 12.0 for r in rates]
+    monthly_iva = [r * iva_factor / 12.0 for r in rates]
+    growths, divisors, kt_p, kt_i, ins_p, ins_i = [], [], [], [], [], []
+    for n, i, j in zip(terms, monthly, monthly_iva):
+        growth, ins_growth = growth_powers(j, (n, ins_months))
+        divisor, ins_divisor = annuity_divisor(j, n, growth), annuity_divisor(j, ins_months, ins_growth)
+        growths.append(growth)
+        divisors.append(divisor)
+        kt_p.append(first_principal(j, kavak_total, growth, divisor))
+        kt_i.append(first_interest(i, kavak_total, iva_factor))
+        ins_p.append(first_principal(j, insurance, ins_growth, ins_divisor))
+        ins_i.append(first_interest(i, insurance, iva_factor))
     return TermColumns(
         terms=array("l", terms),
         annual_rates=array("d", rates),
-        monthly_rates=array("d", [r / 12.0 for r in rates]),
+        monthly_rates=array("d", monthly),
         monthly_rates_iva=array("d", monthly_iva),
         down_fractions=array("d", [down_row[params.down_payment_column(n)] for n in terms]),
-        main_factors=array("d", [annuity_factor(j, n) for j, n in zip(monthly_iva, terms)]),
-        insurance_factors=array("d", [annuity_factor(j, ins_months) for j in monthly_iva]),
+        growths=array("d", growths),
+        divisors=array("d", divisors),
+        kavak_principals=array("d", kt_p),
+        kavak_interests=array("d", kt_i),
+        insurance_principals=array("d", ins_p),
+        insurance_interests=array("d", ins_i),
     )
 
 
@@ -97,21 +152,23 @@ def build_offer_plan(customer: CustomerTerms, params: PricingParams,
         raise EngineInputError("risk_profile_index", f"must be < {len(params.down_payment_rows)} "
                                                      f"(rows of the down-payment table), got {customer.risk_profile_index}")
     fees, tiers = params.fees, params.tiers
-    iva_factor = 1.0 + params.iva_rate if fees.gps_fees_include_iva else 1.0
+    gps_factor = 1.0 + params.iva_rate if fees.gps_fees_include_iva else 1.0
+    kavak_total = fees.kavak_total_amount if kavak_total is None else kavak_total
     return OfferPlan(
-        columns=term_columns(customer, params, params.terms if terms is None else terms),
+        columns=term_columns(customer, params, params.terms if terms is None else terms, kavak_total),
         vehicle_equity=customer.vehicle_equity,
         current_payment=customer.current_monthly_payment,
         service_fee_pct=fees.service_fee_pct,
         cxa_pct=fees.cxa_pct,
         cac_bonus=fees.cac_bonus,
-        kavak_total=fees.kavak_total_amount if kavak_total is None else kavak_total,
+        kavak_total=kavak_total,
         insurance=fees.insurance_amount,
         insurance_months=fees.insurance_term_months,
-        gps_install=fees.gps_installation_fee * iva_factor,
-        gps_monthly=fees.gps_monthly_fee * iva_factor,
+        gps_install=fees.gps_installation_fee * gps_factor,
+        gps_monthly=fees.gps_monthly_fee * gps_factor,
         gps_monthly_net=fees.gps_monthly_fee,
         iva_rate=params.iva_rate,
+        iva_factor=1.0 + params.iva_rate,
         npv_deduction=params.npv_base_margin_deduction,
         tier_floor=tiers.floor,
         tier_refresh_max=tiers.refresh_max,
