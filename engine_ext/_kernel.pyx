@@ -417,13 +417,21 @@ cdef inline signed char _failed_gate(const Grid* g, double delta, double npv, do
     return SUB_VIABLE
 
 
-cdef Attempt _search_car(const Plan* p, const Grid* g, double price) noexcept nogil:
+cdef struct LoanParts:
+    # The part of a combination that depends on (term, CAC, CXA) only, reused for every service fee.
+    bint priced                 # down payment met and loan > 0
+    double cxa, loan, principal, interest
+
+
+cdef Attempt _search_car(const Plan* p, const Grid* g, double price, LoanParts* parts) noexcept nogil:
     cdef Attempt best, attempt
     cdef bint have_best = False
     cdef long tried = 0
     cdef int t
-    cdef Py_ssize_t a, b, c
-    cdef double sf_pct, cac, cxa_pct, service_fee, cxa, equity, loan, financed, payment, delta, margin
+    cdef Py_ssize_t a, b, c, k
+    cdef double sf_pct, cac, cxa_pct, service_fee, sf_principal, sf_interest, equity, loan
+    cdef double financed, payment, delta, margin
+    cdef LoanParts* part
     cdef signed char gate
     # Until a combination can be priced, the answer is "down payment never met", amounts 0.
     best.status = SUB_DOWN
@@ -436,25 +444,36 @@ cdef Attempt _search_car(const Plan* p, const Grid* g, double price) noexcept no
     best.npv = 0.0
     best.financed = 0.0
     for t in range(p.n_terms):
+        for b in range(g.n_cacs):
+            for c in range(g.n_cxas):
+                part = &parts[b * g.n_cxas + c]
+                part.cxa = price * g.cxas[c]
+                equity = p.vehicle_equity + g.cacs[b] - part.cxa - p.gps_install
+                loan = price - equity
+                part.priced = not (equity < price * p.down[t]) and loan > 0.0
+                part.loan = loan
+                part.principal = _first_principal(p.rate_iva[t], loan, p.growth[t], p.divisor[t])
+                part.interest = _first_interest(p.rate[t], loan, p.iva_factor)
         for a in range(g.n_service_fees):
             sf_pct = g.service_fees[a]
+            service_fee = price * sf_pct
+            sf_principal = _first_principal(p.rate_iva[t], service_fee, p.growth[t], p.divisor[t])
+            sf_interest = _first_interest(p.rate[t], service_fee, p.iva_factor)
             for b in range(g.n_cacs):
                 cac = g.cacs[b]
                 for c in range(g.n_cxas):
-                    cxa_pct = g.cxas[c]
                     tried += 1
-                    service_fee = price * sf_pct
-                    cxa = price * cxa_pct
-                    equity = p.vehicle_equity + cac - cxa - p.gps_install
-                    if equity < price * p.down[t]:
+                    part = &parts[b * g.n_cxas + c]
+                    if not part.priced:
                         continue
-                    loan = price - equity
-                    if loan <= 0.0:
-                        continue
-                    financed = loan + service_fee + p.kavak_total + p.insurance
-                    payment = _first_payment(p, loan, service_fee, t)
+                    cxa_pct = g.cxas[c]
+                    financed = part.loan + service_fee + p.kavak_total + p.insurance
+                    # _first_payment, term by term in the same order, with the loan and fee parts reused.
+                    payment = (part.principal + sf_principal + p.kavak_principal[t] + p.insurance_principal[t]) \
+                        + (part.interest + sf_interest + p.kavak_interest[t] + p.insurance_interest[t]) \
+                        + p.gps_monthly + p.gps_install
                     delta = payment / p.current_payment - 1.0
-                    margin = service_fee + cxa - p.npv_deduction - cac
+                    margin = service_fee + part.cxa - p.npv_deduction - cac
                     gate = _failed_gate(g, delta, margin, financed, price)
                     if gate == SUB_VIABLE or not have_best or fabs(delta) < fabs(best.delta):
                         attempt.status = gate
@@ -500,29 +519,35 @@ def subsidy_search(splan, prices, Py_ssize_t first, Py_ssize_t last, out):
     cdef double[:] payment = out.payment, delta = out.delta, npv = out.npv, financed = out.financed
     cdef Py_ssize_t n = price_view.shape[0], car, invalid = -1
     cdef Attempt result
+    cdef LoanParts* parts = <LoanParts*> malloc(g.n_cacs * g.n_cxas * sizeof(LoanParts))
+    if parts == NULL:
+        raise MemoryError()
     _check_range(first, last, n)
     for view_len in (status.shape[0], term.shape[0], iterations.shape[0], sf_pct.shape[0], cac.shape[0],
                      cxa_pct.shape[0], payment.shape[0], delta.shape[0], npv.shape[0], financed.shape[0]):
         if view_len < n:
             raise ValueError("output buffers are smaller than the batch")
-    with nogil:
-        for car in range(first, last):
-            if not _valid_price(price_view[car]):
-                invalid = car
-                break
-        if invalid < 0:
+    try:
+        with nogil:
             for car in range(first, last):
-                result = _search_car(&p, &g, price_view[car])
-                status[car] = result.status
-                term[car] = result.term
-                sf_pct[car] = result.service_fee_pct
-                cac[car] = result.cac
-                cxa_pct[car] = result.cxa_pct
-                payment[car] = result.payment
-                delta[car] = result.delta
-                npv[car] = result.npv
-                financed[car] = result.financed
-                iterations[car] = result.tried
+                if not _valid_price(price_view[car]):
+                    invalid = car
+                    break
+            if invalid < 0:
+                for car in range(first, last):
+                    result = _search_car(&p, &g, price_view[car], parts)
+                    status[car] = result.status
+                    term[car] = result.term
+                    sf_pct[car] = result.service_fee_pct
+                    cac[car] = result.cac
+                    cxa_pct[car] = result.cxa_pct
+                    payment[car] = result.payment
+                    delta[car] = result.delta
+                    npv[car] = result.npv
+                    financed[car] = result.financed
+                    iterations[car] = result.tried
+    finally:
+        free(parts)
     return invalid
 
 
