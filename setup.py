@@ -25,7 +25,8 @@ setup(
         "pymysql==1.2.4",
         "DBUtils==3.2.0",
         "cachetools==8.0.0",
+        "numpy==2.4.6",  # its power() rounds (1 + j) ** n as the audited numpy-financial engine did
     ],
-    extras_require={"test": ["pytest", "hypothesis", "grpcio-tools==1.85.1"]},
+    extras_require={"test": ["pytest", "hypothesis", "grpcio-tools==1.85.1", "numpy-financial==1.0.0"]},
     entry_points={"console_scripts": ["tradeup=client.cli:main", "tradeup-server=server.__main__:main"]},
 )
