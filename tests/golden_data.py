@@ -47,6 +47,35 @@ def schedules() -> list[dict]:
     return _lines("amortization.jsonl.gz")
 
 
+def spread(records: list[dict], count: int = 10) -> list[dict]:
+    """Up to `count` records spread evenly over the set, whatever its size."""
+    return records[::max(1, len(records) // count)][:count]
+
+
+def stored_subsidies() -> list[dict]:
+    """The subsidy pairs whose customer is in customers.json (the others carry theirs inline only)."""
+    return [r for r in subsidies() if r["customer"]["customer_id"] in customers()]
+
+
+def write_subset(target: Path, n_customers: int) -> None:
+    """A smaller set in the same format in `target`: `n_customers` customers spread over this one
+    with their offers, subsidy pairs and schedules, plus two pairs whose customer travels inline
+    only; the whole inventory and the parameters (the prefilter runs over the whole inventory)."""
+    target.mkdir(parents=True, exist_ok=True)
+    chosen = spread(offers(), n_customers)
+    ids = {r["customer_id"] for r in chosen}
+    inline_only = [r for r in subsidies() if r["customer"]["customer_id"] not in customers()][:2]
+    for name in ("params.json", "inventory.json"):
+        (target / name).write_bytes((GOLDEN_DIR / name).read_bytes())
+    (target / "customers.json").write_text(json.dumps([customers()[i] for i in sorted(ids)]))
+    for name, records in (("offers.jsonl.gz", chosen),
+                          ("subsidy.jsonl.gz", [r for r in subsidies() if r["customer"]["customer_id"] in ids]
+                           + inline_only),
+                          ("amortization.jsonl.gz", [r for r in schedules() if r["customer_id"] in ids])):
+        with gzip.open(target / name, "wt") as handle:
+            handle.writelines(json.dumps(record) + "\n" for record in records)
+
+
 def terms_of(customer: dict) -> CustomerTerms:
     return CustomerTerms(
         current_monthly_payment=customer["current_monthly_payment"],

@@ -1,5 +1,11 @@
-"""Every reference vector reproduced by both kernels (SPEC §3, golden/README.md tolerances)."""
+"""Every reference vector reproduced by both kernels (SPEC §3, golden/README.md tolerances), on
+whatever set TRADEUP_GOLDEN_DIR names: the tests parametrize over what the set holds."""
+import gzip
+import os
+import subprocess
+import sys
 from dataclasses import asdict
+from pathlib import Path
 
 import pytest
 
@@ -39,7 +45,8 @@ def test_offer_order_follows_the_spec(engine):
     assert keys == sorted(keys) and len(set(keys)) == len(keys)
 
 
-@pytest.mark.parametrize("case", range(len(golden.subsidies())))
+@pytest.mark.parametrize("case", range(len(golden.subsidies())),
+                         ids=lambda k: f'{golden.subsidies()[k]["customer"]["customer_id"]}-{golden.subsidies()[k]["car"]["car_id"]}')
 def test_subsidy_matches_golden(engine, case):
     record = golden.subsidies()[case]
     car = record["car"]
@@ -66,3 +73,28 @@ def test_amortization_matches_golden(engine, case):
     for got, want in zip(rows, record["schedule"]):
         for field, value in asdict(got).items():
             assert golden.close(value, want[field]), (got.cuota, field, value, want[field])
+
+
+# The tests that read reference vectors, run again on a smaller set in the same format.
+GOLDEN_TESTS = ("tests/test_engine_golden.py", "tests/test_wire.py::test_golden_offers_encode_like_protobuf",
+                "tests/test_engine_properties.py::test_fan_out_gives_the_single_thread_result",
+                "tests/test_engine_oracle.py::test_near_tie_reference_pairs_are_numpy_financial_decisions",
+                "tests/test_engine_oracle.py::test_reference_schedules_are_numpy_financial_within_tolerance")
+
+
+def test_golden_tests_run_on_any_set(tmp_path):
+    """7 customers with their pairs and schedules, and two pairs whose customer travels inline:
+    every golden test passes, with one case per record the set holds."""
+    golden.write_subset(tmp_path / "set", 7)
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "not run_on_any_set", *GOLDEN_TESTS],
+        cwd=Path(__file__).resolve().parents[1], env={**os.environ, "TRADEUP_GOLDEN_DIR": str(tmp_path / "set")},
+        capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+    offers, pairs, schedules = (sum(1 for _ in gzip.open(tmp_path / "set" / name, "rt"))
+                                for name in ("offers.jsonl.gz", "subsidy.jsonl.gz", "amortization.jsonl.gz"))
+    assert offers == 7 and pairs > 2 and schedules > 0
+    # Per kernel: each offer record twice (vectors, wire), order, each pair, each schedule, fan-out x3;
+    # then the parameters, the near ties and the oracle over each schedule.
+    expected = 2 * (2 * offers + 1 + pairs + schedules + 3) + 1 + 1 + schedules
+    assert f"{expected} passed" in run.stdout, run.stdout[-2000:]

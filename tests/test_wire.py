@@ -19,9 +19,8 @@ def reference(offers, first, last):
     return pb.StreamOffersResponse(offers=messages).SerializeToString()
 
 
-@pytest.mark.parametrize("case", range(0, 200, 20))
-def test_golden_offers_encode_like_protobuf(engine, case):
-    record = golden.offers()[case]
+@pytest.mark.parametrize("record", golden.spread(golden.offers()), ids=lambda r: r["customer_id"])
+def test_golden_offers_encode_like_protobuf(engine, record):
     customer = golden.terms_of(golden.customers()[record["customer_id"]])
     prices = [golden.inventory()[car]["car_price"] for car in record["cars"]]
     offers = engine.price(customer, record["cars"], prices, golden.params())
