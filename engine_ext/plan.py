@@ -22,10 +22,11 @@ from .errors import EngineInputError
 from .params import MIN_RATE, CustomerTerms, PricingParams
 
 
-def growth_powers(rate: float, exponents) -> list[float]:
-    """(1 + rate) ** k for each k, rounded as numpy-financial's `(1 + rate) ** nper` rounds it
-    (numpy's power can differ from libm's pow in the last bit; the audited figures follow numpy)."""
-    return numpy.power(numpy.float64(1.0 + rate), numpy.asarray(exponents, dtype=numpy.int64)).tolist()
+def growth_powers(rates, exponents) -> list[float]:
+    """(1 + rate) ** k for each (rate, k) pair, rounded as numpy-financial's `(1 + rate) ** nper` rounds
+    it (numpy's power can differ from libm's pow in the last bit; the audited figures follow numpy)."""
+    return numpy.power(numpy.array([1.0 + rate for rate in rates], dtype=numpy.float64),
+                       numpy.array(exponents, dtype=numpy.int64)).tolist()
 
 
 def annuity_divisor(rate: float, periods: int, growth: float) -> float:
@@ -120,9 +121,9 @@ def term_columns(customer: CustomerTerms, params: PricingParams, terms: tuple[in
                                                     f"it must be 0 or within [{MIN_RATE}, 1]")
     monthly = [r / 12.0 for r in rates]
     monthly_iva = [r * iva_factor / 12.0 for r in rates]
+    powers = growth_powers(monthly_iva * 2, list(terms) + [ins_months] * len(terms))  # one call per request
     growths, divisors, kt_p, kt_i, ins_p, ins_i = [], [], [], [], [], []
-    for n, i, j in zip(terms, monthly, monthly_iva):
-        growth, ins_growth = growth_powers(j, (n, ins_months))
+    for n, i, j, growth, ins_growth in zip(terms, monthly, monthly_iva, powers, powers[len(terms):]):
         divisor, ins_divisor = annuity_divisor(j, n, growth), annuity_divisor(j, ins_months, ins_growth)
         growths.append(growth)
         divisors.append(divisor)
