@@ -45,8 +45,12 @@ def test_offer_order_follows_the_spec(engine):
     assert keys == sorted(keys) and len(set(keys)) == len(keys)
 
 
-@pytest.mark.parametrize("case", range(len(golden.subsidies())),
-                         ids=lambda k: f'{golden.subsidies()[k]["customer"]["customer_id"]}-{golden.subsidies()[k]["car"]["car_id"]}')
+def pair_id(k):
+    record = golden.subsidies()[k]
+    return f'{record["customer"]["customer_id"]}-{record["car"]["car_id"]}'
+
+
+@pytest.mark.parametrize("case", range(len(golden.subsidies())), ids=pair_id)
 def test_subsidy_matches_golden(engine, case):
     record = golden.subsidies()[case]
     car = record["car"]

@@ -64,7 +64,8 @@ def bits(values):
 def assert_same_bits(got, want, what):
     got, want = np.asarray(got, dtype=np.float64), np.asarray(want, dtype=np.float64)
     differ = np.flatnonzero(bits(got) != bits(want))
-    assert differ.size == 0, f"{what}: {differ.size} differ, first at {differ[0]}: {got[differ[0]]!r} != {want[differ[0]]!r}"
+    first = differ[0] if differ.size else None
+    assert first is None, f"{what}: {differ.size} differ, first at {first}: {got[first]!r} != {want[first]!r}"
 
 
 # --- random cases ----------------------------------------------------------------------------
@@ -85,8 +86,8 @@ def random_case(rng):
                            down_payment_terms=TERM_POOL, fees=fees, rate_override=rate,
                            down_payment_rows=tuple((float(rng.choice([0.0, 0.0, 0.1])),) * len(TERM_POOL)
                                                    for _ in range(26)))
-    customer = CustomerTerms(float(np.exp(rng.uniform(np.log(2_000), np.log(60_000)))), float(rng.uniform(-10_000, 200_000)), profile,
-                             params.profile_index(profile))
+    payment = float(np.exp(rng.uniform(np.log(2_000), np.log(60_000))))
+    customer = CustomerTerms(payment, float(rng.uniform(-10_000, 200_000)), profile, params.profile_index(profile))
     return customer, params
 
 
