@@ -76,8 +76,8 @@ def test_worker_processes_share_the_port(tmp_path):
         served = []
         for worker_port in (metrics, metrics + 1):
             text = urllib.request.urlopen(f"http://127.0.0.1:{worker_port}/metrics", timeout=5).read().decode()
-            line = next((l for l in text.splitlines() if l.startswith("tradeup_rpc_requests_total{") and
-                         'code="OK"' in l and "GenerateOffers" in l), None)
+            line = next((l for l in text.splitlines() if l.startswith("grpc_server_handled_total{") and
+                         'grpc_code="OK"' in l and 'grpc_method="GenerateOffers"' in l), None)
             served.append(float(line.rsplit(" ", 1)[1]) if line else 0.0)
         assert sum(served) == calls and all(count > 0 for count in served), served
         process.send_signal(signal.SIGTERM)
