@@ -4,12 +4,16 @@ all, fails here) and `pip install ./client` (the client alone, for services that
 Both are built from a copy of the sources, so the build leaves nothing in the working tree."""
 from __future__ import annotations
 
+import ast
+import importlib.metadata
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -77,3 +81,49 @@ def test_client_alone_calls_the_server(server, tmp_path):
                   f"with OfferClient({server.target!r}, timeout=20) as c:\n"
                   "    print(c.generate_offers(customer_id='C0001', max_offers=2).summary.cars_evaluated)")
     assert library.stdout.strip() == "500", library.stderr
+
+
+def declared(pyproject: Path, extra: str | None = None) -> dict[str, str]:
+    """Normalized distribution name -> its requirement, as pyproject.toml declares them."""
+    project = tomllib.loads(pyproject.read_text())["project"]
+    requirements = project["optional-dependencies"][extra] if extra else project["dependencies"]
+    return {canonical(re.split(r"[<>=!~ \[;]", r, 1)[0]): r for r in requirements}
+
+
+def canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def imported_distributions(*packages: str) -> set[str]:
+    """The third-party distributions the modules of `packages` import (top-level imports)."""
+    names: set[str] = set()
+    for package in packages:
+        for path in (ROOT / package).rglob("*.py"):
+            if path.name == "generate.py":  # protos/generate.py: a development tool (grpcio-tools, test extra)
+                continue
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Import):
+                    names.update(alias.name.split(".")[0] for alias in node.names)
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    names.add(node.module.split(".")[0])
+    mapping = importlib.metadata.packages_distributions()
+    ours = {"engine_ext", "server", "client", "protos"}
+    return {canonical(dist) for name in names - ours for dist in mapping.get(name, ())}
+
+
+def test_dependencies_are_declared_with_the_bounds_the_stubs_need():
+    service, client = declared(ROOT / "pyproject.toml"), declared(ROOT / "client/pyproject.toml")
+    assert imported_distributions("server", "engine_ext", "client", "protos") <= set(service)
+    assert imported_distributions("client", "protos") <= set(client)
+    stub = (ROOT / "protos/tradeup/v1/offers_pb2.py").read_text()
+    protobuf = ".".join(re.search(r"Domain\.PUBLIC,\s*(\d+),\s*(\d+),\s*(\d+),", stub).groups())
+    grpcio = re.search(r"GRPC_GENERATED_VERSION = '([\d.]+)'", (ROOT / "protos/tradeup/v1/offers_pb2_grpc.py")
+                       .read_text()).group(1)
+    for requirements in (service, client):
+        assert f"protobuf>={protobuf}," in requirements["protobuf"]  # the stubs refuse older runtimes
+        assert f"grpcio>={grpcio}," in requirements["grpcio"]
+    assert "grpcio-tools==" + grpcio in declared(ROOT / "pyproject.toml", "test").values()
+
+
+def test_the_test_timeout_is_enforced(request):
+    assert request.config.pluginmanager.hasplugin("timeout") and request.config.getini("timeout") == "300"
