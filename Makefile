@@ -1,35 +1,63 @@
 # Trade-Up Engine.  `make run`: install and serve on the embedded database with demo data.
 #                   `make test`: install and run the whole test suite.
-PYTHON ?= python3
-STAMP := .make
+# Everything runs in the project's own virtualenv (VENV, created with `python3 -m venv`), so
+# neither Debian's externally-managed Python nor packages already on the machine break or hide
+# anything. CI passes VENV=<a new directory> to start from nothing every run.
+BASE_PYTHON ?= python3
+VENV ?= .venv
+PYTHON := $(VENV)/bin/python
+INSTALLED := $(VENV)/.tradeup-installed
 BIN := $(CURDIR)/bin
 GHZ_VERSION := v0.120.0
 GRPCURL_VERSION := v1.9.3
 HEALTH_PROBE_VERSION := v0.4.62
+# buf (protos lint and breaking-change check), pinned by tools/buf/package-lock.json.
+BUF := tools/buf/node_modules/.bin/buf
 
-.PHONY: install system-deps build protos run migrate seed test test-python bench bench-engine bench-db \
-	bench-growth loadtest soak tools clean
+.PHONY: install build-deps system-deps build protos run migrate seed test test-python bench bench-engine bench-db \
+	bench-growth loadtest soak tools buf constraints clean
 
-# MariaDB (for the tests) and a C compiler, from Debian's packages when missing.
-system-deps:
+# What building needs, from Debian's packages when missing: a C compiler, the Python headers
+# and venv (Debian splits both out of python3).
+build-deps:
+	@missing=""; \
+	command -v cc >/dev/null 2>&1 || missing="$$missing build-essential"; \
+	$(BASE_PYTHON) -c 'import ensurepip' >/dev/null 2>&1 || missing="$$missing python3-venv"; \
+	$(BASE_PYTHON) -c 'import os, sysconfig; assert os.path.exists(sysconfig.get_path("include") + "/Python.h")' \
+	  >/dev/null 2>&1 || missing="$$missing python3-dev"; \
+	$(call apt_install,$$missing)
+
+# What the tests need besides: MariaDB, Redis, h2load, openssl (test certificates), npm (buf).
+system-deps: build-deps
 	@missing=""; \
 	command -v mariadbd >/dev/null 2>&1 || [ -x /usr/sbin/mariadbd ] || missing="$$missing mariadb-server mariadb-client"; \
-	command -v cc >/dev/null 2>&1 || missing="$$missing build-essential"; \
-	if [ -n "$$missing" ]; then \
-	  sudo=""; [ "$$(id -u)" = 0 ] || sudo=sudo; \
-	  echo "installing Debian packages:$$missing"; \
-	  $$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
-	fi
+	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
+	command -v h2load >/dev/null 2>&1 || missing="$$missing nghttp2-client"; \
+	command -v openssl >/dev/null 2>&1 || missing="$$missing openssl"; \
+	command -v npm >/dev/null 2>&1 || missing="$$missing npm"; \
+	$(call apt_install,$$missing)
 
-$(STAMP)/installed: setup.py pyproject.toml
-	$(PYTHON) -m pip install --quiet --disable-pip-version-check -e '.[test]'
-	@mkdir -p $(STAMP) && touch $@
+define apt_install
+if [ -n "$(1)" ]; then \
+  sudo=""; [ "$$(id -u)" = 0 ] || sudo=sudo; \
+  echo "installing Debian packages:$(1)"; \
+  $$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends $(1) >/dev/null; \
+fi
+endef
 
-install: $(STAMP)/installed
+$(PYTHON): | build-deps
+	$(BASE_PYTHON) -m venv $(VENV)
 
-# The compiled kernel, in place (the editable install builds it too; this rebuilds after edits).
+# The project (editable, the kernel compiled in place) with its test extra, at the versions of constraints.txt.
+$(INSTALLED): pyproject.toml setup.py constraints.txt | $(PYTHON)
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test]'
+	@touch $@
+
+install: $(INSTALLED)
+
+# Rebuild the compiled kernel after editing _kernel.pyx (Cython lives in the build environment).
 engine_ext/_kernel.c: engine_ext/_kernel.pyx | install
-	$(PYTHON) setup.py --quiet build_ext --inplace
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check --no-deps -e .
 
 build: install engine_ext/_kernel.c
 
@@ -43,17 +71,18 @@ run: build
 migrate: build
 	$(PYTHON) -m server migrate
 
+# The demo data, on request only (the embedded database is seeded at start when empty).
 seed: build
 	$(PYTHON) -m server seed --replace
 
 # The ghz/grpcurl/grpc_health_probe tests need the tools: built here when Go is there.
-test: system-deps build
+test: system-deps build buf
 	@[ -x $(BIN)/ghz ] && [ -x $(BIN)/grpcurl ] && [ -x $(BIN)/grpc-health-probe ] || \
 	  ! command -v go >/dev/null 2>&1 || $(MAKE) --no-print-directory tools
 	PATH="/usr/sbin:$$PATH" $(PYTHON) -m pytest -q
 
 # The whole suite again with the pure-Python kernel serving.
-test-python: system-deps build
+test-python: system-deps build buf
 	PATH="/usr/sbin:$$PATH" TRADEUP_ENGINE=python $(PYTHON) -m pytest -q
 
 bench: bench-engine bench-db
@@ -79,6 +108,19 @@ bench-growth: system-deps build
 	@[ -x $(BIN)/ghz ] || $(MAKE) tools
 	PATH="/usr/sbin:$$PATH" $(PYTHON) -m tests.bench.loadtest --growth
 
+# buf from the npm registry (the package ships the binary), at the version of the lock file.
+$(BUF): tools/buf/package.json tools/buf/package-lock.json
+	@command -v npm >/dev/null 2>&1 || { echo "make buf needs npm (apt-get install npm)"; exit 1; }
+	npm ci --prefix tools/buf --no-audit --no-fund --loglevel=error
+	@touch $@
+
+buf: $(BUF)
+
+# Pin what the project installs now (after a deliberate upgrade).
+constraints: install
+	{ sed -n '/^#/p' constraints.txt; $(PYTHON) -m pip freeze --exclude-editable; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
+
 # ghz, grpcurl and grpc_health_probe, pinned, into ./bin (needs Go).
 tools:
 	@command -v go >/dev/null 2>&1 || { echo "make tools needs Go (https://go.dev/dl or apt-get install golang): it builds ghz, grpcurl and grpc_health_probe with go install"; exit 1; }
@@ -87,5 +129,5 @@ tools:
 	GOBIN=$(BIN) go install github.com/grpc-ecosystem/grpc-health-probe@$(HEALTH_PROBE_VERSION)
 
 clean:
-	rm -rf build *.egg-info $(STAMP) engine_ext/_kernel.c engine_ext/*.so
+	rm -rf build *.egg-info client/build client/*.egg-info engine_ext/_kernel.c engine_ext/*.so
 	find . -name __pycache__ -prune -exec rm -rf {} +

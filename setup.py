@@ -1,6 +1,6 @@
-"""Build and install Trade-Up Engine: the compiled pricing kernel plus the Python packages."""
+"""The compiled pricing kernel; everything else about the distribution is in pyproject.toml."""
 from Cython.Build import cythonize
-from setuptools import Extension, find_packages, setup
+from setuptools import Extension, setup
 
 kernel = Extension(
     "engine_ext._kernel",
@@ -9,24 +9,4 @@ kernel = Extension(
     extra_compile_args=["-O2", "-ffp-contract=off", "-fno-fast-math"],
 )
 
-setup(
-    name="tradeup-engine",
-    version="0.1.0",
-    description="gRPC trade-up offer pricing service",
-    python_requires=">=3.11",
-    packages=find_packages(include=["engine_ext", "server", "server.*", "client", "protos", "protos.*"]),
-    package_data={"server": ["*.sql"]},
-    ext_modules=cythonize([kernel], compiler_directives={"language_level": "3"}),
-    install_requires=[
-        "grpcio==1.85.1",
-        "grpcio-health-checking==1.85.1",
-        "grpcio-reflection==1.85.1",
-        "protobuf>=6.31,<8",
-        "pymysql==1.2.4",
-        "DBUtils==3.2.0",
-        "cachetools==8.0.0",
-        "numpy==2.4.6",  # its power() rounds (1 + j) ** n as the audited numpy-financial engine did
-    ],
-    extras_require={"test": ["pytest", "hypothesis", "grpcio-tools==1.85.1", "numpy-financial==1.0.0"]},
-    entry_points={"console_scripts": ["tradeup=client.cli:main", "tradeup-server=server.__main__:main"]},
-)
+setup(ext_modules=cythonize([kernel], compiler_directives={"language_level": "3"}))

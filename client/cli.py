@@ -36,10 +36,42 @@ def _overrides(args) -> dict:
     return {name: getattr(args, name) for name, _, _ in OVERRIDE_FLAGS if getattr(args, name) is not None}
 
 
+PROFILE_FIELDS = tuple(f.name for f in pb.CustomerProfile.DESCRIPTOR.fields)
+
+
+class UsageError(Exception):
+    """A mistake on the command line: printed without a traceback, exit status 2."""
+
+
 def _customer(args) -> dict:
-    if args.profile:
-        return {"profile": json.loads(args.profile)}
-    return {"customer_id": args.customer}
+    if not args.profile:
+        return {"customer_id": args.customer}
+    try:
+        profile = json.loads(args.profile)
+    except json.JSONDecodeError as err:
+        raise UsageError(f"--profile: invalid JSON: {err}") from None
+    if not isinstance(profile, dict):
+        raise UsageError("--profile: must be a JSON object of CustomerProfile fields")
+    unknown = sorted(set(profile) - set(PROFILE_FIELDS))
+    if unknown:
+        raise UsageError(f"--profile: unknown field {unknown[0]!r} (fields: {', '.join(PROFILE_FIELDS)})")
+    try:
+        return {"profile": json_format.ParseDict(profile, pb.CustomerProfile())}
+    except json_format.ParseError as err:
+        raise UsageError(f"--profile: {err}") from None
+
+
+def _whole(minimum: int):
+    """An argparse type: a whole number >= minimum."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+    return parse
 
 
 def _offer_table(offers: Sequence[pb.Offer]) -> list[str]:
@@ -76,17 +108,44 @@ def cmd_offers(client: OfferClient, args) -> int:
 
 
 def _customer_ids(args) -> list[str]:
+    """Ids from the arguments, then from --file: one a line, `#` starts a comment."""
     ids = list(args.customers)
     if args.file:
-        ids += [line.strip() for line in Path(args.file).read_text().splitlines() if line.strip()]
+        try:
+            text = Path(args.file).read_text()
+        except OSError as err:
+            raise UsageError(f"--file: cannot read {args.file}: {err.strerror}") from None
+        ids += [bare for line in text.splitlines() if (bare := line.split("#", 1)[0].strip())]
     return ids
 
 
-def _progress(done: int, total: int, errors: int) -> None:
-    width = 30
-    filled = width * done // max(total, 1)
-    sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} customers, {errors} errors")
-    sys.stderr.flush()
+class Progress:
+    """A progress line on stderr, cleared before each result is printed (stdout and stderr often
+    share one terminal) and drawn again after it."""
+
+    def __init__(self, total: int, enabled: bool):
+        self.total, self.enabled, self.shown = total, enabled, 0
+
+    def clear(self) -> None:
+        if self.enabled and self.shown:
+            sys.stderr.write("\r" + " " * self.shown + "\r")
+            sys.stderr.flush()
+            self.shown = 0
+
+    def draw(self, done: int, errors: int) -> None:
+        if not self.enabled:
+            return
+        width = 30
+        filled = width * done // max(self.total, 1)
+        line = f"[{'#' * filled}{'.' * (width - filled)}] {done}/{self.total} customers, {errors} errors"
+        sys.stderr.write("\r" + line)
+        sys.stderr.flush()
+        self.shown = len(line)
+
+    def finish(self) -> None:
+        if self.enabled and self.shown:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
 
 
 def cmd_bulk(client: OfferClient, args) -> int:
@@ -96,10 +155,11 @@ def cmd_bulk(client: OfferClient, args) -> int:
         return 2
     requests = ({"customer_id": c, "max_offers": args.max_offers} for c in ids)
     errors = 0
-    show_progress = args.progress or (sys.stderr.isatty() and not args.json)
+    progress = Progress(len(ids), args.progress or (sys.stderr.isatty() and not args.json))
     for done, item in enumerate(client.generate_offers_bulk(requests, timeout=args.timeout * len(ids)), 1):
         if item.WhichOneof("result") == "error":
             errors += 1
+        progress.clear()
         if args.json:
             print(json_format.MessageToJson(item, preserving_proto_field_name=True, indent=None))
         elif item.WhichOneof("result") == "error":
@@ -108,10 +168,9 @@ def cmd_bulk(client: OfferClient, args) -> int:
             s = item.offers.summary
             print(f"{item.customer_id}: {s.total_offers} offers (Refresh {s.refresh_count}, Upgrade "
                   f"{s.upgrade_count}, Max Upgrade {s.max_upgrade_count}) from {s.cars_evaluated} cars")
-        if show_progress:
-            _progress(done, len(ids), errors)
-    if show_progress:
-        sys.stderr.write("\n")
+        sys.stdout.flush()
+        progress.draw(done, errors)
+    progress.finish()
     return 1 if errors else 0
 
 
@@ -156,12 +215,22 @@ def cmd_amortization(client: OfferClient, args) -> int:
     return 0
 
 
+HEALTH_SERVICES = ('"" (the whole server)', "tradeup.v1.OfferService", "tradeup.v1.AdminService")
+
+
 def cmd_health(client: OfferClient, args) -> int:
-    if args.watch:
-        for status in client.watch_health(args.service, timeout=args.watch_seconds):
-            print(status, flush=True)
-        return 0
-    status = client.health(args.service)
+    try:
+        if args.watch:
+            for status in client.watch_health(args.service, timeout=args.watch_seconds):
+                print(status, flush=True)
+            return 0
+        status = client.health(args.service)
+    except grpc.RpcError as err:
+        if err.code() != grpc.StatusCode.NOT_FOUND:
+            raise
+        print(f"error: NOT_FOUND: the server reports no health for service {args.service!r} "
+              f"(services: {', '.join(HEALTH_SERVICES)})", file=sys.stderr)
+        return 1
     print(status)
     return 0 if status == "SERVING" else 1
 
@@ -171,8 +240,35 @@ def cmd_config(client: OfferClient, args) -> int:
     return 0
 
 
+def _leaves(changes: dict, prefix: str = "") -> Iterable[str]:
+    """Dotted paths of the values a partial document sets."""
+    for name, value in changes.items():
+        if isinstance(value, dict) and value:
+            yield from _leaves(value, f"{prefix}{name}.")
+        else:
+            yield f"{prefix}{name}"
+
+
+def _at(document, path: str):
+    for name in path.split("."):
+        document = document.get(name) if isinstance(document, dict) else None
+    return document
+
+
 def cmd_set_params(client: OfferClient, args) -> int:
-    print(json.dumps(client.update_business_parameters(json.loads(args.changes)), indent=1, sort_keys=True))
+    try:
+        changes = json.loads(args.changes)
+    except json.JSONDecodeError as err:
+        raise UsageError(f"set-params: invalid JSON: {err}") from None
+    if not isinstance(changes, dict):
+        raise UsageError('set-params: give a JSON object, e.g. \'{"fees": {"service_fee_pct": 0.035}}\'')
+    business = client.update_business_parameters(changes)
+    if args.json:
+        print(json.dumps(business, indent=1, sort_keys=True))
+        return 0
+    print("business parameters updated:")
+    for path in _leaves(changes):
+        print(f"  {path} = {json.dumps(_at(business, path))}")
     return 0
 
 
@@ -187,9 +283,25 @@ def cmd_invalidate(client: OfferClient, args) -> int:
     return 0
 
 
+def _add_connection(parser: argparse.ArgumentParser, defaults: bool) -> None:
+    """Options accepted before or after the subcommand; the subcommand's copies only set what is given."""
+    default = (lambda value: value) if defaults else (lambda value: argparse.SUPPRESS)  # noqa: E731
+    parser.add_argument("--target", default=default(os.environ.get("TRADEUP_TARGET", "localhost:50051")),
+                        help="host:port (env TRADEUP_TARGET; default localhost:50051)")
+    parser.add_argument("--timeout", type=float, default=default(10.0), help="deadline per call, seconds")
+    parser.add_argument("--tls", action="store_true", default=default(False),
+                        help="use TLS (system roots unless --ca)")
+    parser.add_argument("--ca", default=default(None), help="PEM file of the root certificate(s) to trust")
+    parser.add_argument("--cert", default=default(None), help="PEM client certificate (mutual TLS)")
+    parser.add_argument("--key", default=default(None), help="PEM client private key (mutual TLS)")
+    parser.add_argument("--token", default=default(os.environ.get("TRADEUP_ADMIN_TOKEN")),
+                        help="admin bearer token (env TRADEUP_ADMIN_TOKEN)")
+
+
 def _add_customer(parser: argparse.ArgumentParser, overrides: bool = True) -> None:
     parser.add_argument("customer", nargs="?", help="customer id (or use --profile)")
-    parser.add_argument("--profile", help="inline customer profile as JSON (CustomerProfile fields)")
+    parser.add_argument("--profile", help="inline customer as a JSON object with the fields "
+                        + ", ".join(PROFILE_FIELDS))
     if overrides:
         for name, flag, doc in OVERRIDE_FLAGS:
             parser.add_argument(flag, dest=name, type=float, help=f"override: {doc}")
@@ -197,54 +309,49 @@ def _add_customer(parser: argparse.ArgumentParser, overrides: bool = True) -> No
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tradeup", description="Client of the Trade-Up Engine gRPC service")
-    parser.add_argument("--target", default=os.environ.get("TRADEUP_TARGET", "localhost:50051"),
-                        help="host:port (env TRADEUP_TARGET; default localhost:50051)")
-    parser.add_argument("--timeout", type=float, default=10.0, help="deadline per call, seconds")
-    parser.add_argument("--tls", action="store_true", help="use TLS (system roots unless --ca)")
-    parser.add_argument("--ca", help="PEM file of the root certificate(s) to trust")
-    parser.add_argument("--cert", help="PEM client certificate (mutual TLS)")
-    parser.add_argument("--key", help="PEM client private key (mutual TLS)")
-    parser.add_argument("--token", default=os.environ.get("TRADEUP_ADMIN_TOKEN"),
-                        help="admin bearer token (env TRADEUP_ADMIN_TOKEN)")
+    _add_connection(parser, defaults=True)
+    connection = argparse.ArgumentParser(add_help=False)
+    _add_connection(connection, defaults=False)
     sub = parser.add_subparsers(dest="command", required=True)
+    add = lambda name, **kw: sub.add_parser(name, parents=[connection], **kw)  # noqa: E731
 
-    p = sub.add_parser("offers", help="offers for one customer, grouped by tier")
+    p = add("offers", help="offers for one customer, grouped by tier")
     _add_customer(p)
-    p.add_argument("--terms", type=int, nargs="+", help="terms in months (default all)")
+    p.add_argument("--terms", type=_whole(1), nargs="+", help="terms in months (default all)")
     p.add_argument("--tiers", nargs="+", choices=sorted(TIERS), help="tiers wanted (default all)")
-    p.add_argument("--max-offers", type=int, default=0, help="at most this many offers (0 = all)")
-    p.add_argument("--max-cars", type=int, default=0, help="prefilter limit (0 = server default)")
+    p.add_argument("--max-offers", type=_whole(0), default=0, help="at most this many offers (0 = all)")
+    p.add_argument("--max-cars", type=_whole(0), default=0, help="prefilter limit (0 = server default)")
     p.add_argument("--same-region", action="store_true", help="only cars in the customer's region")
-    p.add_argument("--per-tier", type=int, default=5, help="offers shown per tier in the table")
+    p.add_argument("--per-tier", type=_whole(0), default=5, help="offers shown per tier in the table")
     p.add_argument("--json", action="store_true", help="the whole response as JSON")
     p.set_defaults(run=cmd_offers)
 
-    p = sub.add_parser("bulk", help="offers for many customers over one stream")
+    p = add("bulk", help="offers for many customers over one stream")
     p.add_argument("customers", nargs="*", help="customer ids")
     p.add_argument("--file", help="file with one customer id per line")
-    p.add_argument("--max-offers", type=int, default=0)
+    p.add_argument("--max-offers", type=_whole(0), default=0)
     p.add_argument("--progress", action="store_true", help="show the progress bar even when not on a terminal")
     p.add_argument("--json", action="store_true", help="one JSON object per customer")
     p.set_defaults(run=cmd_bulk)
 
-    p = sub.add_parser("subsidy", help="minimum-subsidy search over a customer's cars")
+    p = add("subsidy", help="minimum-subsidy search over a customer's cars")
     _add_customer(p)
     p.add_argument("--cars", nargs="+", help="car ids (default: the prefiltered cars)")
-    p.add_argument("--max-cars", type=int, default=0)
+    p.add_argument("--max-cars", type=_whole(0), default=0)
     p.add_argument("--same-region", action="store_true")
     p.add_argument("--all", action="store_true", help="show non-viable cars too")
-    p.add_argument("--limit", type=int, default=10, help="rows shown")
+    p.add_argument("--limit", type=_whole(0), default=10, help="rows shown")
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=cmd_subsidy)
 
-    p = sub.add_parser("amortization", help="month-by-month schedule of one offer")
+    p = add("amortization", help="month-by-month schedule of one offer")
     _add_customer(p)
     p.add_argument("--car", required=True, help="car id")
-    p.add_argument("--term", type=int, required=True, help="months")
+    p.add_argument("--term", type=_whole(1), required=True, help="months")
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=cmd_amortization)
 
-    p = sub.add_parser("health", help="grpc.health.v1 status (exit 0 when SERVING)")
+    p = add("health", help="grpc.health.v1 status (exit 0 when SERVING)")
     p.add_argument("--service", default="", help='"" (overall), tradeup.v1.OfferService, tradeup.v1.AdminService')
     p.add_argument("--watch", action="store_true", help="stream status changes")
     p.add_argument("--watch-seconds", type=float, default=None, help="stop watching after this long")
@@ -253,9 +360,10 @@ def build_parser() -> argparse.ArgumentParser:
     for name, run, doc in (("config", cmd_config, "effective configuration (admin)"),
                            ("status", cmd_status, "detailed status (admin)"),
                            ("invalidate", cmd_invalidate, "drop the inventory caches (admin)")):
-        sub.add_parser(name, help=doc).set_defaults(run=run)
-    p = sub.add_parser("set-params", help="change business parameters at runtime (admin)")
+        add(name, help=doc).set_defaults(run=run)
+    p = add("set-params", help="change business parameters at runtime (admin)")
     p.add_argument("changes", help='partial params.json document, e.g. \'{"fees": {"service_fee_pct": 0.035}}\'')
+    p.add_argument("--json", action="store_true", help="print every business parameter in effect")
     p.set_defaults(run=cmd_set_params)
     return parser
 
@@ -273,10 +381,12 @@ def main(argv: Iterable[str] | None = None) -> int:
         with client:
             return args.run(client, args)
     except grpc.RpcError as err:
-        print(f"error: {err.code().name}: {err.details()}", file=sys.stderr)
+        print(f"error: {err.code().name}: {err.details() or 'no details from the server'}", file=sys.stderr)
+        if err.code() == grpc.StatusCode.UNAUTHENTICATED:
+            print("admin commands need the server's admin token: --token or TRADEUP_ADMIN_TOKEN", file=sys.stderr)
         return 1
-    except json.JSONDecodeError as err:
-        print(f"error: invalid JSON: {err}", file=sys.stderr)
+    except UsageError as err:
+        print(f"error: {err}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # output piped into `head` and the like
         sys.stderr.close()

@@ -49,6 +49,16 @@ def _set_customer(request, customer_id, profile) -> None:
         request.profile.CopyFrom(profile if isinstance(profile, pb.CustomerProfile) else pb.CustomerProfile(**profile))
 
 
+def _whole_numbers(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _whole_numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_whole_numbers(v) for v in value]
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
 class OfferClient:
     def __init__(self, target: str = "localhost:50051", timeout: float = 10.0, admin_token: str | None = None,
                  root_certificates: bytes | None = None, private_key: bytes | None = None,
@@ -126,9 +136,11 @@ class OfferClient:
         return (("authorization", f"Bearer {self.admin_token}"),) if self.admin_token else ()
 
     def get_config(self, timeout: float | None = None) -> dict[str, Any]:
+        """The effective configuration, secrets redacted. A Struct carries every number as a
+        double: whole numbers come back as int (`"port": 50051`, not 50051.0)."""
         response = self.admin.GetConfig(admin_pb2.GetConfigRequest(), timeout=self._timeout(timeout),
                                         metadata=self._admin_metadata())
-        return json_format.MessageToDict(response.config)
+        return _whole_numbers(json_format.MessageToDict(response.config))
 
     def update_business_parameters(self, changes: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
         struct = struct_pb2.Struct()

@@ -24,6 +24,9 @@ DEFAULT_RATES = {
 # Profile -> row of the down-payment table, in the order of the rate table above.
 DEFAULT_PROFILE_INDEX = {name: row for row, name in enumerate(DEFAULT_RATES)}
 DEFAULT_TERMS = (12, 24, 36, 48, 60, 72)
+# Terms one plan may price: the compiled kernel's fixed arrays (_kernel.pyx MAX_TERMS). Checked
+# here, where terms are configured or overridden, so both kernels only ever see valid lists.
+MAX_TERMS = 64
 _DOWN_BY_PROFILE = (0.30, 0.25, 0.20, 0.15, 0.15, 0.20, 0.20, 0.20, 0.20, 0.20, 0.25, 0.30, 0.35,
                     0.35, 0.35, 0.35, 0.75, 0.35, 0.35, 0.35, 0.75, 0.25, 0.30, 0.30, 0.75, 0.9999)
 DEFAULT_DOWN_ROWS = tuple(tuple(frac for _ in DEFAULT_TERMS) for frac in _DOWN_BY_PROFILE)
@@ -125,6 +128,8 @@ class SubsidyGrid:
         order = tuple(_check_int("subsidy.term_order[]", t, 1, 600) for t in self.term_order)
         if not order or len(set(order)) != len(order):
             raise EngineInputError("subsidy.term_order", "must list at least one term, each once")
+        if len(order) > MAX_TERMS:
+            raise EngineInputError("subsidy.term_order", f"must list at most {MAX_TERMS} terms, got {len(order)}")
         object.__setattr__(self, "term_order", order)
         for prefix, top in (("service_fee", 1.0), ("cac", 1e9), ("cxa", 1.0)):
             lo, hi = (f"{prefix}_min", f"{prefix}_max")
@@ -216,6 +221,8 @@ class PricingParams:
         checked = sorted({_check_int(f"{name}[]", t, 1, 600) for t in terms})
         if not checked:
             raise EngineInputError(name, "must list at least one term")
+        if len(checked) > MAX_TERMS:
+            raise EngineInputError(name, f"must list at most {MAX_TERMS} terms, got {len(checked)}")
         for t in checked:
             self.down_payment_column(t, name)
         return tuple(checked)

@@ -37,11 +37,16 @@ def seed_demo_data(repository: Repository, cars: int = 4000, customers: int = 50
 
 
 def prepare_database(repository: Repository, seed_demo: bool) -> None:
-    """Migrate, and seed an empty database with the demo data when asked to."""
+    """Migrate, and seed an empty embedded database with the demo data when asked to. A MySQL
+    database is never filled with fake data at start: `python -m server seed` does that on request."""
     repository.migrate()
-    if seed_demo and repository.counts() == (0, 0):
+    if repository.counts() != (0, 0):
+        return
+    if seed_demo and repository.backend == "sqlite":
         log.info("empty database: loading the demo data")
         seed_demo_data(repository)
+    else:
+        log.warning("the database holds no cars and no customers (demo data: `python -m server seed`)")
 
 
 class Application:
@@ -69,10 +74,13 @@ class Application:
         self.metrics.watch_status(self.admin.status)
         self.metrics_port = 0
         s = settings.server
+        if not (s.log_customer_ids or s.log_hash_key):
+            log.warning("server.log_hash_key is not set: customer ids are left out of the logs "
+                        "(set TRADEUP_LOG_HASH_KEY, the same on every replica, to log their keyed hash)")
         self.interceptor = ServiceInterceptor(
             self.metrics, s.log_customer_ids,
             TokenBuckets(s.rate_limit_per_second, s.rate_limit_burst) if s.rate_limit_per_second else None,
-            s.rate_limit_key)
+            s.rate_limit_key, s.log_hash_key)
         self._rpc_pool = futures.ThreadPoolExecutor(max_workers=s.max_workers, thread_name_prefix="rpc")
         self.server, self.port = create_server(
             settings, OfferServicer(self.offers, s.stream_batch_size, s.max_bulk_customers),

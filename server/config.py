@@ -70,7 +70,10 @@ class ServerSettings:
     log_format: str = key("json", "TRADEUP_LOG_FORMAT", "one JSON object per line, or plain text",
                           choices=("json", "text"))
     log_customer_ids: bool = key(False, "TRADEUP_LOG_CUSTOMER_IDS",
-                                 "log raw customer ids (default: a SHA-256 prefix of the id)")
+                                 "log raw customer ids (default: their keyed hash, see log_hash_key)")
+    log_hash_key: str = key("", "TRADEUP_LOG_HASH_KEY",
+                            "HMAC-SHA256 key of the customer ids in the logs, the same on every replica; "
+                            "empty: customer ids are left out of the logs (a warning at start)", secret=True)
     metrics_port: int = key(0, "TRADEUP_METRICS_PORT",
                             "Prometheus /metrics HTTP port (0 = off); with N processes, worker k uses port + k",
                             minimum=0, maximum=65535)
@@ -87,7 +90,9 @@ class DatabaseSettings:
     password: str = key("", "TRADEUP_DATABASE_PASSWORD", "MySQL password", secret=True)
     database: str = key("tradeup", "TRADEUP_DATABASE_NAME", "MySQL database")
     sqlite_path: str = key("var/tradeup.db", "TRADEUP_SQLITE_PATH", "embedded database file")
-    seed_demo_data: bool = key(True, "TRADEUP_SEED_DEMO_DATA", "seed an empty database with the demo data at start")
+    seed_demo_data: bool = key(True, "TRADEUP_SEED_DEMO_DATA",
+                               "seed an empty embedded (SQLite) database with the demo data at start; "
+                               "MySQL only on request (`make seed`)")
     pool_min_cached: int = key(2, "TRADEUP_POOL_MIN_CACHED", "idle connections opened at start", minimum=0, maximum=1000)
     pool_max_cached: int = key(32, "TRADEUP_POOL_MAX_CACHED",
                                "idle connections kept (below the calls in flight, connections churn)",

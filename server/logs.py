@@ -1,12 +1,13 @@
-"""Logging set-up: JSON lines (or text), every record with the request id of its call."""
+"""Logging set-up: JSON lines (or text), every record with the request id of its call; and what
+the logs may show of a customer id."""
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import logging
 import sys
 import time
-
-from .rpc.interceptors import install_request_id_records
 
 # Attributes every LogRecord has; anything else on a record was passed as `extra` and is logged.
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "request_id"}
@@ -24,6 +25,7 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure_logging(level: str, fmt: str = "json") -> None:
+    from .rpc.interceptors import install_request_id_records  # the interceptors log through here too
     install_request_id_records()
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(
@@ -31,3 +33,14 @@ def configure_logging(level: str, fmt: str = "json") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+
+
+def customer_field(customer_id: str, hash_key: str, raw: bool = False) -> str | None:
+    """What a log line shows of a customer id: the id itself when `raw`; else its HMAC-SHA256
+    under `hash_key` (16 hex digits), the same on every replica that shares the key, and not
+    reversible by hashing the enumerable ids (C00001...) without it; with no key, nothing."""
+    if raw:
+        return customer_id
+    if not hash_key:
+        return None
+    return hmac.new(hash_key.encode(), customer_id.encode(), hashlib.sha256).hexdigest()[:16]

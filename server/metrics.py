@@ -45,13 +45,30 @@ class StatusCollector(Collector):
                                 value=status["inventory_cars"])
 
 
+def split_method(method: str) -> tuple[str, str]:
+    """"/tradeup.v1.OfferService/GenerateOffers" -> ("tradeup.v1.OfferService", "GenerateOffers")."""
+    service, _, name = method.lstrip("/").rpartition("/")
+    return service, name
+
+
 class Metrics:
     def __init__(self):
         self.registry = registry = CollectorRegistry()
-        self.requests = Counter("tradeup_rpc_requests", "RPCs finished, by method and status code",
-                                ["method", "code"], registry=registry)
-        self.duration = Histogram("tradeup_rpc_duration_seconds", "RPC duration in the server",
-                                  ["method", "code"], buckets=LATENCY_BUCKETS, registry=registry)
+        # The standard gRPC server metrics, named and labelled as the Prometheus gRPC interceptors
+        # (go-grpc-prometheus, py-grpc-prometheus) name them, so stock dashboards and alerts work.
+        rpc = ["grpc_type", "grpc_service", "grpc_method"]
+        self.started = Counter("grpc_server_started", "Total number of RPCs started on the server.", rpc,
+                               registry=registry)
+        self.handled = Counter("grpc_server_handled", "Total number of RPCs completed on the server, regardless "
+                               "of success or failure.", rpc + ["grpc_code"], registry=registry)
+        self.handling = Histogram("grpc_server_handling_seconds", "Histogram of response latency (seconds) of gRPC "
+                                  "that had been application-level handled by the server.", rpc,
+                                  buckets=LATENCY_BUCKETS, registry=registry)
+        self.received = Counter("grpc_server_msg_received", "Total number of RPC stream messages received on the "
+                                "server.", rpc, registry=registry)
+        self.sent = Counter("grpc_server_msg_sent", "Total number of gRPC stream messages sent by the server.", rpc,
+                            registry=registry)
+        # Ours.
         self.in_flight = Gauge("tradeup_rpc_in_flight", "RPCs being served now", ["method"], registry=registry)
         self.offers = Counter("tradeup_offers_generated", "Offers produced, by tier", ["tier"], registry=registry)
         self.cars = Counter("tradeup_cars_evaluated", "Prefiltered cars priced", registry=registry)
@@ -67,13 +84,27 @@ class Metrics:
         self.registry.register(StatusCollector(status))
 
     # --- hooks ------------------------------------------------------------------------------------
-    def call_started(self, method: str) -> None:
+    def call_started(self, method: str, grpc_type: str = "unary") -> None:
+        """`grpc_type`: unary, client_stream, server_stream or bidi_stream."""
         self.in_flight.labels(method).inc()
+        labels = (grpc_type, *split_method(method))
+        self.started.labels(*labels).inc()
+        if grpc_type in ("unary", "server_stream"):
+            self.received.labels(*labels).inc()  # the one request; streams count theirs as they come
 
-    def call_finished(self, method: str, code: str, seconds: float) -> None:
+    def message_received(self, method: str, grpc_type: str) -> None:
+        self.received.labels(grpc_type, *split_method(method)).inc()
+
+    def call_finished(self, method: str, grpc_type: str, code: str, seconds: float,
+                      messages_sent: int | None = None) -> None:
+        """`messages_sent`: responses of a streaming call (a unary call sends one when OK)."""
         self.in_flight.labels(method).dec()
-        self.requests.labels(method, code).inc()
-        self.duration.labels(method, code).observe(seconds)
+        labels = (grpc_type, *split_method(method))
+        self.handled.labels(*labels, code).inc()
+        self.handling.labels(*labels).observe(seconds)
+        sent = (1 if code == "OK" else 0) if messages_sent is None else messages_sent
+        if sent:
+            self.sent.labels(*labels).inc(sent)
 
     def offers_priced(self, tier_counts: dict[str, int], rejected: dict[str, int], cars: int,
                       engine_seconds: float) -> None:

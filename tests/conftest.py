@@ -4,6 +4,11 @@ gRPC server on an ephemeral loopback port.
 MariaDB: TRADEUP_TEST_MYSQL_URL (set by .ci/run) names a server; otherwise, when the MariaDB
 binaries are installed, the session starts a private throwaway one. With neither, MySQL tests
 fail when CI=true and are skipped with that reason otherwise.
+
+Hermetic: before any test runs, every TRADEUP_* variable the user may have set is cleared (the
+test harness's own TRADEUP_TEST_*, TRADEUP_ENGINE and TRADEUP_GOLDEN_DIR are kept), every path
+setting whose default lies under var/ points into a temporary directory, and the tests run from
+there: nothing reads or writes the working tree's var/ or what a user's run left in it.
 """
 from __future__ import annotations
 
@@ -24,6 +29,44 @@ import golden_data as golden  # noqa: E402
 from mariadb import MariaDBServer, binaries_available  # noqa: E402
 
 BACKENDS = ("sqlite", "mysql")
+ROOT = Path(__file__).resolve().parents[1]
+# Variables that steer the test run itself, not the service under test.
+HARNESS_VARIABLES = ("TRADEUP_ENGINE", "TRADEUP_GOLDEN_DIR", "TRADEUP_MYSQL_PASSWORD")
+LOG_HASH_KEY = "test-log-hash-key"
+
+
+def isolate_from_the_working_tree(state_dir: Path) -> dict[str, str]:
+    """Clear the user's TRADEUP_* environment; point var/ paths into state_dir; return those paths."""
+    from dataclasses import fields
+
+    from server.config import SECTIONS
+    for name in [n for n in os.environ if n.startswith("TRADEUP_")]:
+        if not is_harness_variable(name):
+            del os.environ[name]
+    paths = {}
+    for cls in SECTIONS.values():
+        for f in fields(cls):
+            if isinstance(f.default, str) and f.default.startswith("var/"):
+                paths[f.metadata["env"]] = str(state_dir / f.default)
+    os.environ.update(paths)
+    return paths
+
+
+def is_harness_variable(name: str) -> bool:
+    return name.startswith("TRADEUP_TEST_") or name in HARNESS_VARIABLES
+
+
+@pytest.fixture(scope="session", autouse=True)
+def hermetic(tmp_path_factory):
+    """Run every test away from the working tree's state (see the module docstring)."""
+    state_dir = tmp_path_factory.mktemp("state")
+    saved_environ, saved_cwd = dict(os.environ), os.getcwd()
+    paths = isolate_from_the_working_tree(state_dir)
+    os.chdir(state_dir)
+    yield paths
+    os.chdir(saved_cwd)
+    os.environ.clear()
+    os.environ.update(saved_environ)
 
 
 def pytest_report_header(config):
@@ -88,6 +131,7 @@ def make_settings(environ: dict[str, str], **extra):
     from server.config import load_settings
     base = {"TRADEUP_PORT": "0", "TRADEUP_HOST": "127.0.0.1", "TRADEUP_SEED_DEMO_DATA": "false",
             "TRADEUP_ADMIN_TOKEN": "test-admin-token", "TRADEUP_HEALTH_CHECK_SECONDS": "0.2",
+            "TRADEUP_LOG_HASH_KEY": LOG_HASH_KEY,
             "TRADEUP_ENGINE": os.environ.get("TRADEUP_ENGINE", "compiled")}
     return load_settings({**base, **environ, **{k: str(v) for k, v in extra.items()}})
 

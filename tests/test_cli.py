@@ -1,11 +1,14 @@
-"""The CLI, run as a subprocess against a real server."""
+"""The CLI, run as a subprocess against a real server, as a user runs it."""
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
+
+from conftest import start_server
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -52,3 +55,117 @@ def test_admin_commands_and_errors(server):
     assert denied.returncode == 1 and "UNAUTHENTICATED" in denied.stderr
     bad = run_cli(server, "offers", "C0001", "--rate", "250")
     assert bad.returncode == 1 and "INVALID_ARGUMENT: overrides.interest_rate" in bad.stderr
+
+
+def assert_no_traceback(result):
+    assert "Traceback" not in result.stderr + result.stdout, result.stderr
+
+
+def test_bad_numbers_are_usage_errors(server):
+    for args in (("offers", "C0001", "--max-offers", "-1"), ("offers", "C0001", "--per-tier", "x"),
+                 ("amortization", "C0001", "--car", "INV01895", "--term", "0")):
+        result = run_cli(server, *args)
+        assert result.returncode == 2 and "must be" in result.stderr, result.stderr
+        assert_no_traceback(result)
+
+
+def test_profile_fields_are_checked_and_listed(server):
+    profile = {"current_monthly_payment": 6000, "outstanding_balance": 20000, "current_car_price": 250000,
+               "current_car_year": 2018, "current_car_km": 60000, "risk_profile_name": "A1"}
+    good = run_cli(server, "offers", "--profile", json.dumps(profile), "--max-offers", "1", "--json")
+    assert good.returncode == 0, good.stderr
+    assert json.loads(good.stdout)["summary"]["cars_evaluated"] > 0
+    unknown = run_cli(server, "offers", "--profile", json.dumps({**profile, "colour": "red"}))
+    assert unknown.returncode == 2 and "unknown field 'colour'" in unknown.stderr
+    assert "current_monthly_payment" in unknown.stderr and "risk_profile_name" in unknown.stderr
+    wrong_type = run_cli(server, "offers", "--profile", json.dumps({**profile, "current_car_year": "old"}))
+    assert wrong_type.returncode == 2 and "current_car_year" in wrong_type.stderr
+    not_json = run_cli(server, "offers", "--profile", "{current_monthly_payment: 1}")
+    assert not_json.returncode == 2 and "--profile: invalid JSON" in not_json.stderr
+    for result in (unknown, wrong_type, not_json):
+        assert_no_traceback(result)
+    help_text = run_cli(server, "offers", "--help").stdout
+    assert all(name in help_text for name in profile)
+
+
+def test_unknown_health_service_is_explained(server):
+    result = run_cli(server, "health", "--service", "bogus")
+    assert result.returncode == 1
+    assert "NOT_FOUND" in result.stderr and "'bogus'" in result.stderr and "tradeup.v1.OfferService" in result.stderr
+
+
+def test_unknown_car_in_amortization_names_car_id(server):
+    result = run_cli(server, "amortization", "C0001", "--car", "NOPE", "--term", "48")
+    assert result.returncode == 1
+    assert "NOT_FOUND: car_id: no available car 'NOPE'" in result.stderr and "car_ids" not in result.stderr
+
+
+def test_bulk_file_skips_comments_and_the_progress_line_is_cleared(server, tmp_path):
+    ids = tmp_path / "ids.txt"
+    ids.write_text("# customers to price\nC0001  # the first\n\n   \nNOPE\n")
+    env = {**os.environ, "TRADEUP_TARGET": server.target}
+    merged = subprocess.run([sys.executable, "-m", "client", "bulk", "--file", str(ids), "--progress",
+                             "--max-offers", "1"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, timeout=60)
+    assert merged.returncode == 1  # NOPE failed
+    segments = re.split(r"[\r\n]", merged.stdout)
+    assert any(s.startswith("C0001: 620 offers") for s in segments), merged.stdout
+    assert any(s.startswith("NOPE: NOT_FOUND") for s in segments), merged.stdout
+    assert "2/2 customers, 1 errors" in merged.stdout and "customers to" not in merged.stdout
+    # Each result starts on a clean line: the progress line is wiped (spaces) before it is printed.
+    for line in merged.stdout.split("\n"):
+        if "offers (" in line or "NOT_FOUND" in line:
+            assert line.rsplit("\r", 1)[-1].startswith(("C0001:", "NOPE:")), repr(line)
+            assert "errors" not in line.rsplit("\r", 1)[-1]
+
+
+def test_connection_options_after_the_subcommand(server):
+    result = run_cli(server, "status", "--token", "test-admin-token", token=False)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["database_reachable"] is True
+    result = run_cli(server, "health", "--target", server.target, "--timeout", "5")
+    assert result.returncode == 0 and result.stdout.strip() == "SERVING"
+    missing = run_cli(server, "status", token=False)
+    assert missing.returncode == 1 and "--token or TRADEUP_ADMIN_TOKEN" in missing.stderr
+
+
+def test_config_prints_whole_numbers_as_integers(server):
+    result = run_cli(server, "config")
+    assert result.returncode == 0, result.stderr
+    assert '"max_workers": 8,' in result.stdout and '"port": 0,' in result.stdout
+    assert not re.search(r'"(port|max_workers|metrics_port|pool_max_connections)": \d+\.0\b', result.stdout)
+
+
+def test_set_params_prints_what_changed(server):
+    result = run_cli(server, "set-params", '{"fees": {"service_fee_pct": 0.035, "cac_bonus": 500}}')
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["business parameters updated:", "  fees.service_fee_pct = 0.035",
+                                          "  fees.cac_bonus = 500.0"]
+    everything = json.loads(run_cli(server, "set-params", '{"iva_rate": 0.16}', "--json").stdout)
+    assert everything["fees"]["service_fee_pct"] == 0.035 and everything["iva_rate"] == 0.16
+    bad = run_cli(server, "set-params", "[1, 2]")
+    assert bad.returncode == 2 and "JSON object" in bad.stderr
+    assert_no_traceback(bad)
+
+
+def test_more_terms_than_the_kernel_prices_are_refused(server):
+    terms = list(range(1, 66))
+    changes = {"terms": terms, "down_payment_table": {"columns_terms": terms,
+                                                      "rows_by_risk_profile_index": [[0.2] * 65] * 26}}
+    result = run_cli(server, "set-params", json.dumps(changes))
+    assert result.returncode == 1
+    assert "INVALID_ARGUMENT: changes.terms: must list at most 64 terms, got 65" in result.stderr
+    assert run_cli(server, "offers", "C0001", "--max-offers", "1").returncode == 0  # nothing half-applied
+
+
+def test_admin_disabled_says_how_to_enable_it(golden_database, tmp_path):
+    running = start_server({**golden_database[1], "TRADEUP_RUNTIME_OVERRIDES_FILE": str(tmp_path / "o.json")},
+                           TRADEUP_ADMIN_TOKEN="")
+    try:
+        for token in (True, False):
+            result = run_cli(running, "status", token=token)
+            assert result.returncode == 1
+            assert "FAILED_PRECONDITION: admin is disabled" in result.stderr and "TRADEUP_ADMIN_TOKEN" in result.stderr
+            assert "not valid" not in result.stderr
+    finally:
+        running.stop()

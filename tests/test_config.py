@@ -106,3 +106,24 @@ def test_readme_lists_every_configuration_key():
     from server.config import keys_markdown
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     assert keys_markdown() in readme, "README's configuration table is stale: paste `python -m server keys`"
+
+
+def test_the_suite_never_touches_the_working_tree_state(hermetic):
+    """No test reads or writes the working tree's var/ or the TRADEUP_* a user exported: the suite
+    runs from a temporary directory and every var/ path setting points there."""
+    root = Path(__file__).resolve().parents[1]
+    assert not Path.cwd().resolve().is_relative_to(root)
+    assert hermetic and all(not Path(path).resolve().is_relative_to(root) for path in hermetic.values())
+    assert {name for name in os.environ if name.startswith("TRADEUP_")} <= {
+        *hermetic, "TRADEUP_ENGINE", "TRADEUP_GOLDEN_DIR", "TRADEUP_MYSQL_PASSWORD",
+        *(n for n in os.environ if n.startswith("TRADEUP_TEST_"))}
+    settings = load_settings()  # what a server started by a test sees
+    assert not Path(settings.server.runtime_overrides_file).resolve().is_relative_to(root)
+    assert not Path(settings.database.sqlite_path).resolve().is_relative_to(root)
+
+
+def test_log_hash_key_is_a_secret(tmp_path):
+    key_file = tmp_path / "log-key"
+    key_file.write_text("k-123\n")
+    settings = load_settings({"TRADEUP_LOG_HASH_KEY_FILE": str(key_file)})
+    assert settings.server.log_hash_key == "k-123" and settings.to_dict()["server"]["log_hash_key"] == "***"

@@ -1,13 +1,19 @@
-"""Metrics scraped over HTTP move by exactly what the calls did; the admin status agrees."""
+"""Metrics scraped over HTTP move by exactly what the calls did (the standard gRPC server metrics
+and ours); the admin status agrees; the dashboard charts them; logs keep customer ids unreadable."""
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
+import logging
+import re
 import urllib.request
 
 import grpc
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import free_port, start_server
+from conftest import LOG_HASH_KEY, ROOT, free_port, start_server
 
 GENERATE = "/tradeup.v1.OfferService/GenerateOffers"
 
@@ -30,6 +36,10 @@ def observed(golden_database, tmp_path):
     running.stop()
 
 
+def rpc(service: str, method: str, grpc_type: str = "unary", **more) -> dict:
+    return {"grpc_type": grpc_type, "grpc_service": f"tradeup.v1.{service}", "grpc_method": method, **more}
+
+
 def test_counters_and_histograms_move_exactly(observed):
     port = observed.app.metrics_port
     observed.client.generate_offers(customer_id="C0001")  # warm the snapshot cache
@@ -41,10 +51,14 @@ def test_counters_and_histograms_move_exactly(observed):
     after = scrape(port)
     delta = lambda name, **labels: value(after, name, **labels) - value(before, name, **labels)  # noqa: E731
 
-    assert delta("tradeup_rpc_requests_total", method=GENERATE, code="OK") == 2
-    assert delta("tradeup_rpc_requests_total", method=GENERATE, code="NOT_FOUND") == 1
-    assert delta("tradeup_rpc_duration_seconds_count", method=GENERATE, code="OK") == 2
-    assert delta("tradeup_rpc_duration_seconds_bucket", method=GENERATE, code="OK", le="+Inf") == 2
+    generate = rpc("OfferService", "GenerateOffers")
+    assert delta("grpc_server_started_total", **generate) == 3
+    assert delta("grpc_server_handled_total", **generate, grpc_code="OK") == 2
+    assert delta("grpc_server_handled_total", **generate, grpc_code="NOT_FOUND") == 1
+    assert delta("grpc_server_handling_seconds_count", **generate) == 3
+    assert delta("grpc_server_handling_seconds_bucket", **generate, le="+Inf") == 3
+    assert delta("grpc_server_msg_received_total", **generate) == 3
+    assert delta("grpc_server_msg_sent_total", **generate) == 2
     assert value(after, "tradeup_rpc_in_flight", method=GENERATE) == 0
     for tier, field in (("Refresh", "refresh_count"), ("Upgrade", "upgrade_count"), ("Max Upgrade", "max_upgrade_count")):
         assert delta("tradeup_offers_generated_total", tier=tier) == \
@@ -64,6 +78,71 @@ def test_counters_and_histograms_move_exactly(observed):
     assert value(after, "tradeup_circuit_breaker_state", state="closed") == 1
     assert value(after, "tradeup_database_up") == 1 and value(after, "tradeup_inventory_cars") == 4000
     assert ("tradeup_db_pool_connections", (("state", "idle"),)) in after
+
+
+def test_streams_count_their_messages(observed):
+    port = observed.app.metrics_port
+    before = scrape(port)
+    streamed = list(observed.client.stream_offers(customer_id="C0001"))
+    bulk = list(observed.client.generate_offers_bulk([{"customer_id": "C0001", "max_offers": 1},
+                                                      {"customer_id": "NOPE"}, {"customer_id": "C0002"}]))
+    after = scrape(port)
+    delta = lambda name, **labels: value(after, name, **labels) - value(before, name, **labels)  # noqa: E731
+
+    stream = rpc("OfferService", "StreamOffers", "server_stream")
+    assert delta("grpc_server_started_total", **stream) == 1
+    assert delta("grpc_server_handled_total", **stream, grpc_code="OK") == 1
+    assert delta("grpc_server_msg_received_total", **stream) == 1
+    assert delta("grpc_server_msg_sent_total", **stream) == len(streamed) > 1
+    bidi = rpc("OfferService", "GenerateOffersBulk", "bidi_stream")
+    assert delta("grpc_server_started_total", **bidi) == 1
+    assert delta("grpc_server_handled_total", **bidi, grpc_code="OK") == 1  # a bad customer is an entry
+    assert delta("grpc_server_msg_received_total", **bidi) == 3
+    assert delta("grpc_server_msg_sent_total", **bidi) == len(bulk) == 3
+
+
+def test_grafana_dashboard_charts_metrics_the_server_exports(observed):
+    """Every series the dashboard queries is one the server exports (after one call of each kind)."""
+    observed.client.generate_offers(customer_id="C0001", max_offers=1)
+    list(observed.client.stream_offers(customer_id="C0001", max_offers=1))
+    exported = {name for name, _ in scrape(observed.app.metrics_port)}
+    dashboard = json.loads((ROOT / "deploy/grafana/tradeup-engine.json").read_text())
+    panels = [p for p in dashboard["panels"] if p.get("type") != "row"]
+    queried = {name for panel in panels for target in panel["targets"]
+               for name in re.findall(r"\b(?:grpc_server|tradeup)_[a-z_]+", target["expr"])}
+    assert {"grpc_server_handled_total", "grpc_server_handling_seconds_bucket",
+            "grpc_server_started_total"} <= queried
+    assert queried <= exported, f"not exported: {sorted(queried - exported)}"
+    assert all(panel["datasource"]["uid"] == "${datasource}" for panel in panels)
+
+
+def test_customer_ids_are_logged_as_a_keyed_hash(observed, caplog):
+    caplog.set_level(logging.INFO, logger="tradeup.access")
+    observed.client.generate_offers(customer_id="C0001", max_offers=1, metadata=(("x-request-id", "hash-1"),))
+    (access,) = [r for r in caplog.records if r.name == "tradeup.access" and r.request_id == "hash-1"]
+    assert access.customer == hmac.new(LOG_HASH_KEY.encode(), b"C0001", hashlib.sha256).hexdigest()[:16]
+    assert access.customer != hashlib.sha256(b"C0001").hexdigest()[:16]
+
+
+def test_without_a_hash_key_customer_ids_are_left_out(golden_database, tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    running = start_server({**golden_database[1], "TRADEUP_RUNTIME_OVERRIDES_FILE": str(tmp_path / "o.json")},
+                           TRADEUP_LOG_HASH_KEY="")
+    try:
+        running.client.generate_offers(customer_id="C0001", max_offers=1, metadata=(("x-request-id", "nokey-1"),))
+    finally:
+        running.stop()
+    assert any(r.levelno == logging.WARNING and "TRADEUP_LOG_HASH_KEY" in r.getMessage() for r in caplog.records)
+    (access,) = [r for r in caplog.records if r.name == "tradeup.access" and r.request_id == "nokey-1"]
+    assert not hasattr(access, "customer") and access.offers == 1
+
+
+def test_database_reachable_is_info_not_warning(golden_database, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="tradeup.server")
+    running = start_server({**golden_database[1], "TRADEUP_RUNTIME_OVERRIDES_FILE": str(tmp_path / "o.json")})
+    running.stop()
+    (reachable,) = [r for r in caplog.records if r.getMessage() == "database reachable: serving"]
+    assert reachable.levelno == logging.INFO
 
 
 def test_admin_status_reads_the_same_figures(observed):

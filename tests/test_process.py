@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import os
 import signal
@@ -22,7 +23,8 @@ def test_sigterm_drains_in_flight_streams_and_exits_zero(tmp_path):
     port = free_port()
     env = {**os.environ, "TRADEUP_PORT": str(port), "TRADEUP_HOST": "127.0.0.1",
            "TRADEUP_SQLITE_PATH": str(tmp_path / "demo.db"), "TRADEUP_STREAM_BATCH_SIZE": "1",
-           "TRADEUP_RUNTIME_OVERRIDES_FILE": str(tmp_path / "o.json"), "TRADEUP_GRACE_SECONDS": "20"}
+           "TRADEUP_RUNTIME_OVERRIDES_FILE": str(tmp_path / "o.json"), "TRADEUP_GRACE_SECONDS": "20",
+           "TRADEUP_LOG_HASH_KEY": "replica-key"}
     process = subprocess.Popen([sys.executable, "-m", "server"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
     try:
@@ -50,7 +52,7 @@ def test_sigterm_drains_in_flight_streams_and_exits_zero(tmp_path):
         (access,) = [line for line in lines if line["request_id"] == "proc-7"]
         assert access["method"] == "/tradeup.v1.OfferService/GenerateOffers" and access["code"] == "OK"
         assert access["offers"] > 0 and access["duration_ms"] > 0
-        assert access["customer"] == hashlib.sha256(b"C00001").hexdigest()[:16]  # not the raw id
+        assert access["customer"] == hmac.new(b"replica-key", b"C00001", hashlib.sha256).hexdigest()[:16]
         assert "C00001" not in json.dumps(access)
     finally:
         if process.poll() is None:
@@ -74,8 +76,8 @@ def test_worker_processes_share_the_port(tmp_path):
         served = []
         for worker_port in (metrics, metrics + 1):
             text = urllib.request.urlopen(f"http://127.0.0.1:{worker_port}/metrics", timeout=5).read().decode()
-            line = next((l for l in text.splitlines() if l.startswith("tradeup_rpc_requests_total{") and
-                         'code="OK"' in l and "GenerateOffers" in l), None)
+            line = next((l for l in text.splitlines() if l.startswith("grpc_server_handled_total{") and
+                         'grpc_code="OK"' in l and 'grpc_method="GenerateOffers"' in l), None)
             served.append(float(line.rsplit(" ", 1)[1]) if line else 0.0)
         assert sum(served) == calls and all(count > 0 for count in served), served
         process.send_signal(signal.SIGTERM)

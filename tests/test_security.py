@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import subprocess
+import sys
 import time
 
 import grpc
@@ -105,7 +106,7 @@ def test_tls_and_mutual_tls(golden_database, tmp_path):
             with pytest.raises(grpc.RpcError) as err:
                 plaintext.generate_offers(customer_id="C0001")
             assert err.value.code() == grpc.StatusCode.UNAVAILABLE
-        cli = subprocess.run(["python3", "-m", "client", "--target", target, "--ca", str(certs["ca.pem"]), "health"],
+        cli = subprocess.run([sys.executable, "-m", "client", "--target", target, "--ca", str(certs["ca.pem"]), "health"],
                              capture_output=True, text=True, timeout=60)
         assert cli.returncode == 0 and cli.stdout.strip() == "SERVING"
     finally:

@@ -5,6 +5,7 @@ with ? placeholders, on the embedded SQLite file. Every call goes through the ci
 """
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any, Callable, Iterable, TypeVar
 
@@ -14,6 +15,7 @@ from .breaker import CircuitBreaker
 from .database import MySQLDatabase, SQLiteDatabase
 
 T = TypeVar("T")
+log = logging.getLogger("tradeup.data")
 
 # Binary collation for ids, so that `car_id ASC` sorts as the engine and the snapshot do.
 _ID_TYPE = {"mysql": "VARCHAR(64) CHARACTER SET ascii COLLATE ascii_bin", "sqlite": "VARCHAR(64)"}
@@ -45,12 +47,20 @@ SCHEMA = (
         color VARCHAR(32) NOT NULL DEFAULT '',
         available SMALLINT NOT NULL DEFAULT 1
     ){suffix}""",
-    # Serves the prefilter in its own order (year desc, price desc, car_id asc), so the database
-    # reads index entries in order, checks km and region from the index itself, and stops after
-    # LIMIT matches instead of sorting every candidate.
-    "CREATE INDEX IF NOT EXISTS idx_inventory_trade_up ON inventory "
-    "(available, year DESC, price DESC, car_id, kilometers, region)",
 )
+# (name, table, columns). The prefilter index serves the prefilter in its own order (year desc,
+# price desc, car_id asc), so the database reads index entries in order, checks km and region
+# from the index itself, and stops after LIMIT matches instead of sorting every candidate.
+INDEXES = (
+    ("idx_inventory_trade_up", "inventory", "(available, year DESC, price DESC, car_id, kilometers, region)"),
+)
+# `CREATE INDEX IF NOT EXISTS` is MariaDB and SQLite only: ask the catalogue first (MySQL too).
+INDEX_EXISTS = {
+    "mysql": "SELECT COUNT(*) FROM information_schema.statistics "
+             "WHERE table_schema = DATABASE() AND table_name = %s AND index_name = %s",
+    "sqlite": "SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' AND tbl_name = %s AND name = %s",
+}
+ER_DUP_KEYNAME = 1061  # MySQL/MariaDB: another process created the index since we asked
 
 _CUSTOMER_COLUMNS = ("customer_id, current_monthly_payment, outstanding_balance, current_car_price, "
                      "current_car_year, current_car_km, risk_profile_name, risk_profile_index, region")
@@ -106,7 +116,10 @@ class Repository:
             raise
         except Exception as exc:
             if self.database.is_failure(exc):
-                raise Unavailable(f"database unavailable: {exc.__class__.__name__}: {exc}") from exc
+                # The driver's text names hosts and ports: it goes to the log (with the request
+                # id), never to the client.
+                log.warning("database call %s failed: %s: %s", name, exc.__class__.__name__, exc)
+                raise Unavailable("database unavailable") from exc
             raise
 
     # --- schema and seeding ---------------------------------------------------------------
@@ -115,6 +128,15 @@ class Repository:
         def work(cursor):
             for statement in SCHEMA:
                 cursor.execute(statement.format(id_type=_ID_TYPE[self.backend], suffix=_TABLE_SUFFIX[self.backend]))
+            for name, table, columns in INDEXES:
+                cursor.execute(self._sql(INDEX_EXISTS[self.backend]), (table, name))
+                if cursor.fetchone()[0]:
+                    continue
+                try:
+                    cursor.execute(f"CREATE INDEX {name} ON {table} {columns}")
+                except Exception as exc:
+                    if not (self.backend == "mysql" and exc.args and exc.args[0] == ER_DUP_KEYNAME):
+                        raise
         self._run("migrate", work, None)
 
     def put_customers(self, customers: Iterable[Customer]) -> None:

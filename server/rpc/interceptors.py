@@ -4,7 +4,6 @@ and the mapping of exceptions to status codes (a generic INTERNAL for bugs)."""
 from __future__ import annotations
 
 import contextvars
-import hashlib
 import logging
 import re
 import time
@@ -14,6 +13,7 @@ from typing import Any
 import grpc
 
 from ..errors import ResourceExhausted, ServiceError
+from ..logs import customer_field
 from ..services.ratelimit import TokenBuckets
 
 log = logging.getLogger("tradeup.access")
@@ -58,12 +58,14 @@ UNLIMITED_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
 
 class ServiceInterceptor(grpc.ServerInterceptor):
     def __init__(self, metrics=None, log_customer_ids: bool = False, rate_limiter: TokenBuckets | None = None,
-                 rate_limit_key: str = ""):
-        """`metrics`: call_started(method) / call_finished(method, code, seconds), or None.
-        `rate_limiter`: per-caller buckets; the caller is the `rate_limit_key` metadata, else the peer."""
+                 rate_limit_key: str = "", log_hash_key: str = ""):
+        """`metrics`: server.metrics.Metrics (call_started / message_received / call_finished), or None.
+        `rate_limiter`: per-caller buckets; the caller is the `rate_limit_key` metadata, else the peer.
+        Customer ids are logged raw, as their HMAC under `log_hash_key`, or not at all (no key)."""
         install_request_id_records()
         self.metrics = metrics
         self.log_customer_ids = log_customer_ids
+        self.log_hash_key = log_hash_key
         self.rate_limiter = rate_limiter
         self.rate_limit_key = rate_limit_key
 
@@ -88,40 +90,52 @@ class ServiceInterceptor(grpc.ServerInterceptor):
         method = handler_call_details.method
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
-                self._unary(handler.unary_unary, method), handler.request_deserializer, handler.response_serializer)
+                self._unary(handler.unary_unary, method, "unary"), handler.request_deserializer,
+                handler.response_serializer)
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
-                self._streaming(handler.unary_stream, method), handler.request_deserializer,
+                self._streaming(handler.unary_stream, method, "server_stream"), handler.request_deserializer,
                 handler.response_serializer)
         if handler.stream_unary:
             return grpc.stream_unary_rpc_method_handler(
-                self._unary(handler.stream_unary, method), handler.request_deserializer, handler.response_serializer)
+                self._unary(handler.stream_unary, method, "client_stream"), handler.request_deserializer,
+                handler.response_serializer)
         return grpc.stream_stream_rpc_method_handler(
-            self._streaming(handler.stream_stream, method), handler.request_deserializer, handler.response_serializer)
+            self._streaming(handler.stream_stream, method, "bidi_stream"), handler.request_deserializer,
+            handler.response_serializer)
 
-    def _begin(self, method: str, context: grpc.ServicerContext) -> tuple[tuple, float]:
+    def _begin(self, method: str, grpc_type: str, context: grpc.ServicerContext) -> tuple[tuple, float]:
         request_id = _request_id(context)
         context.send_initial_metadata((("x-request-id", request_id),))
         if self.metrics:
-            self.metrics.call_started(method)
+            self.metrics.call_started(method, grpc_type)
         return (request_id_var.set(request_id), _call_details.set({})), time.perf_counter()
 
-    def _customer_field(self, customer_id: str) -> str:
-        if self.log_customer_ids:
-            return customer_id
-        return hashlib.sha256(customer_id.encode()).hexdigest()[:16]
+    def _counted(self, requests, method: str, grpc_type: str):
+        """The request stream of a client- or bidi-streaming call, counted for the metrics."""
+        if not self.metrics or grpc_type in ("unary", "server_stream"):
+            return requests
 
-    def _end(self, method: str, code: str, started: float, tokens: tuple, messages: int | None = None) -> None:
+        def counted():
+            for request in requests:
+                self.metrics.message_received(method, grpc_type)
+                yield request
+        return counted()
+
+    def _end(self, method: str, grpc_type: str, code: str, started: float, tokens: tuple,
+             messages: int | None = None) -> None:
         elapsed = time.perf_counter() - started
         details = dict(_call_details.get() or {})
         if "customer" in details:
-            details["customer"] = self._customer_field(details["customer"])
+            shown = customer_field(details.pop("customer"), self.log_hash_key, self.log_customer_ids)
+            if shown is not None:
+                details["customer"] = shown
         if messages is not None:
             details["messages"] = messages
         log.info("%s %s %.2fms", method, code, elapsed * 1e3,
                  extra={"method": method, "code": code, "duration_ms": round(elapsed * 1e3, 3), **details})
         if self.metrics:
-            self.metrics.call_finished(method, code, elapsed)
+            self.metrics.call_finished(method, grpc_type, code, elapsed, messages)
         for var, token in zip((request_id_var, _call_details), tokens):
             try:
                 var.reset(token)
@@ -145,28 +159,28 @@ class ServiceInterceptor(grpc.ServerInterceptor):
         errors_log.error("unhandled error", exc_info=exc)
         context.abort(grpc.StatusCode.INTERNAL, f"internal server error (request id {request_id_var.get()})")
 
-    def _unary(self, behavior, method: str):
+    def _unary(self, behavior, method: str, grpc_type: str):
         def wrapper(request: Any, context: grpc.ServicerContext):
-            tokens, started = self._begin(method, context)
+            tokens, started = self._begin(method, grpc_type, context)
             code = "OK"
             try:
                 self._check_rate(method, context)
-                return behavior(request, context)
+                return behavior(self._counted(request, method, grpc_type), context)
             except Exception as exc:
                 code = self._code_of(exc, context)
                 self._fail(context, exc, code)
             finally:
-                self._end(method, code, started, tokens)
+                self._end(method, grpc_type, code, started, tokens)
         return wrapper
 
-    def _streaming(self, behavior, method: str):
+    def _streaming(self, behavior, method: str, grpc_type: str):
         def wrapper(request: Any, context: grpc.ServicerContext):
-            tokens, started = self._begin(method, context)
+            tokens, started = self._begin(method, grpc_type, context)
             code = "OK"
             sent = 0
             try:
                 self._check_rate(method, context)
-                for response in behavior(request, context):
+                for response in behavior(self._counted(request, method, grpc_type), context):
                     sent += 1
                     yield response
             except Exception as exc:
@@ -175,5 +189,5 @@ class ServiceInterceptor(grpc.ServerInterceptor):
             finally:
                 if code == "OK" and not context.is_active():
                     code = "CANCELLED"
-                self._end(method, code, started, tokens, sent)
+                self._end(method, grpc_type, code, started, tokens, sent)
         return wrapper

@@ -88,7 +88,10 @@ class HealthMonitor:
     def set_reachable(self, reachable: bool) -> None:
         if reachable == self.reachable:
             return  # Watch streams hear changes only
-        log.warning("database %s", "reachable: serving" if reachable else "unreachable: not serving")
+        if reachable:
+            log.info("database reachable: serving")
+        else:
+            log.warning("database unreachable: not serving")
         self.reachable = reachable
         self._publish()
 

@@ -8,7 +8,7 @@ from typing import Any, Callable, Mapping
 from ..config import SettingsStore
 from ..data.inventory import InventoryCache
 from ..data.repository import Repository
-from ..errors import ConfigError, InvalidArgument, PermissionDenied, Unauthenticated
+from ..errors import ConfigError, FailedPrecondition, InvalidArgument, PermissionDenied, Unauthenticated
 
 VERSION = "0.1.0"
 
@@ -26,12 +26,15 @@ class AdminService:
     def authorize(self, authorization: str | None) -> None:
         """`authorization: Bearer <token>` must carry the configured admin token."""
         expected = self.settings.current.server.admin_token
+        if not expected:
+            raise FailedPrecondition("admin is disabled on this server: start it with an admin token "
+                                     "(TRADEUP_ADMIN_TOKEN or TRADEUP_ADMIN_TOKEN_FILE) to enable it")
         if not authorization:
             raise Unauthenticated("admin calls need `authorization: Bearer <token>` metadata")
         scheme, _, token = authorization.partition(" ")
         if scheme.lower() != "bearer" or not token:
             raise Unauthenticated("authorization metadata must be `Bearer <token>`")
-        if not expected or not hmac.compare_digest(token.strip().encode(), expected.encode()):
+        if not hmac.compare_digest(token.strip().encode(), expected.encode()):
             raise PermissionDenied("the admin token is not valid")
 
     def config(self) -> dict[str, Any]:

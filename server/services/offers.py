@@ -215,7 +215,10 @@ class OfferService:
         except EngineInputError as exc:
             raise InvalidArgument(exc.reason, "term") from None
         customer = self.load_customer(ref, remaining)
-        selection = self.subsidy_cars(customer, [car_id], False, 0, remaining)
+        try:
+            selection = self.subsidy_cars(customer, [car_id], False, 0, remaining)
+        except NotFound as exc:
+            raise NotFound(str(exc).split(": ", 1)[-1], "car_id") from None  # this request's field
         params = params.with_overrides(terms=[term])
         terms = self.terms_of(customer)
         try:
