@@ -8,7 +8,7 @@ GRPCURL_VERSION := v1.9.3
 HEALTH_PROBE_VERSION := v0.4.62
 
 .PHONY: install system-deps build protos run migrate seed test test-python bench bench-engine bench-db \
-	bench-growth loadtest soak tools clean
+	bench-growth bench-server loadtest soak tools clean
 
 # MariaDB (for the tests) and a C compiler, from Debian's packages when missing.
 system-deps:
@@ -74,6 +74,13 @@ MINUTES ?= 10
 soak: system-deps build
 	@[ -x $(BIN)/ghz ] || $(MAKE) tools
 	PATH="/usr/sbin:$$PATH" $(PYTHON) -m tests.bench.soak --minutes $(MINUTES)
+
+# Every RPC on SQLite and MariaDB, 1 and 2 processes, with ghz and h2load: req/s, p50/p99, errors,
+# server CPU per call and the share of the health rate. BENCH_SECONDS per cell (3 by default).
+BENCH_SECONDS ?= 3
+bench-server: system-deps build
+	@[ -x $(BIN)/ghz ] || $(MAKE) tools
+	PATH="/usr/sbin:$$PATH" $(PYTHON) -m tests.bench.bench_server --seconds $(BENCH_SECONDS)
 
 bench-growth: system-deps build
 	@[ -x $(BIN)/ghz ] || $(MAKE) tools

@@ -23,7 +23,6 @@ setup(
         "grpcio-reflection==1.85.1",
         "protobuf>=6.31,<8",
         "pymysql==1.2.4",
-        "DBUtils==3.2.0",
         "cachetools==8.0.0",
         "prometheus-client==0.26.0",
     ],

@@ -99,8 +99,8 @@ class DatabaseSettings:
     pool_blocking: bool = key(True, "TRADEUP_POOL_BLOCKING",
                               "wait for a free connection (else fail at once with UNAVAILABLE)")
     pool_ping: int = key(0, "TRADEUP_POOL_PING",
-                         "DBUtils ping policy: 0 never (a dead connection is replaced and the statement retried "
-                         "once), 1 when taken from the pool, 7 always", minimum=0, maximum=7)
+                         "1: ping a connection (one round trip) when taken from the pool; 0: never (a connection "
+                         "found dead by its first read is replaced and the read retried once)", minimum=0, maximum=1)
     connect_timeout: float = key(2.0, "TRADEUP_DATABASE_CONNECT_TIMEOUT", "seconds", minimum=0.1, maximum=300)
     read_timeout: float = key(5.0, "TRADEUP_DATABASE_READ_TIMEOUT", "seconds", minimum=0.1, maximum=3600)
     write_timeout: float = key(5.0, "TRADEUP_DATABASE_WRITE_TIMEOUT", "seconds", minimum=0.1, maximum=3600)

@@ -104,6 +104,36 @@ def test_pool_exhaustion(private_mariadb):
         repository.database.close()
 
 
+def test_a_connection_that_died_in_the_pool_is_replaced(private_mariadb):
+    """No ping on checkout: a read on a connection the server closed meanwhile is retried once on a
+    new connection; a write is not retried (it may have been applied) and fails UNAVAILABLE."""
+    import pymysql
+    _, url = private_mariadb
+    repository = open_repository(make_settings({"TRADEUP_DATABASE_URL": url, "TRADEUP_POOL_MIN_CACHED": "1"}))
+    database = repository.database
+    params = make_settings({"TRADEUP_DATABASE_URL": url}).database.mysql_params()
+    admin = pymysql.connect(host=params["host"], port=params["port"], user=params["user"],
+                            password=params["password"], database=params["database"], autocommit=True)
+
+    def kill_idle() -> None:
+        (connection,) = database._idle
+        with admin.cursor() as cursor:
+            cursor.execute("KILL %s", (connection.thread_id(),))
+
+    try:
+        database.warm_up()
+        kill_idle()
+        assert repository.get_customer("C0001", timeout=5).customer_id == "C0001"
+        assert database.pool_status() == (0, 1) and repository.breaker.state == "closed"
+        kill_idle()
+        with pytest.raises(Unavailable):
+            repository.set_car_available("no-such-car", True)
+        assert repository.get_customer("C0002", timeout=5).customer_id == "C0002"
+    finally:
+        admin.close()
+        database.close()
+
+
 class StallingProxy:
     """A loopback TCP proxy to the database that can stop passing replies (a hung server)."""
 

@@ -1,4 +1,4 @@
-"""Database connections: MySQL through a DBUtils pool of pymysql connections, or the embedded
+"""Database connections: MySQL through a small pool of pymysql connections, or the embedded
 SQLite file. Both hand out DB-API cursors with `cursor(timeout)`; the SQL is in repository.py."""
 from __future__ import annotations
 
@@ -10,60 +10,85 @@ from pathlib import Path
 from typing import Iterator
 
 import pymysql
-from dbutils.pooled_db import PooledDB, TooManyConnections
 
 from ..config import DatabaseSettings
 from ..errors import DeadlineExceeded, Unavailable
 
 
 class MySQLDatabase:
+    """MySQL/MariaDB through a small pool of pymysql connections.
+
+    Every wait is bounded by the call's deadline: for a free connection, for a new connection's
+    set-up (TCP connect, then the handshake, which pymysql reads with read_timeout) and for every
+    reply. Nothing is sent but the statements (no ping when a connection is taken, no rollback
+    when it is given back: autocommit), and no lock is held while talking to the server. A
+    connection taken from the pool that turns out dead on its first read is replaced and the
+    read retried once (a write is not: it may have been applied).
+    """
     backend = "mysql"
     placeholder = "%s"
 
     def __init__(self, settings: DatabaseSettings):
         params = settings.mysql_params()
-        self.blocking = settings.pool_blocking
-        # DBUtils' own blocking wait has no timeout; this semaphore bounds the connections lent
-        # out and lets a caller wait no longer than its deadline.
-        limit = settings.pool_max_connections
-        self._slots = threading.BoundedSemaphore(limit) if limit else None
-        self._in_use = 0
-        self._count_lock = threading.Lock()
-        self._local = threading.local()  # deadline (monotonic) of the call opening a connection
         self._params = dict(host=params["host"], port=params["port"], user=params["user"],
                             password=params["password"], database=params["database"],
                             connect_timeout=settings.connect_timeout, read_timeout=settings.read_timeout,
                             write_timeout=settings.write_timeout, autocommit=settings.autocommit, charset="utf8mb4")
-        # ping=0: no round trip on checkout. A connection found dead by a statement is replaced
-        # and the statement retried once (DBUtils' failover, outside transactions; every statement
-        # of the service is a read or an idempotent write), except when it timed out: the
-        # deadline has passed and the database is slow, not gone.
-        self.pool = PooledDB(
-            creator=self._connect, mincached=0, maxcached=settings.pool_max_cached,
-            maxconnections=limit, blocking=False, ping=settings.pool_ping,
-            isfatal=lambda exc: not _timed_out(exc), **self._params)
-        self._warm = settings.pool_min_cached
         self.read_timeout = settings.read_timeout
+        self.blocking = settings.pool_blocking
+        limit = settings.pool_max_connections
+        self._slots = threading.BoundedSemaphore(limit) if limit else None  # connections lent out at most
+        self._max_idle = settings.pool_max_cached
+        self._ping_on_take = bool(settings.pool_ping)
+        self._warm = settings.pool_min_cached
+        self._idle: list[pymysql.connections.Connection] = []
+        self._lock = threading.Lock()  # guards _idle and _in_use only: never held over I/O
+        self._in_use = 0
+        self._closed = False
         self._probe: pymysql.connections.Connection | None = None
         self._probe_lock = threading.Lock()
 
-    def _connect(self, **params) -> pymysql.connections.Connection:
-        """A new connection whose set-up (TCP connect, then the handshake, which pymysql reads with
-        read_timeout) waits no longer than the call opening it has left."""
-        deadline = getattr(self._local, "deadline", None)
+    def _open(self, deadline: float | None) -> pymysql.connections.Connection:
+        params = dict(self._params)
         if deadline is not None:
-            bound = max(deadline - time.monotonic(), 0.001)
-            params["connect_timeout"] = min(params["connect_timeout"], bound)
-            params["read_timeout"] = min(params["read_timeout"], bound)
-        return pymysql.connect(**params)
+            left = max(deadline - time.monotonic(), 0.001)
+            params["connect_timeout"] = min(params["connect_timeout"], left)
+            params["read_timeout"] = min(params["read_timeout"], left)
+        try:
+            return pymysql.connect(**params)
+        except pymysql.err.OperationalError as exc:
+            if deadline is not None and _timed_out(exc) and \
+                    params["read_timeout"] < self._params["read_timeout"]:  # the deadline cut it short
+                raise DeadlineExceeded("deadline exceeded connecting to the database") from exc
+            raise
 
-    _connect.threadsafety = 1  # type: ignore[attr-defined]  # DBUtils asks the creator
+    def _take(self, deadline: float | None) -> tuple[pymysql.connections.Connection, bool]:
+        """A connection, and whether it comes from the pool (it may have died there)."""
+        with self._lock:
+            connection = self._idle.pop() if self._idle else None  # the most recently used
+        if connection is not None and self._ping_on_take:
+            try:
+                connection.ping(reconnect=False)
+            except pymysql.err.MySQLError:
+                _close_quietly(connection)
+                connection = None
+        if connection is None:
+            return self._open(deadline), False
+        return connection, True
+
+    def _give(self, connection: pymysql.connections.Connection) -> None:
+        if connection.open:
+            connection._read_timeout = self.read_timeout
+            with self._lock:
+                if not self._closed and len(self._idle) < self._max_idle:
+                    self._idle.append(connection)
+                    return
+        _close_quietly(connection)
 
     def warm_up(self) -> None:
-        """Open pool_min_cached connections now (after the server is reachable)."""
-        held = [self.pool.connection() for _ in range(self._warm)]
-        for connection in held:
-            connection.close()
+        """Open pool_min_cached connections now (once the server answers)."""
+        for connection in [self._open(None) for _ in range(self._warm)]:
+            self._give(connection)
 
     def ping(self, timeout: float) -> None:
         """Is the server answering within `timeout`? On a connection of its own (COM_PING, no SQL),
@@ -76,98 +101,133 @@ class MySQLDatabase:
             try:
                 self._probe.ping(reconnect=False)
             except Exception:
-                self._close_probe()
+                _close_quietly(self._probe)
+                self._probe = None
                 raise
-
-    def _close_probe(self) -> None:
-        if self._probe is not None:
-            try:
-                self._probe.close()
-            except Exception:  # already broken: nothing to say goodbye to
-                pass
-            self._probe = None
 
     @staticmethod
     def is_failure(exc: BaseException) -> bool:
         """Errors that say the database itself is unwell (they count against the breaker)."""
         return isinstance(exc, (pymysql.err.OperationalError, pymysql.err.InterfaceError, OSError))
 
-    def _checkout(self, timeout: float | None):
-        try:
-            return self.pool.connection()
-        except TooManyConnections:
-            raise Unavailable("database connection pool exhausted: every connection is in use") from None
-        except pymysql.err.OperationalError as exc:
-            configured = max(self._params["connect_timeout"], self.read_timeout)
-            if timeout is not None and timeout < configured and _timed_out(exc):
-                raise DeadlineExceeded("deadline exceeded connecting to the database") from exc
-            raise
-
     @contextmanager
     def cursor(self, timeout: float | None = None) -> Iterator:
-        started = time.monotonic()
+        deadline = None if timeout is None else time.monotonic() + timeout
         if self._slots is not None:
             wait = None if timeout is None else max(0.0, timeout)
             if not self._slots.acquire(blocking=self.blocking, timeout=wait if self.blocking else None):
                 raise Unavailable("database connection pool exhausted: every connection is in use")
-        # Connections opened for this call (by the pool, or by failover) wait no longer than it has left.
-        self._local.deadline = None if timeout is None else started + timeout
         try:
-            connection = self._checkout(timeout)
-            if timeout is not None:
-                timeout -= time.monotonic() - started
-                if timeout <= 0:
-                    connection.close()
-                    raise DeadlineExceeded("deadline exceeded connecting to the database")
-            with self._count_lock:
-                self._in_use += 1
-            raw = _pymysql_connection(connection)
-            # Wait for replies no longer than the call has left (pymysql applies _read_timeout to
-            # every packet read), so a stalled database frees the worker at the deadline.
-            bounded = raw is not None and timeout is not None and timeout < self.read_timeout
-            if bounded:
-                raw._read_timeout = max(timeout, 0.001)
+            connection, reused = self._take(deadline)
             try:
-                cursor = connection.cursor()
-                try:
-                    yield cursor
-                finally:
-                    cursor.close()
+                cursor = _Cursor(self, connection, reused, deadline)
+            except BaseException:
+                self._give(connection)
+                raise
+            with self._lock:
+                self._in_use += 1
+            try:
+                yield cursor
             except pymysql.err.OperationalError as exc:
-                if bounded and _timed_out(exc):
+                if cursor.bounded and _timed_out(exc):
                     raise DeadlineExceeded("deadline exceeded waiting for the database") from exc
                 raise
             finally:
-                raw = _pymysql_connection(connection)  # failover may have replaced it
-                if raw is not None:
-                    raw._read_timeout = self.read_timeout
-                with self._count_lock:
+                cursor.close()
+                with self._lock:
                     self._in_use -= 1
-                connection.close()  # back to the pool
+                self._give(cursor.connection)
         finally:
-            self._local.deadline = None
             if self._slots is not None:
                 self._slots.release()
 
     def pool_status(self) -> tuple[int, int]:
         """(connections lent out, idle connections cached)."""
-        return self._in_use, len(getattr(self.pool, "_idle_cache", ()))
+        with self._lock:
+            return self._in_use, len(self._idle)
 
     def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for connection in idle:
+            _close_quietly(connection)
         with self._probe_lock:
-            self._close_probe()
-        self.pool.close()
+            if self._probe is not None:
+                _close_quietly(self._probe)
+                self._probe = None
+
+
+class _Cursor:
+    """A pymysql cursor on a pooled connection that waits for replies no longer than the call has
+    left, and replaces a connection that died in the pool when the first statement is a read."""
+
+    def __init__(self, database: MySQLDatabase, connection, reused: bool, deadline: float | None):
+        self._database = database
+        self._deadline = deadline
+        self._retry = reused
+        self.bounded = False
+        self._use(connection)
+
+    def _use(self, connection) -> None:
+        self.connection = connection
+        if self._deadline is not None:
+            left = self._deadline - time.monotonic()
+            if left <= 0:
+                raise DeadlineExceeded("deadline exceeded waiting for the database")
+            # pymysql applies _read_timeout to every packet read: a stalled server frees the
+            # worker at the deadline.
+            self.bounded = left < self._database.read_timeout
+            connection._read_timeout = min(left, self._database.read_timeout)
+        self._cursor = connection.cursor()
+
+    def execute(self, query: str, args=None):
+        retry, self._retry = self._retry, False
+        try:
+            return self._cursor.execute(query, args)
+        except (pymysql.err.OperationalError, pymysql.err.InterfaceError) as exc:
+            if not (retry and _connection_lost(exc) and query.lstrip()[:6].upper() == "SELECT"):
+                raise
+        _close_quietly(self.connection)
+        self._use(self._database._open(self._deadline))
+        return self._cursor.execute(query, args)
+
+    def executemany(self, query: str, args):
+        self._retry = False
+        return self._cursor.executemany(query, args)
+
+    def fetchone(self):
+        return self._cursor.fetchone()
+
+    def fetchall(self):
+        return self._cursor.fetchall()
+
+    @property
+    def description(self):
+        return self._cursor.description
+
+    def close(self) -> None:
+        try:
+            self._cursor.close()
+        except pymysql.err.MySQLError:  # a broken connection: it is not given back
+            _close_quietly(self.connection)
 
 
 def _timed_out(exc: BaseException) -> bool:
     return "timed out" in str(exc)
 
 
-def _pymysql_connection(pooled) -> "pymysql.connections.Connection | None":
-    """The pymysql connection inside a DBUtils pooled connection (PooledDB -> SteadyDB -> pymysql)."""
-    steady = getattr(pooled, "_con", None)
-    raw = getattr(steady, "_con", None)
-    return raw if isinstance(raw, pymysql.connections.Connection) else None
+def _connection_lost(exc: BaseException) -> bool:
+    """The connection was closed under us (server restart, idle timeout), not a slow server."""
+    code = exc.args[0] if exc.args else None
+    return not _timed_out(exc) and (isinstance(exc, pymysql.err.InterfaceError) or code in (2006, 2013))
+
+
+def _close_quietly(connection) -> None:
+    try:
+        connection.close()
+    except Exception:  # already broken: nothing to say goodbye to
+        pass
 
 
 class SQLiteDatabase:
