@@ -223,7 +223,7 @@ def test_stalled_database_frees_every_worker_and_health_still_answers(private_ma
         callers = [threading.Thread(target=call, args=(k,)) for k in range(8)]  # 4x the workers
         for caller in callers:
             caller.start()
-        assert wait_for(lambda: app.admission.in_progress == 8, 5), "the calls did not all arrive"
+        assert wait_for(lambda: app.admission.in_progress > 2, 5), "no call is waiting for a worker"
         # Every worker is stuck on the database now; probes do not wait for one (a 1 s deadline
         # would run out behind the stalled calls if they did).
         for service in ("", OFFER_SERVICE, "tradeup.v1.AdminService"):

@@ -148,7 +148,8 @@ def create_server(settings: Settings, offer_servicer: OfferServicer, admin_servi
     server = grpc.server(
         executor,
         interceptors=[interceptor, admission],
-        maximum_concurrent_rpcs=rpc_threads(settings),
+        # No limit of grpc's own: it would refuse health checks too. Admission refuses service
+        # calls beyond max_concurrent_rpcs at once, so PROBE_THREADS threads stay free for probes.
         options=[("grpc.max_receive_message_length", s.max_message_bytes),
                  ("grpc.max_send_message_length", s.max_message_bytes),
                  # Several worker processes may share the port (server.processes).
