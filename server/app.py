@@ -18,7 +18,7 @@ from .data.inventory import InventoryCache
 from .data.repository import Repository
 from .metrics import Metrics
 from .rpc.interceptors import Admission, ServiceInterceptor
-from .rpc.server import HealthMonitor, create_server, rpc_threads
+from .rpc.server import PROBE_TIMEOUT, HealthMonitor, create_server, rpc_threads
 from .rpc.servicers import AdminServicer, OfferServicer
 from .services.admin import AdminService
 from .services.offers import OfferService
@@ -89,6 +89,7 @@ class Application:
         """Migrate and seed before worker processes fork (no gRPC object may exist yet)."""
         repository = open_repository(settings)
         try:
+            repository.database.ping(PROBE_TIMEOUT)  # a stalled database fails fast (the workers retry)
             prepare_database(repository, settings.database.seed_demo_data)
             cars, customers = repository.counts()
             return {"cars": cars, "customers": customers}

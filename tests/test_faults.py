@@ -275,6 +275,45 @@ def test_start_against_a_stalled_database(private_mariadb, tmp_path):
         running.stop()
 
 
+def test_worker_processes_start_against_a_stalled_database(private_mariadb, tmp_path):
+    """`python -m server` with 2 processes: the parent's preparation gives up fast, the workers
+    listen, and readiness follows the database once it answers."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+    from client import OfferClient
+    mariadb, _ = private_mariadb
+    proxy = StallingProxy(mariadb.port)
+    proxy.passing.clear()
+    port = free_port()
+    env = {**os.environ, "TRADEUP_DATABASE_URL": f"mysql://faults:faults-password@127.0.0.1:{proxy.port}/faults",
+           "TRADEUP_PORT": str(port), "TRADEUP_HOST": "127.0.0.1", "TRADEUP_PROCESSES": "2",
+           "TRADEUP_DATABASE_READ_TIMEOUT": "30", "TRADEUP_DATABASE_CONNECT_TIMEOUT": "30",
+           "TRADEUP_HEALTH_CHECK_SECONDS": "0.5", "TRADEUP_BREAKER_RESET_SECONDS": "0.5",
+           "TRADEUP_RUNTIME_OVERRIDES_FILE": str(tmp_path / "o.json"), "TRADEUP_LOG_LEVEL": "ERROR"}
+    started = time.monotonic()
+    process = subprocess.Popen([sys.executable, "-m", "server"], cwd=Path(__file__).resolve().parents[1], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert "(2 processes)" in process.stdout.readline()
+        listening_after = time.monotonic() - started
+        with OfferClient(f"127.0.0.1:{port}", timeout=5) as client:
+            assert client.health() == "SERVING"
+            assert client.health(OFFER_SERVICE) == "NOT_SERVING"
+            proxy.passing.set()
+            assert wait_for(lambda: client.health(OFFER_SERVICE) == "SERVING", 15)
+            assert client.generate_offers(customer_id="C0001", max_offers=1).summary.total_offers == 620
+        assert listening_after < 15, listening_after  # interpreter start and imports included; no database wait
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+    finally:
+        proxy.close()
+        if process.poll() is None:
+            process.kill()
+
+
 def test_calls_after_shutdown_begins_end_unavailable(private_mariadb, tmp_path):
     """While the calls in progress drain, new calls end UNAVAILABLE (clients retry elsewhere),
     on existing connections and new ones; the call in progress still completes."""
