@@ -21,7 +21,7 @@ class MySQLDatabase:
     Every wait is bounded by the call's deadline: for a free connection, for a new connection's
     set-up (TCP connect, then the handshake, which pymysql reads with read_timeout) and for every
     reply. Nothing is sent but the statements (no ping when a connection is taken, no rollback
-    when it is given back: autocommit), and no lock is held while talking to the server. A
+    when it is given back, with autocommit on), and no lock is held while talking to the server. A
     connection taken from the pool that turns out dead on its first read is replaced and the
     read retried once (a write is not: it may have been applied).
     """
@@ -67,6 +67,8 @@ class MySQLDatabase:
         with self._lock:
             connection = self._idle.pop() if self._idle else None  # the most recently used
         if connection is not None and self._ping_on_take:
+            if deadline is not None:
+                connection._read_timeout = min(self.read_timeout, max(deadline - time.monotonic(), 0.001))
             try:
                 connection.ping(reconnect=False)
             except pymysql.err.MySQLError:
@@ -77,6 +79,11 @@ class MySQLDatabase:
         return connection, True
 
     def _give(self, connection: pymysql.connections.Connection) -> None:
+        if connection.open and not self._params["autocommit"]:
+            try:  # without autocommit, end the transaction so the next user sees fresh data
+                connection.rollback()
+            except pymysql.err.MySQLError:
+                _close_quietly(connection)
         if connection.open:
             connection._read_timeout = self.read_timeout
             with self._lock:
