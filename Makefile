@@ -15,7 +15,7 @@ HEALTH_PROBE_VERSION := v0.4.62
 BUF := tools/buf/node_modules/.bin/buf
 
 .PHONY: install build-deps system-deps build protos run migrate seed test test-python bench bench-engine bench-db \
-	bench-growth loadtest soak tools buf constraints clean
+	bench-growth bench-server loadtest soak tools buf constraints clean
 
 # What building needs, from Debian's packages when missing: a C compiler, the Python headers
 # and venv (Debian splits both out of python3).
@@ -103,6 +103,13 @@ MINUTES ?= 10
 soak: system-deps build
 	@[ -x $(BIN)/ghz ] || $(MAKE) tools
 	PATH="/usr/sbin:$$PATH" $(PYTHON) -m tests.bench.soak --minutes $(MINUTES)
+
+# Every RPC on SQLite and MariaDB, 1 and 2 processes, with ghz and h2load: req/s, p50/p99, errors,
+# server CPU per call and the share of the health rate. BENCH_SECONDS per cell (3 by default).
+BENCH_SECONDS ?= 3
+bench-server: system-deps build
+	@[ -x $(BIN)/ghz ] || $(MAKE) tools
+	PATH="/usr/sbin:$$PATH" $(PYTHON) -m tests.bench.bench_server --seconds $(BENCH_SECONDS)
 
 bench-growth: system-deps build
 	@[ -x $(BIN)/ghz ] || $(MAKE) tools

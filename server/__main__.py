@@ -29,7 +29,7 @@ def serve_one(settings, worker: int | None = None, ready_fd: int | None = None) 
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    app.start()
+    app.start(wait_ready=None)  # listening already; the banner follows the first database check
     log.info("Trade-Up Engine listening on localhost:%s (database: %s, engine: %s)", app.port,
              app.repository.backend, app.engine.implementation,
              extra={"port": app.port, "metrics_port": app.metrics_port, "worker": worker})
@@ -64,7 +64,11 @@ def serve(settings) -> int:
         return serve_one(settings)
     # Multi-core serving is processes: prepare the database once, then fork the workers before any
     # gRPC object exists; each builds its own server on the shared port (grpc's multiprocessing example).
-    prepared = Application.prepare_shared(settings)
+    try:
+        prepared = Application.prepare_shared(settings)
+    except Exception as exc:  # serve anyway: each worker prepares it once the database answers
+        log.warning("database not ready at start-up (%s): the workers will prepare it", exc)
+        prepared = {}
     held = reserve_port(settings.server.host, settings.server.port)
     port = held.getsockname()[1]
     server = replace(settings.server, port=port)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from concurrent import futures
 
 from grpc_health.v1 import health
@@ -16,8 +17,8 @@ from .data.database import open_database
 from .data.inventory import InventoryCache
 from .data.repository import Repository
 from .metrics import Metrics
-from .rpc.interceptors import ServiceInterceptor
-from .rpc.server import HealthMonitor, create_server
+from .rpc.interceptors import Admission, ServiceInterceptor
+from .rpc.server import PROBE_TIMEOUT, HealthMonitor, create_server, rpc_threads
 from .rpc.servicers import AdminServicer, OfferServicer
 from .services.admin import AdminService
 from .services.offers import OfferService
@@ -67,7 +68,7 @@ class Application:
                                        r.engine_ms / 1e3))
         self._health_pool = futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="health")
         self.health = health.HealthServicer(experimental_non_blocking=True, experimental_thread_pool=self._health_pool)
-        self.monitor = HealthMonitor(self.health, self._ping, settings.database.health_check_seconds)
+        self.monitor = HealthMonitor(self.health, self._check_database, settings.database.health_check_seconds)
         self.repository.breaker.listeners.append(self.monitor.on_breaker)
         self.admin = AdminService(self.settings, self.repository, self.inventory, kernel.IMPLEMENTATION,
                                   lambda: bool(self.monitor.reachable))
@@ -81,19 +82,22 @@ class Application:
             self.metrics, s.log_customer_ids,
             TokenBuckets(s.rate_limit_per_second, s.rate_limit_burst) if s.rate_limit_per_second else None,
             s.rate_limit_key, s.log_hash_key)
-        self._rpc_pool = futures.ThreadPoolExecutor(max_workers=s.max_workers, thread_name_prefix="rpc")
+        self.admission = Admission(s.max_workers, s.max_concurrent_rpcs)
+        self._rpc_pool = futures.ThreadPoolExecutor(max_workers=rpc_threads(settings), thread_name_prefix="rpc")
         self.server, self.port = create_server(
             settings, OfferServicer(self.offers, s.stream_batch_size, s.max_bulk_customers),
-            AdminServicer(self.admin), self.health, self.interceptor, self._rpc_pool, address)
+            AdminServicer(self.admin), self.health, self.interceptor, self.admission, self._rpc_pool, address)
         self._prepared = False
         self._prepare_lock = threading.Lock()
         self.stopped = threading.Event()
+        self._stop_lock = threading.Lock()
 
     @staticmethod
     def prepare_shared(settings: Settings) -> dict:
         """Migrate and seed before worker processes fork (no gRPC object may exist yet)."""
         repository = open_repository(settings)
         try:
+            repository.database.ping(PROBE_TIMEOUT)  # a stalled database fails fast (the workers retry)
             prepare_database(repository, settings.database.seed_demo_data)
             cars, customers = repository.counts()
             return {"cars": cars, "customers": customers}
@@ -109,30 +113,40 @@ class Application:
             self.repository.database.warm_up()
             self._prepared = True
 
-    def _ping(self, timeout: float) -> None:
+    def _check_database(self, timeout: float) -> None:
+        """The health monitor's probe: the database answers within `timeout` (through the breaker,
+        whose probe it may be). The first answer also migrates, seeds and loads the inventory."""
+        database = self.repository.database
+        self.repository.breaker.call(lambda: database.ping(timeout), database.is_failure)
         if not self._prepared:
-            self.prepare_database()  # the database was down at start-up
-        self.repository.ping(timeout)
-
-    def start(self) -> None:
-        try:
             self.prepare_database()
             self.inventory.snapshot()
-        except Exception as exc:  # serve anyway: health says NOT_SERVING until the database answers
-            log.warning("database not ready at start-up (%s); will retry", exc)
+
+    def start(self, wait_ready: float | None = 10.0) -> None:
+        """Listen at once; the database is checked (and prepared) by the health monitor's thread,
+        and OfferService is NOT_SERVING until it answers. Waits up to `wait_ready` seconds (None:
+        for as long as it takes) for that first check, which a stalled database fails within the
+        probe's timeout."""
         self.server.start()
         self.monitor.start()
         s = self.settings.current.server
         if s.metrics_port:
             self.metrics_port = self.metrics.serve(s.metrics_host, s.metrics_port)
+        self.monitor.first_check.wait(wait_ready)
 
     def stop(self, grace: float | None = None) -> None:
-        """Health NOT_SERVING, refuse new calls, let in-flight ones finish within `grace`."""
-        if self.stopped.is_set():
-            return
+        """Health NOT_SERVING; new service calls end UNAVAILABLE while those in progress get up to
+        `grace` seconds to finish; then the server stops."""
+        with self._stop_lock:  # a second caller waits for the first to finish
+            if not self.stopped.is_set():
+                self._stop(grace)
+
+    def _stop(self, grace: float | None) -> None:
         self.monitor.begin_shutdown()
         grace = self.settings.current.server.grace_seconds if grace is None else grace
-        self.server.stop(grace).wait()
+        until = time.monotonic() + grace
+        self.admission.drain(grace)
+        self.server.stop(max(0.0, until - time.monotonic())).wait()
         self._rpc_pool.shutdown(wait=True)
         self._health_pool.shutdown(wait=True)
         self.metrics.close()

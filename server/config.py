@@ -38,10 +38,12 @@ class ServerSettings:
                          "server processes sharing the port (SO_REUSEPORT), each with its own threads",
                          minimum=1, maximum=64)
     max_workers: int = key(8, "TRADEUP_MAX_WORKERS",
-                           "threads serving RPCs, per process (more threads contend for the GIL)",
+                           "service calls doing work at once, per process (more contend for the GIL); "
+                           "the others wait for a worker within their deadline, health never waits",
                            minimum=1, maximum=1024)
     max_concurrent_rpcs: int = key(64, "TRADEUP_MAX_CONCURRENT_RPCS",
-                                   "calls in progress at once; more get RESOURCE_EXHAUSTED", minimum=1, maximum=100000)
+                                   "service calls admitted at once, working or waiting for a worker; "
+                                   "more get RESOURCE_EXHAUSTED", minimum=1, maximum=100000)
     max_message_bytes: int = key(16 * 1024 * 1024, "TRADEUP_MAX_MESSAGE_BYTES",
                                  "largest request or response message", minimum=1024, maximum=1 << 30)
     grace_seconds: float = key(10.0, "TRADEUP_GRACE_SECONDS",
@@ -101,8 +103,9 @@ class DatabaseSettings:
                                     "connections at most (0 = unlimited)", minimum=0, maximum=10000)
     pool_blocking: bool = key(True, "TRADEUP_POOL_BLOCKING",
                               "wait for a free connection (else fail at once with UNAVAILABLE)")
-    pool_ping: int = key(1, "TRADEUP_POOL_PING",
-                         "DBUtils ping policy: 0 never, 1 when taken from the pool, 7 always", minimum=0, maximum=7)
+    pool_ping: int = key(0, "TRADEUP_POOL_PING",
+                         "1: ping a connection (one round trip) when taken from the pool; 0: never (a connection "
+                         "found dead by its first read is replaced and the read retried once)", minimum=0, maximum=1)
     connect_timeout: float = key(2.0, "TRADEUP_DATABASE_CONNECT_TIMEOUT", "seconds", minimum=0.1, maximum=300)
     read_timeout: float = key(5.0, "TRADEUP_DATABASE_READ_TIMEOUT", "seconds", minimum=0.1, maximum=3600)
     write_timeout: float = key(5.0, "TRADEUP_DATABASE_WRITE_TIMEOUT", "seconds", minimum=0.1, maximum=3600)

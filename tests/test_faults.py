@@ -39,7 +39,7 @@ def test_outage_and_recovery(private_mariadb, tmp_path):
 
     def watch():
         try:
-            for status in client.watch_health(timeout=30):
+            for status in client.watch_health(OFFER_SERVICE, timeout=30):
                 seen.append(status)
         except grpc.RpcError:  # cancelled when the test closes the channel
             pass
@@ -52,9 +52,10 @@ def test_outage_and_recovery(private_mariadb, tmp_path):
         mariadb.stop()
         codes = []
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and client.health() != "NOT_SERVING":
+        while time.monotonic() < deadline and client.health(OFFER_SERVICE) != "NOT_SERVING":
             time.sleep(0.1)
-        assert client.health() == "NOT_SERVING"
+        assert client.health(OFFER_SERVICE) == "NOT_SERVING"
+        assert client.health() == "SERVING"  # liveness: the process is sound, only the database is away
         for _ in range(10):
             started = time.monotonic()
             with pytest.raises(grpc.RpcError) as err:
@@ -66,9 +67,9 @@ def test_outage_and_recovery(private_mariadb, tmp_path):
         assert not status.database_reachable and status.circuit_state in ("open", "half_open")
         mariadb.start()
         back = time.monotonic()
-        while time.monotonic() - back < 5 and client.health() != "SERVING":
+        while time.monotonic() - back < 5 and client.health(OFFER_SERVICE) != "SERVING":
             time.sleep(0.05)
-        assert client.health() == "SERVING", "not serving 5 s after the database came back"
+        assert client.health(OFFER_SERVICE) == "SERVING", "not serving 5 s after the database came back"
         assert client.generate_offers(customer_id="C0001").summary.total_offers > 0
         time.sleep(0.3)
         assert seen[:3] == ["SERVING", "NOT_SERVING", "SERVING"]
@@ -101,6 +102,36 @@ def test_pool_exhaustion(private_mariadb):
         assert repository.get_customer("C0001", timeout=0.5).customer_id == "C0001"
         assert repository.breaker.state == "closed"  # a full pool is not an outage
         repository.database.close()
+
+
+def test_a_connection_that_died_in_the_pool_is_replaced(private_mariadb):
+    """No ping on checkout: a read on a connection the server closed meanwhile is retried once on a
+    new connection; a write is not retried (it may have been applied) and fails UNAVAILABLE."""
+    import pymysql
+    _, url = private_mariadb
+    repository = open_repository(make_settings({"TRADEUP_DATABASE_URL": url, "TRADEUP_POOL_MIN_CACHED": "1"}))
+    database = repository.database
+    params = make_settings({"TRADEUP_DATABASE_URL": url}).database.mysql_params()
+    admin = pymysql.connect(host=params["host"], port=params["port"], user=params["user"],
+                            password=params["password"], database=params["database"], autocommit=True)
+
+    def kill_idle() -> None:
+        (connection,) = database._idle
+        with admin.cursor() as cursor:
+            cursor.execute("KILL %s", (connection.thread_id(),))
+
+    try:
+        database.warm_up()
+        kill_idle()
+        assert repository.get_customer("C0001", timeout=5).customer_id == "C0001"
+        assert database.pool_status() == (0, 1) and repository.breaker.state == "closed"
+        kill_idle()
+        with pytest.raises(Unavailable):
+            repository.set_car_available("no-such-car", True)
+        assert repository.get_customer("C0002", timeout=5).customer_id == "C0002"
+    finally:
+        admin.close()
+        database.close()
 
 
 class StallingProxy:
@@ -151,28 +182,172 @@ class StallingProxy:
         self.listener.close()
 
 
-def test_stalled_database_gives_deadline_exceeded_on_time(private_mariadb, tmp_path):
+OFFER_SERVICE = "tradeup.v1.OfferService"
+
+
+def wait_for(condition, seconds: float, step: float = 0.02) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(step)
+    return condition()
+
+
+def test_stalled_database_frees_every_worker_and_health_still_answers(private_mariadb, tmp_path):
+    """More stalled calls than workers: each ends DEADLINE_EXCEEDED on time and the server stops
+    working on it; health answers from its own threads meanwhile and readiness turns NOT_SERVING."""
+    mariadb, _ = private_mariadb
+    proxy = StallingProxy(mariadb.port)
+    url = f"mysql://faults:faults-password@127.0.0.1:{proxy.port}/faults"
+    running = start_server({"TRADEUP_DATABASE_URL": url, "TRADEUP_RUNTIME_OVERRIDES_FILE": str(tmp_path / "o.json"),
+                            "TRADEUP_DATABASE_READ_TIMEOUT": "30", "TRADEUP_DATABASE_CONNECT_TIMEOUT": "30",
+                            "TRADEUP_HEALTH_CHECK_SECONDS": "0.5", "TRADEUP_MAX_WORKERS": "2",
+                            "TRADEUP_POOL_MAX_CONNECTIONS": "4"})
+    app = running.app
+    outcomes: list[tuple[grpc.StatusCode, float]] = []
+    try:
+        assert running.client.generate_offers(customer_id="C0001").summary.total_offers == 620  # warm
+        assert running.client.health(OFFER_SERVICE) == "SERVING"
+        proxy.passing.clear()
+        stalled_at = time.monotonic()
+
+        def call(k: int):
+            started = time.monotonic()
+            try:
+                running.client.generate_offers(customer_id="C0001", timeout=1.0)
+                outcomes.append((grpc.StatusCode.OK, time.monotonic() - started))
+            except grpc.RpcError as err:
+                outcomes.append((err.code(), time.monotonic() - started))
+
+        callers = [threading.Thread(target=call, args=(k,)) for k in range(8)]  # 4x the workers
+        for caller in callers:
+            caller.start()
+        assert wait_for(lambda: app.admission.in_progress > 2, 5), "no call is waiting for a worker"
+        # Every worker is stuck on the database now; probes do not wait for one (a 1 s deadline
+        # would run out behind the stalled calls if they did).
+        for service in ("", OFFER_SERVICE, "tradeup.v1.AdminService"):
+            running.client.health(service, timeout=1.0)
+        assert wait_for(lambda: running.client.health(OFFER_SERVICE, timeout=1.0) == "NOT_SERVING", 5)
+        not_ready_after = time.monotonic() - stalled_at
+        assert running.client.health(timeout=1.0) == "SERVING"  # the process itself is alive
+        for caller in callers:
+            caller.join(10)
+        assert [code for code, _ in outcomes] == [grpc.StatusCode.DEADLINE_EXCEEDED] * 8
+        # The server stops working on them at their deadline, not when the database answers.
+        assert wait_for(lambda: app.admission.in_progress == 0 and app.repository.database.pool_status()[0] == 0,
+                        3), "a worker is still busy with a call whose deadline passed"
+        assert time.monotonic() - stalled_at < 6
+        assert not_ready_after < 2.5, not_ready_after
+        proxy.passing.set()
+        assert wait_for(lambda: running.client.health(OFFER_SERVICE) == "SERVING", 10)
+        assert running.client.generate_offers(customer_id="C0001", timeout=5).summary.total_offers == 620
+    finally:
+        proxy.close()
+        running.stop()
+
+
+def test_start_against_a_stalled_database(private_mariadb, tmp_path):
+    """The server listens at once, ready only once the database answers."""
+    mariadb, _ = private_mariadb
+    proxy = StallingProxy(mariadb.port)
+    proxy.passing.clear()
+    url = f"mysql://faults:faults-password@127.0.0.1:{proxy.port}/faults"
+    started = time.monotonic()
+    running = start_server({"TRADEUP_DATABASE_URL": url, "TRADEUP_RUNTIME_OVERRIDES_FILE": str(tmp_path / "o.json"),
+                            "TRADEUP_DATABASE_READ_TIMEOUT": "30", "TRADEUP_DATABASE_CONNECT_TIMEOUT": "30",
+                            "TRADEUP_HEALTH_CHECK_SECONDS": "0.5", "TRADEUP_BREAKER_RESET_SECONDS": "0.5"})
+    try:
+        assert running.client.health(timeout=1.0) == "SERVING"
+        assert time.monotonic() - started < 3
+        assert running.client.health(OFFER_SERVICE, timeout=1.0) == "NOT_SERVING"
+        began = time.monotonic()
+        with pytest.raises(grpc.RpcError) as err:
+            running.client.generate_offers(customer_id="C0001", timeout=1.0)
+        assert err.value.code() in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE)
+        assert time.monotonic() - began < 1.5
+        assert wait_for(lambda: running.app.admission.in_progress == 0, 3)
+        proxy.passing.set()
+        assert wait_for(lambda: running.client.health(OFFER_SERVICE) == "SERVING", 10)
+        assert running.client.generate_offers(customer_id="C0001", timeout=5).summary.total_offers == 620
+    finally:
+        proxy.close()
+        running.stop()
+
+
+def test_worker_processes_start_against_a_stalled_database(private_mariadb, tmp_path):
+    """`python -m server` with 2 processes: the parent's preparation gives up fast, the workers
+    listen, and readiness follows the database once it answers."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+    from client import OfferClient
+    mariadb, _ = private_mariadb
+    proxy = StallingProxy(mariadb.port)
+    proxy.passing.clear()
+    port = free_port()
+    env = {**os.environ, "TRADEUP_DATABASE_URL": f"mysql://faults:faults-password@127.0.0.1:{proxy.port}/faults",
+           "TRADEUP_PORT": str(port), "TRADEUP_HOST": "127.0.0.1", "TRADEUP_PROCESSES": "2",
+           "TRADEUP_DATABASE_READ_TIMEOUT": "30", "TRADEUP_DATABASE_CONNECT_TIMEOUT": "30",
+           "TRADEUP_HEALTH_CHECK_SECONDS": "0.5", "TRADEUP_BREAKER_RESET_SECONDS": "0.5",
+           "TRADEUP_RUNTIME_OVERRIDES_FILE": str(tmp_path / "o.json"), "TRADEUP_LOG_LEVEL": "ERROR"}
+    started = time.monotonic()
+    process = subprocess.Popen([sys.executable, "-m", "server"], cwd=Path(__file__).resolve().parents[1], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert "(2 processes)" in process.stdout.readline()
+        listening_after = time.monotonic() - started
+        with OfferClient(f"127.0.0.1:{port}", timeout=5) as client:
+            assert client.health() == "SERVING"
+            assert client.health(OFFER_SERVICE) == "NOT_SERVING"
+            proxy.passing.set()
+            assert wait_for(lambda: client.health(OFFER_SERVICE) == "SERVING", 15)
+            assert client.generate_offers(customer_id="C0001", max_offers=1).summary.total_offers == 620
+        assert listening_after < 15, listening_after  # interpreter start and imports included; no database wait
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+    finally:
+        proxy.close()
+        if process.poll() is None:
+            process.kill()
+
+
+def test_calls_after_shutdown_begins_end_unavailable(private_mariadb, tmp_path):
+    """While the calls in progress drain, new calls end UNAVAILABLE (clients retry elsewhere),
+    on existing connections and new ones; the call in progress still completes."""
+    from protos.tradeup.v1 import offers_pb2, offers_pb2_grpc
     mariadb, _ = private_mariadb
     proxy = StallingProxy(mariadb.port)
     url = f"mysql://faults:faults-password@127.0.0.1:{proxy.port}/faults"
     running = start_server({"TRADEUP_DATABASE_URL": url, "TRADEUP_RUNTIME_OVERRIDES_FILE": str(tmp_path / "o.json"),
                             "TRADEUP_DATABASE_READ_TIMEOUT": "30", "TRADEUP_HEALTH_CHECK_SECONDS": "5"})
+    app = running.app
+    results: list = []
     try:
-        running.client.generate_offers(customer_id="C0001")  # inventory snapshot cached
-        proxy.passing.clear()
-        for _ in range(6):  # more stalled calls than the 8 server threads could absorb if they stuck
-            started = time.monotonic()
+        running.client.generate_offers(customer_id="C0001")
+        proxy.passing.clear()  # holds the next call in progress
+        in_flight = threading.Thread(target=lambda: results.append(
+            running.client.generate_offers(customer_id="C0001", timeout=30).summary.total_offers))
+        in_flight.start()
+        assert wait_for(lambda: app.admission.in_progress == 1, 5)
+        stopper = threading.Thread(target=app.stop, kwargs={"grace": 30})
+        stopper.start()
+        assert wait_for(lambda: running.client.health(timeout=2) == "NOT_SERVING", 5)
+        with grpc.insecure_channel(running.target) as channel:  # a new connection, no retries
+            stub = offers_pb2_grpc.OfferServiceStub(channel)
             with pytest.raises(grpc.RpcError) as err:
-                running.client.generate_offers(customer_id="C0001", timeout=1.0)
-            assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-            assert time.monotonic() - started < 1.5
-        deadline = time.monotonic() + 3  # the workers come back once their deadline passes
-        while time.monotonic() < deadline and running.app.repository.database.pool_status()[0]:
-            time.sleep(0.05)
-        assert running.app.repository.database.pool_status()[0] == 0, "a worker is still stuck on the database"
-        assert running.app.repository.breaker.state == "closed"  # deadlines are the caller's, not an outage
+                stub.GenerateOffers(offers_pb2.GenerateOffersRequest(customer_id="C0001"), timeout=5)
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE and "shutting down" in err.value.details()
+        with pytest.raises(grpc.RpcError) as err:  # the client's own connection, with its retries
+            running.client.generate_offers(customer_id="C0001", timeout=5)
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert stopper.is_alive()  # still draining
         proxy.passing.set()
-        assert running.client.generate_offers(customer_id="C0001", timeout=5).summary.total_offers == 620
+        in_flight.join(10)
+        stopper.join(10)
+        assert results == [620] and app.stopped.is_set()
     finally:
         proxy.close()
         running.stop()
@@ -208,7 +383,7 @@ def test_outage_under_load(private_mariadb, tmp_path):
     def watch():
         while not stop.is_set():
             try:
-                health.append((time.monotonic(), client.health(timeout=1)))
+                health.append((time.monotonic(), client.health(OFFER_SERVICE, timeout=1)))
             except grpc.RpcError:
                 pass
             time.sleep(0.1)

@@ -12,9 +12,11 @@ import time
 from pathlib import Path
 
 import grpc
+import pytest
 
 from client import OfferClient
 from conftest import free_port
+from protos.tradeup.v1 import offers_pb2, offers_pb2_grpc
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,6 +39,11 @@ def test_sigterm_drains_in_flight_streams_and_exits_zero(tmp_path):
             first = next(stream)
             process.send_signal(signal.SIGTERM)
             time.sleep(0.5)
+            with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:  # no retries: the first answer counts
+                with pytest.raises(grpc.RpcError) as err:
+                    offers_pb2_grpc.OfferServiceStub(channel).GenerateOffers(
+                        offers_pb2.GenerateOffersRequest(customer_id="C00001"), timeout=5)
+                assert err.value.code() == grpc.StatusCode.UNAVAILABLE  # never CANCELLED
             rest = list(stream)  # the in-flight stream is not cut
             assert len([first, *rest]) == 400 and rest[-1].cars_searched == 400
             try:

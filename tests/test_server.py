@@ -289,8 +289,38 @@ def test_too_many_concurrent_calls_are_refused(golden_database, tmp_path):
         with pytest.raises(grpc.RpcError) as err:
             running.client.offers.GenerateOffers(pb.GenerateOffersRequest(customer_id="C0001"), timeout=5)
         assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert running.client.health(timeout=2) == "SERVING"  # probes are never refused
         release.set()
         assert list(stream) == []
+    finally:
+        release.set()
+        running.stop()
+
+
+def test_a_call_waits_for_a_worker_no_longer_than_its_deadline(golden_database, tmp_path):
+    from conftest import start_server
+    running = start_server({**golden_database[1], "TRADEUP_RUNTIME_OVERRIDES_FILE": str(tmp_path / "o.json")},
+                           TRADEUP_MAX_WORKERS=1)
+    release = threading.Event()
+
+    def held_requests():  # keeps the only worker busy until released
+        yield pb.GenerateOffersBulkRequest(customer_id="C0001")
+        release.wait(10)
+
+    try:
+        stream = running.client.offers.GenerateOffersBulk(held_requests(), timeout=20)
+        next(stream)
+        with pytest.raises(grpc.RpcError) as err:
+            running.client.offers.GenerateOffers(pb.GenerateOffersRequest(customer_id="C0001"), timeout=0.5)
+        assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert running.client.health("tradeup.v1.OfferService", timeout=2) == "SERVING"
+        deadline = time.monotonic() + 5  # the waiting call leaves at its deadline, the held one stays
+        while running.app.admission.in_progress != 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert running.app.admission.in_progress == 1
+        release.set()
+        assert list(stream) == []
+        assert running.client.generate_offers(customer_id="C0001", max_offers=1).summary.total_offers == 620
     finally:
         release.set()
         running.stop()

@@ -17,6 +17,7 @@ from typing import Callable, Sequence
 from cachetools import TTLCache
 
 from ..domain import Car, Customer
+from ..errors import DeadlineExceeded
 from .repository import Repository
 
 
@@ -87,14 +88,21 @@ class InventoryCache:
         snapshot = self._get("inventory", self._snapshots, "inventory")
         if snapshot is not None:
             return snapshot
-        with self._load_lock:  # one load at a time; the others then find it cached
+        # One load at a time (the others then find it cached), waited for within the deadline.
+        started = time.monotonic()
+        if not self._load_lock.acquire(timeout=-1 if timeout is None else max(timeout, 0.0)):
+            raise DeadlineExceeded("deadline exceeded waiting for the inventory snapshot")
+        try:
             with self._lock:
                 snapshot = self._snapshots.get("inventory")
             if snapshot is None:
-                snapshot = InventorySnapshot(self.repository.available_cars(timeout), self._clock())
+                left = None if timeout is None else timeout - (time.monotonic() - started)
+                snapshot = InventorySnapshot(self.repository.available_cars(left), self._clock())
                 with self._lock:
                     self._snapshots["inventory"] = snapshot
             return snapshot
+        finally:
+            self._load_lock.release()
 
     def prefilter_sql(self, kernel, customer: Customer, same_region: bool, limit: int,
                       timeout: float | None = None) -> Selection:

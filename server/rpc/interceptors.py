@@ -6,13 +6,14 @@ from __future__ import annotations
 import contextvars
 import logging
 import re
+import threading
 import time
 import uuid
 from typing import Any
 
 import grpc
 
-from ..errors import ResourceExhausted, ServiceError
+from ..errors import DeadlineExceeded, ResourceExhausted, ServiceError, Unavailable
 from ..logs import customer_field
 from ..services.ratelimit import TokenBuckets
 
@@ -52,8 +53,9 @@ def _request_id(context: grpc.ServicerContext) -> str:
     return uuid.uuid4().hex
 
 
-# Probes and tooling are never rate limited.
+# Probes and tooling are never rate limited and never wait for a worker.
 UNLIMITED_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
+_FOREVER = 1e6  # seconds: grpc reports a call without a deadline as one far in the future
 
 
 class ServiceInterceptor(grpc.ServerInterceptor):
@@ -191,3 +193,77 @@ class ServiceInterceptor(grpc.ServerInterceptor):
                     code = "CANCELLED"
                 self._end(method, grpc_type, code, started, tokens, sent)
         return wrapper
+
+
+class Admission(grpc.ServerInterceptor):
+    """Service calls take one of `workers` places for the whole call, waiting for one no longer
+    than their deadline; at most `admitted` calls are in (working or waiting), the others get
+    RESOURCE_EXHAUSTED at once. Health and reflection never take a place, so they answer while
+    every worker is busy. Once draining, new service calls end UNAVAILABLE (clients retry on
+    another replica) while the calls in progress finish."""
+
+    def __init__(self, workers: int, admitted: int):
+        self._workers = threading.BoundedSemaphore(workers)
+        self._admitted_max = admitted
+        self._admitted = 0
+        self._draining = False
+        self._changed = threading.Condition()
+
+    @property
+    def in_progress(self) -> int:
+        with self._changed:
+            return self._admitted
+
+    def _enter(self, context: grpc.ServicerContext) -> None:
+        with self._changed:
+            if self._draining:
+                raise Unavailable("the server is shutting down: retry on another instance")
+            if self._admitted >= self._admitted_max:
+                raise ResourceExhausted(f"more than {self._admitted_max} calls in progress: retry later")
+            self._admitted += 1
+        left = context.time_remaining()
+        if not self._workers.acquire(timeout=-1 if left is None or left > _FOREVER else left):
+            self._leave(False)
+            raise DeadlineExceeded("deadline exceeded waiting for a free worker")
+
+    def _leave(self, working: bool = True) -> None:
+        if working:
+            self._workers.release()
+        with self._changed:
+            self._admitted -= 1
+            self._changed.notify_all()
+
+    def drain(self, timeout: float) -> bool:
+        """Refuse new service calls; wait up to `timeout` for the ones in progress. True if none is left."""
+        with self._changed:
+            self._draining = True
+            return self._changed.wait_for(lambda: self._admitted == 0, timeout)
+
+    def intercept_service(self, continuation, handler_call_details):
+        handler = continuation(handler_call_details)
+        if handler is None or handler_call_details.method.startswith(UNLIMITED_PREFIXES):
+            return handler
+        if handler.unary_unary or handler.stream_unary:
+            behavior = handler.unary_unary or handler.stream_unary
+
+            def unary(request, context):
+                self._enter(context)
+                try:
+                    return behavior(request, context)
+                finally:
+                    self._leave()
+            wrapped = unary
+        else:
+            behavior = handler.unary_stream or handler.stream_stream
+
+            def streaming(request, context):
+                self._enter(context)
+                try:
+                    yield from behavior(request, context)
+                finally:
+                    self._leave()
+            wrapped = streaming
+        kind = {(False, False): "unary_unary", (False, True): "unary_stream", (True, False): "stream_unary",
+                (True, True): "stream_stream"}[(handler.request_streaming, handler.response_streaming)]
+        return getattr(grpc, f"{kind}_rpc_method_handler")(wrapped, handler.request_deserializer,
+                                                          handler.response_serializer)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from concurrent import futures
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from protos.tradeup.v1 import admin_pb2, admin_pb2_grpc, offers_pb2
 
 from ..config import Settings
-from .interceptors import ServiceInterceptor
+from .interceptors import Admission, ServiceInterceptor
 from .servicers import PRE_ENCODED, AdminServicer, OfferServicer
 
 log = logging.getLogger("tradeup.server")
@@ -60,38 +61,46 @@ class MethodAwareReflectionServicer(reflection.ReflectionServicer):
         return response
 
 
-class HealthMonitor:
-    """Keeps grpc.health.v1 in step with the database: pings it every `interval` seconds (and
-    hears the circuit breaker), NOT_SERVING while it is unreachable and after shutdown begins."""
+PROBE_TIMEOUT = 0.5  # seconds
 
-    def __init__(self, servicer: health.HealthServicer, ping, interval: float):
+
+class HealthMonitor:
+    """Keeps grpc.health.v1 in step with the process and the database. Liveness is not readiness:
+    the overall service ("") is SERVING while the process runs and not shutting down;
+    tradeup.v1.OfferService is SERVING while the database answers. `check` runs on a thread of
+    its own every `interval` seconds, each probe bounded by PROBE_TIMEOUT (a healthy database
+    answers in well under a millisecond), so it neither waits behind business calls nor for a
+    stalled database: a stall shows within interval + PROBE_TIMEOUT."""
+
+    def __init__(self, servicer: health.HealthServicer, check_database, interval: float):
         self.servicer = servicer
-        self.ping = ping
+        self.check_database = check_database  # (timeout) -> None, raises when unreachable
         self.interval = interval
         self.reachable: bool | None = None  # unknown until the first check
         self.shutting_down = False
+        self.first_check = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="health", daemon=True)
+        self._publish()
 
     def start(self) -> None:
-        self.check()
         self._thread.start()
 
     def check(self) -> bool:
         try:
-            self.ping(min(self.interval, 2.0))
+            self.check_database(min(self.interval, PROBE_TIMEOUT))
             self.set_reachable(True)
-        except Exception:  # any failure to answer means not serving
+        except Exception as exc:  # any failure to answer means not ready
+            if self.reachable is not False:
+                log.warning("database check failed: %s", exc)
             self.set_reachable(False)
         return self.reachable
 
     def set_reachable(self, reachable: bool) -> None:
         if reachable == self.reachable:
             return  # Watch streams hear changes only
-        if reachable:
-            log.info("database reachable: serving")
-        else:
-            log.warning("database unreachable: not serving")
+        log.log(logging.INFO if reachable else logging.WARNING, "database %s",
+                "reachable: serving" if reachable else "unreachable: not serving")
         self.reachable = reachable
         self._publish()
 
@@ -100,14 +109,19 @@ class HealthMonitor:
             self.set_reachable(False)
 
     def _publish(self) -> None:
-        status = SERVING if self.reachable and not self.shutting_down else NOT_SERVING
-        for service in ("", OFFER_SERVICE):
-            self.servicer.set(service, status)
-        self.servicer.set(ADMIN_SERVICE, NOT_SERVING if self.shutting_down else SERVING)
+        alive = NOT_SERVING if self.shutting_down else SERVING
+        self.servicer.set("", alive)
+        self.servicer.set(ADMIN_SERVICE, alive)
+        self.servicer.set(OFFER_SERVICE, SERVING if self.reachable and not self.shutting_down else NOT_SERVING)
 
     def _run(self) -> None:
-        while not self._stop.wait(self.interval):
+        next_check = time.monotonic()
+        while True:
             self.check()
+            self.first_check.set()
+            next_check = max(next_check + self.interval, time.monotonic())
+            if self._stop.wait(next_check - time.monotonic()):
+                return
 
     def begin_shutdown(self) -> None:
         self.shutting_down = True
@@ -115,16 +129,27 @@ class HealthMonitor:
         self._publish()
 
 
+# Threads beyond the admitted service calls: health and reflection always find one.
+PROBE_THREADS = 4
+
+
+def rpc_threads(settings: Settings) -> int:
+    """Threads the server needs: one per admitted service call (working or waiting for a worker,
+    see Admission) plus PROBE_THREADS, so grpc never queues a call behind busy threads."""
+    return settings.server.max_concurrent_rpcs + PROBE_THREADS
+
+
 def create_server(settings: Settings, offer_servicer: OfferServicer, admin_servicer: AdminServicer,
-                  health_servicer: health.HealthServicer, interceptor: ServiceInterceptor,
+                  health_servicer: health.HealthServicer, interceptor: ServiceInterceptor, admission: Admission,
                   executor: futures.ThreadPoolExecutor, address: str | None = None) -> tuple[grpc.Server, int]:
-    """A server ready to start, serving on `executor`'s threads (the caller shuts it down after
-    stopping the server: grpc does not), and the port it bound."""
+    """A server ready to start, serving on `executor`'s threads (rpc_threads of them; the caller
+    shuts it down after stopping the server: grpc does not), and the port it bound."""
     s = settings.server
     server = grpc.server(
         executor,
-        interceptors=[interceptor],
-        maximum_concurrent_rpcs=s.max_concurrent_rpcs,
+        interceptors=[interceptor, admission],
+        # No limit of grpc's own: it would refuse health checks too. Admission refuses service
+        # calls beyond max_concurrent_rpcs at once, so PROBE_THREADS threads stay free for probes.
         options=[("grpc.max_receive_message_length", s.max_message_bytes),
                  ("grpc.max_send_message_length", s.max_message_bytes),
                  # Several worker processes may share the port (server.processes).

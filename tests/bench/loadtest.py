@@ -67,13 +67,18 @@ def seed(url: str, cars: int, customers: int = 5000) -> None:
 
 
 class Server:
-    def __init__(self, url: str, processes: int, workdir: Path):
+    """`python -m server` with `processes` workers on MariaDB at `url`, or with url None on an
+    embedded SQLite file in `workdir` (seeded with the demo data on first start)."""
+
+    def __init__(self, url: str | None, processes: int, workdir: Path, command: list[str] | None = None):
         self.port = free_port()
-        env = {**os.environ, "TRADEUP_DATABASE_URL": url, "TRADEUP_PROCESSES": str(processes),
+        database = {"TRADEUP_DATABASE_URL": url, "TRADEUP_SEED_DEMO_DATA": "false"} if url else \
+            {"TRADEUP_SQLITE_PATH": str(workdir / "bench.db"), "TRADEUP_SEED_DEMO_DATA": "true"}
+        env = {**os.environ, **database, "TRADEUP_PROCESSES": str(processes),
                "TRADEUP_PORT": str(self.port), "TRADEUP_HOST": "127.0.0.1", "TRADEUP_LOG_LEVEL": "WARNING",
-               "TRADEUP_SEED_DEMO_DATA": "false", "TRADEUP_MAX_CONCURRENT_RPCS": "1000",
-"TRADEUP_RUNTIME_OVERRIDES_FILE": str(workdir / "overrides.json")}
-        self.process = subprocess.Popen([sys.executable, "-m", "server"], cwd=ROOT, env=env,
+               "TRADEUP_MAX_CONCURRENT_RPCS": "1000",
+               "TRADEUP_RUNTIME_OVERRIDES_FILE": str(workdir / "overrides.json")}
+        self.process = subprocess.Popen(command or [sys.executable, "-m", "server"], cwd=ROOT, env=env,
                                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         if "listening" not in self.process.stdout.readline():
             self.stop()
@@ -84,6 +89,17 @@ class Server:
         children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
         extra = [int(p) for p in children.read_text().split()] if children.exists() else []
         return [self.process.pid, *extra]
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the server's processes so far (every thread)."""
+        ticks = 0
+        for pid in self.pids():
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except FileNotFoundError:
+                continue
+            ticks += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+        return ticks / os.sysconf("SC_CLK_TCK")
 
     def rss_mb(self) -> float:
         total = 0
