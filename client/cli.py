@@ -172,7 +172,21 @@ def cmd_config(client: OfferClient, args) -> int:
 
 
 def cmd_set_params(client: OfferClient, args) -> int:
-    print(json.dumps(client.update_business_parameters(json.loads(args.changes)), indent=1, sort_keys=True))
+    print(json.dumps(client.update_business_parameters(json.loads(args.changes), changed_by=args.by), indent=1,
+                     sort_keys=True))
+    return 0
+
+
+def cmd_history(client: OfferClient, args) -> int:
+    changes = client.config_history(args.key, args.limit).changes
+    if args.json:
+        print(json.dumps([json_format.MessageToDict(c, preserving_proto_field_name=True) for c in changes], indent=1))
+        return 0
+    print(f"{len(changes)} configuration changes, newest first")
+    for c in changes:
+        old, new = (json.dumps(json_format.MessageToDict(v)) for v in (c.old_value, c.new_value))
+        when = c.changed_at.ToDatetime().strftime("%Y-%m-%d %H:%M:%S")
+        print(f"  v{c.version:<5} {when} UTC  {c.changed_by or '-'}  {c.key}: {old} -> {new}")
     return 0
 
 
@@ -256,7 +270,14 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_parser(name, help=doc).set_defaults(run=run)
     p = sub.add_parser("set-params", help="change business parameters at runtime (admin)")
     p.add_argument("changes", help='partial params.json document, e.g. \'{"fees": {"service_fee_pct": 0.035}}\'')
+    p.add_argument("--by", default=os.environ.get("USER", ""), help="who makes the change, for the history "
+                   "(default $USER)")
     p.set_defaults(run=cmd_set_params)
+    p = sub.add_parser("history", help="configuration changes, newest first: who, when, old, new (admin)")
+    p.add_argument("--key", default="", help='only keys starting with this, e.g. "business.fees."')
+    p.add_argument("--limit", type=int, default=20, help="changes shown (at most 1000)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=cmd_history)
     return parser
 
 

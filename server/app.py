@@ -14,14 +14,16 @@ from .data import demo
 from .data.breaker import CircuitBreaker
 from .data.database import open_database
 from .data.inventory import InventoryCache
+from .data.redislink import RedisLink
 from .data.repository import Repository
 from .metrics import Metrics
 from .rpc.interceptors import ServiceInterceptor
 from .rpc.server import HealthMonitor, create_server
 from .rpc.servicers import AdminServicer, OfferServicer
 from .services.admin import AdminService
+from .services.changefeed import ChangeFeed
 from .services.offers import OfferService
-from .services.ratelimit import TokenBuckets
+from .services.ratelimit import SharedTokenBuckets, TokenBuckets
 
 log = logging.getLogger("tradeup.server")
 
@@ -55,7 +57,11 @@ class Application:
         self.engine = Engine(kernel, workers=e.workers or None, offer_chunk_cars=e.offer_chunk_cars,
                              subsidy_chunk_cars=e.subsidy_chunk_cars)
         self.inventory = InventoryCache(self.repository, settings.cache.inventory_ttl_seconds,
-                                        settings.cache.prefilter_max_entries)
+                                        settings.cache.prefilter_max_entries,
+                                        overlap_seconds=settings.cache.change_overlap_seconds)
+        self.redis = RedisLink(settings.redis) if settings.redis.url else None
+        self.changes = ChangeFeed(self.repository, self.settings, self.inventory, settings.cache.change_poll_seconds,
+                                  self.redis)
         self.offers = OfferService(self.settings, self.repository, self.inventory, self.engine,
                                    on_priced=lambda r: self.metrics.offers_priced(
                                        r.offers.tier_counts, r.offers.rejected, r.offers.cars_evaluated,
@@ -65,14 +71,16 @@ class Application:
         self.monitor = HealthMonitor(self.health, self._ping, settings.database.health_check_seconds)
         self.repository.breaker.listeners.append(self.monitor.on_breaker)
         self.admin = AdminService(self.settings, self.repository, self.inventory, kernel.IMPLEMENTATION,
-                                  lambda: bool(self.monitor.reachable))
+                                  lambda: bool(self.monitor.reachable), self.changes)
         self.metrics.watch_status(self.admin.status)
         self.metrics_port = 0
         s = settings.server
-        self.interceptor = ServiceInterceptor(
-            self.metrics, s.log_customer_ids,
-            TokenBuckets(s.rate_limit_per_second, s.rate_limit_burst) if s.rate_limit_per_second else None,
-            s.rate_limit_key)
+        limiter = None
+        if s.rate_limit_per_second:
+            limiter = TokenBuckets(s.rate_limit_per_second, s.rate_limit_burst)
+            if self.redis is not None:
+                limiter = SharedTokenBuckets(s.rate_limit_per_second, s.rate_limit_burst, self.redis, limiter)
+        self.interceptor = ServiceInterceptor(self.metrics, s.log_customer_ids, limiter, s.rate_limit_key)
         self._rpc_pool = futures.ThreadPoolExecutor(max_workers=s.max_workers, thread_name_prefix="rpc")
         self.server, self.port = create_server(
             settings, OfferServicer(self.offers, s.stream_batch_size, s.max_bulk_customers),
@@ -112,6 +120,7 @@ class Application:
             self.inventory.snapshot()
         except Exception as exc:  # serve anyway: health says NOT_SERVING until the database answers
             log.warning("database not ready at start-up (%s); will retry", exc)
+        self.changes.start()  # the database's configuration applies before the first call
         self.server.start()
         self.monitor.start()
         s = self.settings.current.server
@@ -127,6 +136,7 @@ class Application:
         self.server.stop(grace).wait()
         self._rpc_pool.shutdown(wait=True)
         self._health_pool.shutdown(wait=True)
+        self.changes.stop()
         self.metrics.close()
         self.engine.close()
         self.repository.database.close()

@@ -98,16 +98,25 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
 
     def GetConfig(self, request, context):
         self._authorize(context)
-        return admin_pb2.GetConfigResponse(config=converters.to_struct(self.service.config()))
+        config, sources, version = self.service.config()
+        return admin_pb2.GetConfigResponse(config=converters.to_struct(config), sources=sources,
+                                           config_version=version)
 
     def UpdateBusinessParameters(self, request, context):
         self._authorize(context)
-        business = self.service.update_business(converters.from_struct(request.changes))
-        return admin_pb2.UpdateBusinessParametersResponse(business=converters.to_struct(business))
+        changed_by = request.changed_by or dict(context.invocation_metadata()).get("x-caller-id") or context.peer()
+        business, version = self.service.update_business(converters.from_struct(request.changes), changed_by)
+        return admin_pb2.UpdateBusinessParametersResponse(business=converters.to_struct(business),
+                                                          config_version=version)
+
+    def GetConfigHistory(self, request, context):
+        self._authorize(context)
+        return converters.history_to_pb(self.service.history(request.key_prefix, request.limit))
 
     def InvalidateCache(self, request, context):
         self._authorize(context)
-        return admin_pb2.InvalidateCacheResponse(entries_removed=self.service.invalidate_caches())
+        removed, version = self.service.invalidate_caches()
+        return admin_pb2.InvalidateCacheResponse(entries_removed=removed, inventory_version=version)
 
     def GetStatus(self, request, context):
         self._authorize(context)
