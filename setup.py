@@ -25,7 +25,8 @@ setup(
         "pymysql==1.2.4",
         "DBUtils==3.2.0",
         "cachetools==8.0.0",
+        "redis==8.1.0",
     ],
-    extras_require={"test": ["pytest", "hypothesis", "grpcio-tools==1.85.1"]},
+    extras_require={"test": ["pytest", "hypothesis", "grpcio-tools==1.85.1", "PyYAML"]},
     entry_points={"console_scripts": ["tradeup=client.cli:main", "tradeup-server=server.__main__:main"]},
 )
