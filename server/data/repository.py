@@ -75,7 +75,8 @@ CHANGE_SCHEMA = (
         config_version BIGINT NOT NULL DEFAULT 0,
         inventory_version BIGINT NOT NULL DEFAULT 0,
         reload_version BIGINT NOT NULL DEFAULT 0,
-        inventory_mark {stamp_type} NULL DEFAULT NULL
+        inventory_mark {stamp_type} NULL DEFAULT NULL,
+        stamp_sequence BIGINT NOT NULL DEFAULT 0
     ){suffix}""",
     """CREATE TABLE IF NOT EXISTS config_overrides (
         key_path VARCHAR(191) NOT NULL PRIMARY KEY,
@@ -106,13 +107,14 @@ _HAS_INDEX = {"mysql": "SELECT COUNT(*) FROM information_schema.statistics WHERE
                         "AND name = 'idx_inventory_updated_at'"}
 ADD_STAMP_COLUMN = "ALTER TABLE inventory ADD COLUMN {column}"
 ADD_STAMP_INDEX = "CREATE INDEX idx_inventory_updated_at ON inventory (updated_at)"
-_NEXT_STAMP = "(SELECT COALESCE(MAX(updated_at), 0) + 1 FROM inventory)"
+# SQLite stamps come from a counter (not MAX + 1: REPLACE deletes the newest row before inserting).
+_STAMP = ("UPDATE change_versions SET stamp_sequence = stamp_sequence + 1 WHERE id = 1; "
+          "UPDATE inventory SET updated_at = (SELECT stamp_sequence FROM change_versions WHERE id = 1) "
+          "WHERE car_id = NEW.car_id; END")
 SQLITE_STAMP_TRIGGERS = (
-    "CREATE TRIGGER IF NOT EXISTS inventory_stamp_insert AFTER INSERT ON inventory BEGIN "
-    f"UPDATE inventory SET updated_at = {_NEXT_STAMP} WHERE car_id = NEW.car_id; END",
+    f"CREATE TRIGGER IF NOT EXISTS inventory_stamp_insert AFTER INSERT ON inventory BEGIN {_STAMP}",
     "CREATE TRIGGER IF NOT EXISTS inventory_stamp_update AFTER UPDATE OF car_id, brand, model, year, kilometers, "
-    "regular_price, promotion_price, region, color, available ON inventory BEGIN "
-    f"UPDATE inventory SET updated_at = {_NEXT_STAMP} WHERE car_id = NEW.car_id; END",
+    f"regular_price, promotion_price, region, color, available ON inventory BEGIN {_STAMP}",
 )
 CHANGE_STATE = ("SELECT config_version, inventory_version, reload_version, inventory_mark, "
                 "(SELECT MAX(updated_at) FROM inventory) FROM change_versions WHERE id = 1")
