@@ -8,7 +8,7 @@ GRPCURL_VERSION := v1.9.3
 HEALTH_PROBE_VERSION := v0.4.62
 
 .PHONY: install system-deps build protos run migrate seed test test-python bench bench-engine bench-db \
-	bench-growth loadtest soak tools clean
+	bench-growth bench-fleet loadtest soak tools clean
 
 # MariaDB (for the tests) and a C compiler, from Debian's packages when missing.
 system-deps:
@@ -78,6 +78,11 @@ soak: system-deps build
 bench-growth: system-deps build
 	@[ -x $(BIN)/ghz ] || $(MAKE) tools
 	PATH="/usr/sbin:$$PATH" $(PYTHON) -m tests.bench.loadtest --growth
+
+# Change propagation (polling vs Redis), incremental refresh at 100,000 cars, Redis cost at c=16.
+bench-fleet: system-deps build
+	@[ -x $(BIN)/ghz ] || $(MAKE) tools
+	PATH="/usr/sbin:$$PATH" $(PYTHON) -m tests.bench.bench_fleet
 
 # ghz, grpcurl and grpc_health_probe, pinned, into ./bin (needs Go).
 tools:

@@ -20,8 +20,9 @@ ADMIN_TOKEN = "fleet-admin-token"
 
 
 class Fleet:
-    def __init__(self, environ: dict[str, str], ports: list[int], processes: int = 2):
+    def __init__(self, environ: dict[str, str], ports: list[int], processes: int = 2, customer_id: str = "C0001"):
         self.environ = environ
+        self.customer_id = customer_id
         self.ports = ports
         self.processes = processes
         self.children: list[subprocess.Popen] = []
@@ -59,12 +60,12 @@ class Fleet:
         """A client of one instance (the caller closes it)."""
         return OfferClient(f"127.0.0.1:{self.ports[index]}", timeout=30, admin_token=ADMIN_TOKEN)
 
-    def call(self, customer_id: str = "C0001", timeout: float = 30.0) -> pb.GenerateOffersResponse:
+    def call(self, timeout: float = 30.0) -> pb.GenerateOffersResponse:
         """One GenerateOffers on a fresh round_robin channel over every instance: a new connection,
         so the kernel hands it to any worker of the instance it reaches."""
         with grpc.insecure_channel(self.target, options=[("grpc.lb_policy_name", "round_robin")]) as channel:
             stub = offers_pb2_grpc.OfferServiceStub(channel)
-            return stub.GenerateOffers(pb.GenerateOffersRequest(customer_id=customer_id,
+            return stub.GenerateOffers(pb.GenerateOffersRequest(customer_id=self.customer_id,
                                                                 options=pb.OfferOptions(max_offers=1)),
                                        timeout=timeout)
 
