@@ -15,6 +15,7 @@ import golden_data as golden
 from conftest import BACKENDS, database_environ, free_port, load_golden, start_server
 from server.data import demo
 from server.data.inventory import InventorySnapshot
+from server.services.changefeed import CONFIG, INVENTORY, Change
 
 FEE = "business.fees.service_fee_pct"
 
@@ -112,6 +113,8 @@ def fee_of(response) -> float:
 
 def test_a_parameter_change_reaches_the_other_process(fleet_database):
     first, second = servers = start_pair(fleet_database)
+    heard = []
+    second.app.changes.subscribe(heard.append)
     try:
         before = second.client.generate_offers(customer_id="C0001", max_offers=1)
         assert fee_of(before) == pytest.approx(0.04)
@@ -119,6 +122,7 @@ def test_a_parameter_change_reaches_the_other_process(fleet_database):
         after = wait_for(lambda: (r := second.client.generate_offers(customer_id="C0001", max_offers=1))
                          .summary.config_version > before.summary.config_version and r)
         assert fee_of(after) == pytest.approx(0.02)
+        assert Change(CONFIG, after.summary.config_version) in heard
         response = second.client.admin.GetConfig(
             __import__("protos.tradeup.v1.admin_pb2", fromlist=["GetConfigRequest"]).GetConfigRequest(),
             metadata=second.client._admin_metadata())
@@ -135,6 +139,8 @@ def test_a_parameter_change_reaches_the_other_process(fleet_database):
 def test_cars_changed_by_plain_sql_leave_every_process(fleet_database):
     servers = start_pair(fleet_database)
     repository = servers[0].app.repository
+    heard = []
+    servers[1].app.changes.subscribe(heard.append)
     try:
         response = servers[1].client.generate_offers(customer_id="C0001", max_offers=1)
         sold = response.groups[0].offers[0].car_id if response.groups[0].offers else \
@@ -150,6 +156,8 @@ def test_cars_changed_by_plain_sql_leave_every_process(fleet_database):
         # Both processes saw one change: one version step, not one per process.
         versions = {s.client.status().inventory_version for s in servers}
         assert versions == {version + 1}
+        # A subscriber inside the process is told which car changed, under which version.
+        assert Change(INVENTORY, version + 1, (sold,)) in heard
         # Our own writes move the version too, and a repriced car is priced at its new price.
         car = next(c for c in golden.cars() if c.car_id == sold)
         repository.put_cars([dataclasses.replace(car, regular_price=car.regular_price + 1000, promotion_price=None)])
@@ -256,3 +264,26 @@ def test_the_rate_limit_is_one_bucket_across_processes(sqlite_fleet, redis_serve
         assert servers[1].client.status().redis_state == "down"
     finally:
         stop_all(servers)
+
+
+def test_migrating_an_existing_inventory_adds_the_stamp(tmp_path):
+    from server.app import open_repository
+    from server.data import repository as sql
+    from conftest import make_settings
+    repository = open_repository(make_settings({"TRADEUP_SQLITE_PATH": str(tmp_path / "old.db")}))
+    try:
+        with repository.database.cursor() as cursor:  # the schema before the change feed
+            for statement in sql.SCHEMA:
+                cursor.execute(statement.format(id_type="VARCHAR(64)", suffix=""))
+            cursor.execute("INSERT INTO inventory (car_id, brand, model, year, kilometers, regular_price) "
+                           "VALUES ('OLD1', 'Kia', 'Rio', 2020, 1000, 200000)")
+        repository.migrate()
+        repository.migrate()  # idempotent
+        before = repository.change_state()
+        with repository.database.cursor() as cursor:
+            cursor.execute("UPDATE inventory SET available = 0 WHERE car_id = 'OLD1'")
+        after = repository.change_state()
+        assert after.latest_stamp > (before.latest_stamp or 0)
+        assert [c.car_id for c in repository.changed_cars(before.latest_stamp, 0)[0]] == ["OLD1"]
+    finally:
+        repository.database.close()

@@ -265,7 +265,7 @@ class InventoryCache:
             if snapshot is None:
                 return None  # loaded on first use
             if state.reload_version != snapshot.reload_version:
-                snapshot = self._load(timeout)
+                snapshot = self._load(None)  # seconds at 100,000 cars: bounded by the database timeouts
                 self._install(snapshot)
                 return snapshot.version, None
             now = self._clock()

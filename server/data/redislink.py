@@ -43,6 +43,8 @@ class RedisLink:
         return ":".join((self.settings.prefix, *parts))
 
     def _mark(self, up: bool, error: BaseException | None = None) -> None:
+        if up == self.up:
+            return  # the common case, without the lock
         with self._lock:
             if up == self.up:
                 return

@@ -60,10 +60,11 @@ class OfferServicer(offers_pb2_grpc.OfferServiceServicer):
     def FindMinimumSubsidy(self, request: pb.FindMinimumSubsidyRequest, context):
         service = self.service
         query = converters.subsidy_query(request)
-        params = service.params_for(query)
-        customer = service.load_customer(query.customer, context.time_remaining)
+        settings = service.settings_now()  # one configuration version for the whole call
+        params = service.params_for(query, settings)
+        customer = service.load_customer(query.customer, context.time_remaining, settings)
         selection = service.subsidy_cars(customer, list(request.car_ids), query.same_region, query.max_cars,
-                                         context.time_remaining)
+                                         context.time_remaining, settings)
         note_call(customer=customer.customer_id, cars=len(selection.car_ids))
         total, viable = len(selection.car_ids), 0
         for first in range(0, max(total, 1), self.batch_size):

@@ -152,9 +152,13 @@ class ChangeFeed:
         removed = self.inventory.invalidate()
         version = self.repository.request_reload()
         self._publish(INVENTORY, version)
-        snapshot = self.inventory.snapshot(self.timeout)  # reload here now, not on the next request
-        self._notify(Change(INVENTORY, snapshot.version, None))
-        return removed, snapshot.version
+        try:  # reload here now rather than in the next request; if it fails, that request will
+            version = self.inventory.snapshot().version
+        except Exception as exc:
+            log.warning("inventory reload after invalidation failed (%s); the next request reloads", exc)
+            return removed, version
+        self._notify(Change(INVENTORY, version, None))
+        return removed, version
 
     def status(self) -> dict[str, Any]:
         return {"config_version": self.settings.current.version,
