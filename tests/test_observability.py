@@ -24,7 +24,7 @@ def value(samples, name, **labels) -> float:
 
 @pytest.fixture
 def observed(golden_database, tmp_path):
-    running = start_server({**golden_database[1], "TRADEUP_RUNTIME_OVERRIDES_FILE": str(tmp_path / "o.json")},
+    running = start_server(golden_database[1],
                            TRADEUP_METRICS_PORT=free_port(), TRADEUP_METRICS_HOST="127.0.0.1")
     yield running
     running.stop()

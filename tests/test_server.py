@@ -283,7 +283,7 @@ def test_admin_status_and_invalidation(server):
 
 def test_too_many_concurrent_calls_are_refused(golden_database, tmp_path):
     from conftest import start_server
-    running = start_server({**golden_database[1], "TRADEUP_RUNTIME_OVERRIDES_FILE": str(tmp_path / "o.json")},
+    running = start_server(golden_database[1],
                            TRADEUP_MAX_CONCURRENT_RPCS=1)
     release = threading.Event()
 
@@ -306,7 +306,7 @@ def test_too_many_concurrent_calls_are_refused(golden_database, tmp_path):
 
 def test_graceful_shutdown_lets_a_running_stream_finish(golden_database, tmp_path):
     from conftest import start_server
-    running = start_server({**golden_database[1], "TRADEUP_RUNTIME_OVERRIDES_FILE": str(tmp_path / "o.json")},
+    running = start_server(golden_database[1],
                            TRADEUP_STREAM_BATCH_SIZE=1)
     stream = running.client.find_minimum_subsidy(customer_id="C0001", max_cars=300, timeout=30)
     first = next(stream)

@@ -140,6 +140,9 @@ SET_CONFIG_VERSION = "UPDATE change_versions SET config_version = %s WHERE id = 
 CONFIG_HISTORY = ("SELECT version, key_path, old_json, new_json, changed_at, changed_by FROM config_history "
                   "WHERE SUBSTR(key_path, 1, %s) = %s ORDER BY id DESC LIMIT %s")
 # SQLite: IMMEDIATE takes the write lock at once, so two writers serialize instead of failing.
+# Stamps cross process boundaries as values: read and compare them in UTC, never in a local time
+# zone whose clock goes back an hour once a year.
+UTC_SESSION = "SET time_zone = '+00:00'"
 _BEGIN = {("mysql", False): "START TRANSACTION", ("mysql", True): "START TRANSACTION",
           ("sqlite", False): "BEGIN", ("sqlite", True): "BEGIN IMMEDIATE"}
 
@@ -256,6 +259,10 @@ class Repository:
                     cursor.execute(statement)
         self._run("migrate", work, None)
 
+    def _utc(self, cursor) -> None:
+        if self.backend == "mysql":
+            cursor.execute(UTC_SESSION)
+
     def _transaction(self, cursor, work: Callable[[Any], T], write: bool = False) -> T:
         cursor.execute(_BEGIN[self.backend, write])
         try:
@@ -357,6 +364,7 @@ class Repository:
     def change_state(self, timeout: float | None = None) -> ChangeState:
         """The version counters and the newest inventory stamp, in one round trip."""
         def work(cursor):
+            self._utc(cursor)
             cursor.execute(CHANGE_STATE)
             return cursor.fetchone()
         row = self._run("change_state", work, timeout)
@@ -365,8 +373,10 @@ class Repository:
     def note_inventory_change(self, latest_stamp: Any, timeout: float | None = None) -> None:
         """Move the inventory version for rows stamped up to `latest_stamp`, unless another
         process already did (rows written by plain SQL move it this way)."""
-        self._run("note_inventory_change", lambda cursor: cursor.execute(
-            self._sql(NOTE_INVENTORY_CHANGE), (latest_stamp, latest_stamp)), timeout)
+        def work(cursor):
+            self._utc(cursor)
+            cursor.execute(self._sql(NOTE_INVENTORY_CHANGE), (latest_stamp, latest_stamp))
+        self._run("note_inventory_change", work, timeout)
 
     def changed_cars(self, since: Any, overlap_seconds: float, timeout: float | None = None) -> tuple[list[Car], Any]:
         """Cars (available or not) stamped after `since` (None: every car), and the newest stamp
@@ -378,6 +388,7 @@ class Repository:
             since = since - timedelta(seconds=overlap_seconds)
 
         def work(cursor):
+            self._utc(cursor)
             cursor.execute(self._sql(CHANGED_CARS), (since,))
             return cursor.fetchall()
         rows = self._run("changed_cars", work, timeout)
