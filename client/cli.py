@@ -178,7 +178,7 @@ def cmd_set_params(client: OfferClient, args) -> int:
 
 
 def cmd_history(client: OfferClient, args) -> int:
-    changes = client.config_history(args.key, args.limit).changes
+    changes = client.config_history(args.prefix, args.limit).changes
     if args.json:
         print(json.dumps([json_format.MessageToDict(c, preserving_proto_field_name=True) for c in changes], indent=1))
         return 0
@@ -274,7 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default $USER)")
     p.set_defaults(run=cmd_set_params)
     p = sub.add_parser("history", help="configuration changes, newest first: who, when, old, new (admin)")
-    p.add_argument("--key", default="", help='only keys starting with this, e.g. "business.fees."')
+    p.add_argument("--prefix", default="", help='only keys starting with this, e.g. "business.fees."')
     p.add_argument("--limit", type=int, default=20, help="changes shown (at most 1000)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=cmd_history)

@@ -27,7 +27,8 @@ class RedisServer:
         log = open(self.workdir / "redis.log", "ab")
         self.process = subprocess.Popen(
             [binary() or "redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.workdir), "--protected-mode", "no"],
+             "--appendonly", "no", "--dir", str(self.workdir), "--protected-mode", "no",
+             "--enable-debug-command", "local"],  # DEBUG SLEEP: a slow Redis
             stdout=log, stderr=log)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -43,6 +44,13 @@ class RedisServer:
             return bool(redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=1).ping())
         except redis.RedisError:
             return False
+
+    def stall(self, seconds: float) -> None:
+        """Make Redis unresponsive for `seconds` (it blocks in DEBUG SLEEP), in the background."""
+        import threading
+        client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=seconds + 30)
+        threading.Thread(target=client.execute_command, args=("DEBUG", "SLEEP", seconds), daemon=True).start()
+        time.sleep(0.1)  # the command has reached the server
 
     def kill(self) -> None:
         """Stop it hard, as a crash would."""

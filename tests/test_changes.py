@@ -258,6 +258,11 @@ def test_the_rate_limit_is_one_bucket_across_processes(sqlite_fleet, redis_serve
         with pytest.raises(grpc.RpcError) as err:  # the fourth call, whichever process takes it
             servers[1].client.generate_offers(customer_id="C0001", max_offers=1, metadata=caller)
         assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        # Redis slow: the call does not wait for it (the local bucket decides), nor fail.
+        redis_server.stall(8)
+        started = time.monotonic()
+        servers[0].client.generate_offers(customer_id="C0001", max_offers=1, metadata=caller)
+        assert time.monotonic() - started < 6 and servers[0].client.status().redis_state == "down"
         redis_server.kill()
         # Redis down: each process limits on its own (its local bucket is still full); nothing fails.
         servers[1].client.generate_offers(customer_id="C0001", max_offers=1, metadata=caller)

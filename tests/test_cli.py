@@ -52,3 +52,15 @@ def test_admin_commands_and_errors(server):
     assert denied.returncode == 1 and "UNAUTHENTICATED" in denied.stderr
     bad = run_cli(server, "offers", "C0001", "--rate", "250")
     assert bad.returncode == 1 and "INVALID_ARGUMENT: overrides.interest_rate" in bad.stderr
+
+
+def test_set_params_then_history(server):
+    changed = run_cli(server, "set-params", '{"fees": {"cac_bonus": 250}}', "--by", "ana")
+    assert changed.returncode == 0, changed.stderr
+    assert json.loads(changed.stdout)["fees"]["cac_bonus"] == 250
+    history = run_cli(server, "history", "--prefix", "business.fees.")
+    assert history.returncode == 0, history.stderr
+    lines = history.stdout.splitlines()
+    assert lines[0] == "1 configuration changes, newest first"
+    assert " UTC  ana  business.fees.cac_bonus: null -> 250.0" in lines[1]
+    assert json.loads(run_cli(server, "history", "--json").stdout)[0]["changed_by"] == "ana"
