@@ -167,6 +167,12 @@ def cmd_health(client: OfferClient, args) -> int:
 
 
 def cmd_config(client: OfferClient, args) -> int:
+    if args.sources:
+        sources, version = client.config_sources()
+        print(f"configuration version {version}")
+        for key in sorted(sources):
+            print(f"  {key:60} {sources[key]}")
+        return 0
     print(json.dumps(client.get_config(), indent=1, sort_keys=True))
     return 0
 
@@ -264,8 +270,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--watch-seconds", type=float, default=None, help="stop watching after this long")
     p.set_defaults(run=cmd_health)
 
-    for name, run, doc in (("config", cmd_config, "effective configuration (admin)"),
-                           ("status", cmd_status, "detailed status (admin)"),
+    p = sub.add_parser("config", help="effective configuration (admin)")
+    p.add_argument("--sources", action="store_true", help="where each key's value comes from instead")
+    p.set_defaults(run=cmd_config)
+    for name, run, doc in (("status", cmd_status, "detailed status (admin)"),
                            ("invalidate", cmd_invalidate, "drop the inventory caches (admin)")):
         sub.add_parser(name, help=doc).set_defaults(run=run)
     p = sub.add_parser("set-params", help="change business parameters at runtime (admin)")

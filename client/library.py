@@ -130,6 +130,12 @@ class OfferClient:
                                         metadata=self._admin_metadata())
         return json_format.MessageToDict(response.config)
 
+    def config_sources(self, timeout: float | None = None) -> tuple[dict[str, str], int]:
+        """(key path -> "database", "file", "environment" or "default"; the configuration version)."""
+        response = self.admin.GetConfig(admin_pb2.GetConfigRequest(), timeout=self._timeout(timeout),
+                                        metadata=self._admin_metadata())
+        return dict(response.sources), response.config_version
+
     def update_business_parameters(self, changes: dict[str, Any], timeout: float | None = None,
                                    changed_by: str = "") -> dict[str, Any]:
         """Store the changes for every process; `changed_by` goes into the history."""

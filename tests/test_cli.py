@@ -64,3 +64,7 @@ def test_set_params_then_history(server):
     assert lines[0] == "1 configuration changes, newest first"
     assert " UTC  ana  business.fees.cac_bonus: null -> 250.0" in lines[1]
     assert json.loads(run_cli(server, "history", "--json").stdout)[0]["changed_by"] == "ana"
+    sources = run_cli(server, "config", "--sources").stdout.splitlines()
+    assert sources[0].startswith("configuration version ")
+    assert [line.split() for line in sources if "fees.cac_bonus" in line or "server.port " in line] == [
+        ["business.fees.cac_bonus", "database"], ["server.port", "environment"]]

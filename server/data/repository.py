@@ -190,6 +190,20 @@ class ConfigChange:
     changed_by: str
 
 
+def _ensure(cursor, exists: str, create: str) -> None:
+    """Run `create` unless `exists` counts the object already; replicas migrating at the same
+    time may both try: the loser's error is ignored once the object is there."""
+    cursor.execute(exists)
+    if cursor.fetchone()[0]:
+        return
+    try:
+        cursor.execute(create)
+    except Exception:
+        cursor.execute(exists)
+        if not cursor.fetchone()[0]:
+            raise
+
+
 def _car(row) -> Car:
     return Car(car_id=row[0], brand=row[1], model=row[2], year=int(row[3]), kilometers=int(row[4]),
                regular_price=float(row[5]), promotion_price=None if row[6] is None else float(row[6]),
@@ -248,12 +262,8 @@ class Repository:
             for statement in SCHEMA + CHANGE_SCHEMA:
                 cursor.execute(statement.format(**names))
             cursor.execute(_SEED_VERSIONS[backend])
-            cursor.execute(_HAS_COLUMN[backend])
-            if not cursor.fetchone()[0]:
-                cursor.execute(ADD_STAMP_COLUMN.format(column=_STAMP_COLUMN[backend]))
-            cursor.execute(_HAS_INDEX[backend])
-            if not cursor.fetchone()[0]:
-                cursor.execute(ADD_STAMP_INDEX)
+            _ensure(cursor, _HAS_COLUMN[backend], ADD_STAMP_COLUMN.format(column=_STAMP_COLUMN[backend]))
+            _ensure(cursor, _HAS_INDEX[backend], ADD_STAMP_INDEX)
             if backend == "sqlite":
                 for statement in SQLITE_STAMP_TRIGGERS:
                     cursor.execute(statement)
