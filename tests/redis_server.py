@@ -49,7 +49,14 @@ class RedisServer:
         """Make Redis unresponsive for `seconds` (it blocks in DEBUG SLEEP), in the background."""
         import threading
         client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=seconds + 30)
-        threading.Thread(target=client.execute_command, args=("DEBUG", "SLEEP", seconds), daemon=True).start()
+
+        def sleep():
+            try:
+                client.execute_command("DEBUG", "SLEEP", seconds)
+            except redis.RedisError:
+                pass  # killed while asleep
+
+        threading.Thread(target=sleep, daemon=True).start()
         time.sleep(0.1)  # the command has reached the server
 
     def kill(self) -> None:
