@@ -34,13 +34,14 @@ def wait_for(condition, timeout: float = 30.0, interval: float = 0.05):
 # --- the snapshot, incrementally -------------------------------------------------------------------
 def _columns(snapshot):
     return (snapshot.car_ids, list(snapshot.years), list(snapshot.prices), list(snapshot.kilometers),
-            [snapshot.cars[k].region for k in range(len(snapshot))])
+            [snapshot.by_id[car_id].region for car_id in snapshot.car_ids])
 
 
 def _check(following, expected_cars):
     reference = InventorySnapshot(expected_cars, 0.0)
     assert _columns(following) == _columns(reference)
-    assert all(following.region_codes[car.region] == code for car, code in zip(following.cars, following.regions))
+    assert all(following.region_codes[following.by_id[i].region] == code
+               for i, code in zip(following.car_ids, following.regions))
     by_id = sorted(zip(following.car_ids, following.ranks))
     assert all(a[1] < b[1] for a, b in zip(by_id, by_id[1:])), "ranks must order cars by car_id"
     assert all(following.row_of[car_id] == row for row, car_id in enumerate(following.car_ids))

@@ -75,9 +75,7 @@ class RowIndex(Mapping):
         self._snapshot = snapshot
 
     def __getitem__(self, car_id: str) -> int:
-        snapshot = self._snapshot
-        car = snapshot.by_id[car_id]
-        return bisect.bisect_left(snapshot.cars, _order(car), key=_order)
+        return self._snapshot.position(self._snapshot.by_id[car_id])
 
     def __contains__(self, car_id: object) -> bool:
         return car_id in self._snapshot.by_id
@@ -86,7 +84,7 @@ class RowIndex(Mapping):
         return iter(self._snapshot.car_ids)
 
     def __len__(self) -> int:
-        return len(self._snapshot.cars)
+        return len(self._snapshot.car_ids)
 
 
 class InventorySnapshot:
@@ -97,15 +95,15 @@ class InventorySnapshot:
         cars = sorted(cars, key=_order)
         ranks = ranks or RankTable([c.car_id for c in cars])
         region_codes: dict[str, int] = {}
-        self._set(cars, [c.car_id for c in cars], array("l", (c.year for c in cars)),
+        self._set([c.car_id for c in cars], array("l", (c.year for c in cars)),
                   array("d", (c.price for c in cars)), array("l", (c.kilometers for c in cars)),
                   array("l", (region_codes.setdefault(c.region, len(region_codes)) for c in cars)),
                   array("l", (ranks.rank_of[c.car_id] for c in cars)), region_codes,
                   {c.car_id: c for c in cars}, loaded_at, version, reload_version, mark, ranks)
 
-    def _set(self, cars, car_ids, years, prices, kilometers, regions, ranks, region_codes, by_id,
+    def _set(self, car_ids, years, prices, kilometers, regions, ranks, region_codes, by_id,
              loaded_at, version, reload_version, mark, rank_table) -> None:
-        self.cars, self.car_ids = cars, car_ids
+        self.car_ids = car_ids
         self.years, self.prices, self.kilometers, self.regions, self.ranks = years, prices, kilometers, regions, ranks
         self.region_codes, self.by_id = region_codes, by_id
         self.loaded_at, self.version, self.reload_version, self.mark = loaded_at, version, reload_version, mark
@@ -113,7 +111,22 @@ class InventorySnapshot:
         self.row_of = RowIndex(self)
 
     def __len__(self) -> int:
-        return len(self.cars)
+        return len(self.car_ids)
+
+    def position(self, car: Car) -> int:
+        """The row at which `car` is, or would be, in prefilter order (bisect_left on the columns)."""
+        years, prices, ids = self.years, self.prices, self.car_ids
+        year, price, car_id = car.year, car.price, car.car_id
+        low, high = 0, len(ids)
+        while low < high:
+            middle = (low + high) // 2
+            y = years[middle]
+            if y > year or (y == year and (prices[middle] > price
+                                           or (prices[middle] == price and ids[middle] < car_id))):
+                low = middle + 1
+            else:
+                high = middle
+        return low
 
     def apply(self, changed: Sequence[Car], loaded_at: float, version: int, mark: Any
               ) -> tuple["InventorySnapshot", list[str]]:
@@ -124,50 +137,46 @@ class InventorySnapshot:
                if self.by_id.get(car_id) != (car if car.available else None)]
         if not ids:
             return self._next(loaded_at, version, mark), []
-        cars = self.cars
-        events: list[tuple] = []  # (row, 0, car): insert before row; (row, 1, None): drop row
+        events: list[tuple] = []  # (row, 0, car, rank): insert before row; (row, 1): drop row
         for car_id in ids:
             old = self.by_id.get(car_id)
             if old is not None:
-                events.append((bisect.bisect_left(cars, _order(old), key=_order), 1, None))
+                events.append((self.position(old), 1))
             car = latest[car_id]
             if car.available:
                 rank = self.rank_table.rank(car_id)
                 if rank is None:  # no room between neighbouring ids: rebuild in full
-                    survivors = [c for c in cars if c.car_id not in latest]
+                    survivors = [c for c in self.by_id.values() if c.car_id not in latest]
                     fresh = [c for c in latest.values() if c.available]
                     rebuilt = InventorySnapshot(survivors + fresh, loaded_at, version, self.reload_version, mark,
                                                 RankTable([*self.rank_table.ids, *latest]))
                     return rebuilt, ids
-                events.append((bisect.bisect_left(cars, _order(car), key=_order), 0, car, rank))
-        events.sort(key=lambda e: (e[0], e[1], _order(e[2]) if e[2] else ()))
+                events.append((self.position(car), 0, car, rank))
+        events.sort(key=lambda e: (e[0], e[1], _order(e[2]) if e[1] == 0 else ()))
         region_codes = dict(self.region_codes)
-        out_cars: list[Car] = []
-        out_ids: list[str] = []
         columns = (self.years, self.prices, self.kilometers, self.regions, self.ranks)
         out = tuple(array(column.typecode) for column in columns)
+        views = tuple(memoryview(column).cast("B") for column in columns)
+        out_ids: list[str] = []
         start = 0
         for event in events:
-            row, kind = event[0], event[1]
+            row = event[0]
             if row > start:
-                out_cars += cars[start:row]
                 out_ids += self.car_ids[start:row]
-                for target, column in zip(out, columns):
-                    target.extend(column[start:row])
-            if kind == 1:
+                for target, view in zip(out, views):
+                    target.frombytes(view[start * target.itemsize:row * target.itemsize])
+            if event[1] == 1:
                 start = row + 1
                 continue
             car, rank = event[2], event[3]
             start = max(start, row)
-            out_cars.append(car)
             out_ids.append(car.car_id)
             for target, value in zip(out, (car.year, car.price, car.kilometers,
                                             region_codes.setdefault(car.region, len(region_codes)), rank)):
                 target.append(value)
-        out_cars += cars[start:]
         out_ids += self.car_ids[start:]
-        for target, column in zip(out, columns):
-            target.extend(column[start:])
+        for target, view in zip(out, views):
+            target.frombytes(view[start * target.itemsize:])
         by_id = dict(self.by_id)
         for car_id in ids:
             car = latest[car_id]
@@ -176,14 +185,14 @@ class InventorySnapshot:
             else:
                 by_id.pop(car_id, None)
         following = InventorySnapshot.__new__(InventorySnapshot)
-        following._set(out_cars, out_ids, *out, region_codes, by_id, loaded_at, version, self.reload_version,
-                       mark, self.rank_table)
+        following._set(out_ids, *out, region_codes, by_id, loaded_at, version, self.reload_version, mark,
+                       self.rank_table)
         return following, ids
 
     def _next(self, loaded_at: float, version: int, mark: Any) -> "InventorySnapshot":
         """This snapshot's columns under a new version (nothing changed in them)."""
         following = InventorySnapshot.__new__(InventorySnapshot)
-        following._set(self.cars, self.car_ids, self.years, self.prices, self.kilometers, self.regions, self.ranks,
+        following._set(self.car_ids, self.years, self.prices, self.kilometers, self.regions, self.ranks,
                        self.region_codes, self.by_id, loaded_at, version, self.reload_version, mark, self.rank_table)
         return following
 
