@@ -112,3 +112,22 @@ def test_changes_reach_every_worker_of_every_instance(with_redis, mysql_environ,
         with capsys.disabled():
             print(f"\nfleet propagation ({'Redis' if redis else 'polling'}; loaded machine): "
                   + ", ".join(f"{name} {value * 1e3:.0f} ms" for name, value in measured.items()))
+
+
+def test_the_embedded_default_needs_no_redis_to_agree_across_processes(tmp_path):
+    """What went wrong before: TRADEUP_PROCESSES=2 on the embedded SQLite file, a parameter
+    changed through one process, and calls on fresh connections priced by either."""
+    environ = {"TRADEUP_SQLITE_PATH": str(tmp_path / "embedded.db")}
+    load_golden(environ)
+    fleet = Fleet(environ, [free_port()], processes=2)
+    fleet.start()
+    try:
+        with fleet.admin(0) as admin:
+            started = time.monotonic()
+            admin.update_business_parameters({"fees": {"service_fee_pct": 0.02}})
+        seconds, calls = fleet.propagation(lambda r: fee_of(r) == pytest.approx(0.02), started, consecutive=60)
+        assert seconds < LIMIT_SECONDS
+        with fleet.admin(0) as admin:
+            assert admin.status().redis_state == "off"
+    finally:
+        fleet.stop()
