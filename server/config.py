@@ -323,6 +323,8 @@ def build_settings(raw: Mapping[str, Any]) -> Settings:
             raise ConfigError(f"server.{name}", f"no such file: {path}")
     if settings.database.backend == "mysql":
         settings.database.mysql_params()  # validates the url
+    if settings.redis.url and urlparse(settings.redis.url).scheme not in ("redis", "rediss", "unix"):
+        raise ConfigError("redis.url", "must look like redis://host:port/db (or rediss://, unix://)")
     return settings
 
 

@@ -45,6 +45,8 @@ def test_priority_json_over_environment_over_defaults(tmp_path):
     ({"TRADEUP_POOL_BLOCKING": "maybe"}, "database.pool_blocking"),
     ({"TRADEUP_INVENTORY_TTL_SECONDS": "nan"}, "cache.inventory_ttl_seconds"),
     ({"TRADEUP_DATABASE_URL": "postgres://x@y/z"}, "database.url"),
+    ({"TRADEUP_REDIS_URL": "http://cache:6379"}, "redis.url"),
+    ({"TRADEUP_CHANGE_POLL_SECONDS": "0"}, "cache.change_poll_seconds"),
     ({"TRADEUP_DATABASE_PASSWORD_FILE": "/no/such/file"}, "TRADEUP_DATABASE_PASSWORD_FILE"),
 ])
 def test_invalid_values_name_the_key(env, key):
