@@ -10,10 +10,11 @@ HEALTH_PROBE_VERSION := v0.4.62
 .PHONY: install system-deps build protos run migrate seed test test-python bench bench-engine bench-db \
 	bench-growth bench-fleet loadtest soak tools clean
 
-# MariaDB (for the tests) and a C compiler, from Debian's packages when missing.
+# MariaDB and Redis (for the tests) and a C compiler, from Debian's packages when missing.
 system-deps:
 	@missing=""; \
 	command -v mariadbd >/dev/null 2>&1 || [ -x /usr/sbin/mariadbd ] || missing="$$missing mariadb-server mariadb-client"; \
+	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
 	command -v cc >/dev/null 2>&1 || missing="$$missing build-essential"; \
 	if [ -n "$$missing" ]; then \
 	  sudo=""; [ "$$(id -u)" = 0 ] || sudo=sudo; \
