@@ -15,7 +15,7 @@ HEALTH_PROBE_VERSION := v0.4.62
 BUF := tools/buf/node_modules/.bin/buf
 
 .PHONY: install build-deps system-deps build protos run migrate seed test test-python bench bench-engine bench-db \
-	bench-growth bench-server loadtest soak tools buf constraints clean
+	bench-growth bench-server bench-fleet loadtest soak tools buf constraints clean
 
 # What building needs, from Debian's packages when missing: a C compiler, the Python headers
 # and venv (Debian splits both out of python3).
@@ -114,6 +114,11 @@ bench-server: system-deps build
 bench-growth: system-deps build
 	@[ -x $(BIN)/ghz ] || $(MAKE) tools
 	PATH="/usr/sbin:$$PATH" $(PYTHON) -m tests.bench.loadtest --growth
+
+# Change propagation (polling vs Redis), incremental refresh at 100,000 cars, Redis cost at c=16.
+bench-fleet: system-deps build
+	@[ -x $(BIN)/ghz ] || $(MAKE) tools
+	PATH="/usr/sbin:$$PATH" $(PYTHON) -m tests.bench.bench_fleet
 
 # buf from the npm registry (the package ships the binary), at the version of the lock file.
 $(BUF): tools/buf/package.json tools/buf/package-lock.json

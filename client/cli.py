@@ -236,6 +236,12 @@ def cmd_health(client: OfferClient, args) -> int:
 
 
 def cmd_config(client: OfferClient, args) -> int:
+    if args.sources:
+        sources, version = client.config_sources()
+        print(f"configuration version {version}")
+        for key in sorted(sources):
+            print(f"  {key:60} {sources[key]}")
+        return 0
     print(json.dumps(client.get_config(), indent=1, sort_keys=True))
     return 0
 
@@ -262,13 +268,26 @@ def cmd_set_params(client: OfferClient, args) -> int:
         raise UsageError(f"set-params: invalid JSON: {err}") from None
     if not isinstance(changes, dict):
         raise UsageError('set-params: give a JSON object, e.g. \'{"fees": {"service_fee_pct": 0.035}}\'')
-    business = client.update_business_parameters(changes)
+    business = client.update_business_parameters(changes, changed_by=args.by)
     if args.json:
         print(json.dumps(business, indent=1, sort_keys=True))
         return 0
     print("business parameters updated:")
     for path in _leaves(changes):
         print(f"  {path} = {json.dumps(_at(business, path))}")
+    return 0
+
+
+def cmd_history(client: OfferClient, args) -> int:
+    changes = client.config_history(args.prefix, args.limit).changes
+    if args.json:
+        print(json.dumps([json_format.MessageToDict(c, preserving_proto_field_name=True) for c in changes], indent=1))
+        return 0
+    print(f"{len(changes)} configuration changes, newest first")
+    for c in changes:
+        old, new = (json.dumps(json_format.MessageToDict(v)) for v in (c.old_value, c.new_value))
+        when = c.changed_at.ToDatetime().strftime("%Y-%m-%d %H:%M:%S")
+        print(f"  v{c.version:<5} {when} UTC  {c.changed_by or '-'}  {c.key}: {old} -> {new}")
     return 0
 
 
@@ -357,14 +376,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--watch-seconds", type=float, default=None, help="stop watching after this long")
     p.set_defaults(run=cmd_health)
 
-    for name, run, doc in (("config", cmd_config, "effective configuration (admin)"),
-                           ("status", cmd_status, "detailed status (admin)"),
+    p = sub.add_parser("config", help="effective configuration (admin)")
+    p.add_argument("--sources", action="store_true", help="where each key's value comes from instead")
+    p.set_defaults(run=cmd_config)
+    for name, run, doc in (("status", cmd_status, "detailed status (admin)"),
                            ("invalidate", cmd_invalidate, "drop the inventory caches (admin)")):
         add(name, help=doc).set_defaults(run=run)
     p = add("set-params", help="change business parameters at runtime (admin)")
     p.add_argument("changes", help='partial params.json document, e.g. \'{"fees": {"service_fee_pct": 0.035}}\'')
     p.add_argument("--json", action="store_true", help="print every business parameter in effect")
+    p.add_argument("--by", default=os.environ.get("USER", ""), help="who makes the change, for the history "
+                   "(default $USER)")
     p.set_defaults(run=cmd_set_params)
+    p = sub.add_parser("history", help="configuration changes, newest first: who, when, old, new (admin)")
+    p.add_argument("--prefix", default="", help='only keys starting with this, e.g. "business.fees."')
+    p.add_argument("--limit", type=int, default=20, help="changes shown (at most 1000)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=cmd_history)
     return parser
 
 

@@ -142,12 +142,27 @@ class OfferClient:
                                         metadata=self._admin_metadata())
         return _whole_numbers(json_format.MessageToDict(response.config))
 
-    def update_business_parameters(self, changes: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
+    def config_sources(self, timeout: float | None = None) -> tuple[dict[str, str], int]:
+        """(key path -> "database", "file", "environment" or "default"; the configuration version)."""
+        response = self.admin.GetConfig(admin_pb2.GetConfigRequest(), timeout=self._timeout(timeout),
+                                        metadata=self._admin_metadata())
+        return dict(response.sources), response.config_version
+
+    def update_business_parameters(self, changes: dict[str, Any], timeout: float | None = None,
+                                   changed_by: str = "") -> dict[str, Any]:
+        """Store the changes for every process; `changed_by` goes into the history."""
         struct = struct_pb2.Struct()
         struct.update(changes)
-        response = self.admin.UpdateBusinessParameters(admin_pb2.UpdateBusinessParametersRequest(changes=struct),
-                                                       timeout=self._timeout(timeout), metadata=self._admin_metadata())
+        response = self.admin.UpdateBusinessParameters(
+            admin_pb2.UpdateBusinessParametersRequest(changes=struct, changed_by=changed_by),
+            timeout=self._timeout(timeout), metadata=self._admin_metadata())
         return json_format.MessageToDict(response.business)
+
+    def config_history(self, key_prefix: str = "", limit: int = 0,
+                       timeout: float | None = None) -> admin_pb2.GetConfigHistoryResponse:
+        """Configuration changes, newest first (limit 0: the server's default of 100)."""
+        return self.admin.GetConfigHistory(admin_pb2.GetConfigHistoryRequest(key_prefix=key_prefix, limit=limit),
+                                           timeout=self._timeout(timeout), metadata=self._admin_metadata())
 
     def invalidate_cache(self, timeout: float | None = None) -> int:
         return self.admin.InvalidateCache(admin_pb2.InvalidateCacheRequest(), timeout=self._timeout(timeout),

@@ -15,14 +15,16 @@ from .data import demo
 from .data.breaker import CircuitBreaker
 from .data.database import open_database
 from .data.inventory import InventoryCache
+from .data.redislink import RedisLink
 from .data.repository import Repository
 from .metrics import Metrics
 from .rpc.interceptors import Admission, ServiceInterceptor
 from .rpc.server import PROBE_TIMEOUT, HealthMonitor, create_server, rpc_threads
 from .rpc.servicers import AdminServicer, OfferServicer
 from .services.admin import AdminService
+from .services.changefeed import ChangeFeed
 from .services.offers import OfferService
-from .services.ratelimit import TokenBuckets
+from .services.ratelimit import SharedTokenBuckets, TokenBuckets
 
 log = logging.getLogger("tradeup.server")
 
@@ -61,7 +63,11 @@ class Application:
         self.engine = Engine(kernel, workers=e.workers or None, offer_chunk_cars=e.offer_chunk_cars,
                              subsidy_chunk_cars=e.subsidy_chunk_cars)
         self.inventory = InventoryCache(self.repository, settings.cache.inventory_ttl_seconds,
-                                        settings.cache.prefilter_max_entries)
+                                        settings.cache.prefilter_max_entries,
+                                        overlap_seconds=settings.cache.change_overlap_seconds)
+        self.redis = RedisLink(settings.redis) if settings.redis.url else None
+        self.changes = ChangeFeed(self.repository, self.settings, self.inventory, settings.cache.change_poll_seconds,
+                                  self.redis)
         self.offers = OfferService(self.settings, self.repository, self.inventory, self.engine,
                                    on_priced=lambda r: self.metrics.offers_priced(
                                        r.offers.tier_counts, r.offers.rejected, r.offers.cars_evaluated,
@@ -71,23 +77,27 @@ class Application:
         self.monitor = HealthMonitor(self.health, self._check_database, settings.database.health_check_seconds)
         self.repository.breaker.listeners.append(self.monitor.on_breaker)
         self.admin = AdminService(self.settings, self.repository, self.inventory, kernel.IMPLEMENTATION,
-                                  lambda: bool(self.monitor.reachable))
+                                  lambda: bool(self.monitor.reachable), self.changes)
         self.metrics.watch_status(self.admin.status)
         self.metrics_port = 0
         s = settings.server
         if not (s.log_customer_ids or s.log_hash_key):
             log.warning("server.log_hash_key is not set: customer ids are left out of the logs "
                         "(set TRADEUP_LOG_HASH_KEY, the same on every replica, to log their keyed hash)")
-        self.interceptor = ServiceInterceptor(
-            self.metrics, s.log_customer_ids,
-            TokenBuckets(s.rate_limit_per_second, s.rate_limit_burst) if s.rate_limit_per_second else None,
-            s.rate_limit_key, s.log_hash_key)
+        limiter = None
+        if s.rate_limit_per_second:
+            limiter = TokenBuckets(s.rate_limit_per_second, s.rate_limit_burst)
+            if self.redis is not None:
+                limiter = SharedTokenBuckets(s.rate_limit_per_second, s.rate_limit_burst, self.redis, limiter)
+        self.interceptor = ServiceInterceptor(self.metrics, s.log_customer_ids, limiter, s.rate_limit_key,
+                                              s.log_hash_key)
         self.admission = Admission(s.max_workers, s.max_concurrent_rpcs)
         self._rpc_pool = futures.ThreadPoolExecutor(max_workers=rpc_threads(settings), thread_name_prefix="rpc")
         self.server, self.port = create_server(
             settings, OfferServicer(self.offers, s.stream_batch_size, s.max_bulk_customers),
             AdminServicer(self.admin), self.health, self.interceptor, self.admission, self._rpc_pool, address)
         self._prepared = False
+        self._following = False  # the change feed runs (started by the first database check)
         self._prepare_lock = threading.Lock()
         self.stopped = threading.Event()
         self._stop_lock = threading.Lock()
@@ -120,7 +130,11 @@ class Application:
         self.repository.breaker.call(lambda: database.ping(timeout), database.is_failure)
         if not self._prepared:
             self.prepare_database()
+        if not self._following:
             self.inventory.snapshot()
+            # The database's configuration and inventory versions apply before OfferService serves.
+            self.changes.start()
+            self._following = True
 
     def start(self, wait_ready: float | None = 10.0) -> None:
         """Listen at once; the database is checked (and prepared) by the health monitor's thread,
@@ -149,6 +163,7 @@ class Application:
         self.server.stop(max(0.0, until - time.monotonic())).wait()
         self._rpc_pool.shutdown(wait=True)
         self._health_pool.shutdown(wait=True)
+        self.changes.stop()
         self.metrics.close()
         self.engine.close()
         self.repository.database.close()

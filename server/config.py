@@ -1,18 +1,19 @@
 """Configuration: one typed schema with documented defaults, the single source of truth.
 
 Sources, lowest priority first: the defaults below, environment variables, the JSON files
-listed in TRADEUP_CONFIG_FILES (comma-separated), then the runtime-overrides JSON file that
-the admin service writes. Every key names its environment variable; secrets can also be read
-from a file named by `<VARIABLE>_FILE`. Invalid values stop start-up with ConfigError naming
-the key. `business` holds the pricing parameters (SPEC §4) in the params.json layout.
+listed in TRADEUP_CONFIG_FILES (comma-separated), then the database: business parameters
+changed through the AdminService are stored there key by key (table config_overrides) and
+every process applies them on its next change-feed tick. Every key names its environment
+variable; secrets can also be read from a file named by `<VARIABLE>_FILE`. Invalid values stop
+start-up with ConfigError naming the key. `business` holds the pricing parameters (SPEC §4) in
+the params.json layout.
 """
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 import threading
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
 from urllib.parse import unquote, urlparse
@@ -65,8 +66,6 @@ class ServerSettings:
                                   "PEM roots of client certificates: require mutual TLS when set")
     admin_token: str = key("", "TRADEUP_ADMIN_TOKEN",
                            "bearer token of the AdminService (empty: admin calls are refused)", secret=True)
-    runtime_overrides_file: str = key("var/runtime-overrides.json", "TRADEUP_RUNTIME_OVERRIDES_FILE",
-                                      "where AdminService persists business-parameter changes")
     log_level: str = key("INFO", "TRADEUP_LOG_LEVEL", "logging level",
                          choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     log_format: str = key("json", "TRADEUP_LOG_FORMAT", "one JSON object per line, or plain text",
@@ -139,6 +138,26 @@ class CacheSettings:
                                        "lifetime of the cached inventory snapshot", minimum=0.001, maximum=7 * 86400)
     prefilter_max_entries: int = key(10000, "TRADEUP_PREFILTER_CACHE_ENTRIES",
                                      "cached SQL prefilter results (sql mode)", minimum=1, maximum=10_000_000)
+    change_poll_seconds: float = key(0.5, "TRADEUP_CHANGE_POLL_SECONDS",
+                                     "how often each process checks the database for configuration and "
+                                     "inventory changes", minimum=0.05, maximum=3600)
+    change_overlap_seconds: float = key(2.0, "TRADEUP_CHANGE_OVERLAP_SECONDS",
+                                        "changed cars are re-read this far back, for writes that commit late "
+                                        "(MySQL)", minimum=0, maximum=3600)
+
+
+@dataclass(frozen=True)
+class RedisSettings:
+    url: str = key("", "TRADEUP_REDIS_URL",
+                   "redis://host:port/db: pushes changes to every process and shares the rate limit "
+                   "(empty: no Redis; polling only)", secret=True)
+    timeout_seconds: float = key(0.1, "TRADEUP_REDIS_TIMEOUT_SECONDS",
+                                 "longest wait for a Redis reply; slower means down (falls back)",
+                                 minimum=0.005, maximum=60)
+    retry_seconds: float = key(1.0, "TRADEUP_REDIS_RETRY_SECONDS",
+                               "after a Redis failure, how long to use the fallbacks before trying again",
+                               minimum=0.05, maximum=3600)
+    prefix: str = key("tradeup", "TRADEUP_REDIS_PREFIX", "prefix of the Redis keys and channel")
 
 
 @dataclass(frozen=True)
@@ -162,7 +181,8 @@ class PrefilterSettings:
 
 
 SECTIONS = {"server": ServerSettings, "database": DatabaseSettings, "cache": CacheSettings,
-            "engine": EngineSettings, "prefilter": PrefilterSettings}
+            "engine": EngineSettings, "prefilter": PrefilterSettings, "redis": RedisSettings}
+SOURCES = ("database", "file", "environment", "default")
 
 
 @dataclass(frozen=True)
@@ -172,7 +192,11 @@ class Settings:
     cache: CacheSettings = field(default_factory=CacheSettings)
     engine: EngineSettings = field(default_factory=EngineSettings)
     prefilter: PrefilterSettings = field(default_factory=PrefilterSettings)
+    redis: RedisSettings = field(default_factory=RedisSettings)
     business: PricingParams = field(default_factory=PricingParams)
+    version: int = 0  # configuration version from the database (0: none applied yet)
+    # key path -> "file" or "environment" for the keys those sources set (load_settings).
+    origins: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     def to_dict(self, redact: bool = True) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -194,8 +218,9 @@ def keys_markdown() -> str:
             choices = f" ({' / '.join(meta['choices'])})" if meta["choices"] else ""
             secret = " Secret: also `" + meta["env"] + "_FILE`; shown as ***." if meta["secret"] else ""
             lines.append(f"| `{section}.{f.name}` | `{meta['env']}` | {default} | {meta['doc']}{choices}.{secret} |")
-    lines.append("| `business.*` | (JSON files only) | SPEC §4 | pricing parameters in the params.json layout "
-                 "(rates, down-payment table, fees, tiers, terms, subsidy grid and gates) |")
+    lines.append("| `business.*` | (JSON files; the database) | SPEC §4 | pricing parameters in the params.json "
+                 "layout (rates, down-payment table, fees, tiers, terms, subsidy grid and gates); changed at "
+                 "runtime with `set-params`, stored in the database |")
     return "\n".join(lines)
 
 
@@ -306,55 +331,92 @@ def build_settings(raw: Mapping[str, Any]) -> Settings:
             raise ConfigError(f"server.{name}", f"no such file: {path}")
     if settings.database.backend == "mysql":
         settings.database.mysql_params()  # validates the url
+    if settings.redis.url and urlparse(settings.redis.url).scheme not in ("redis", "rediss", "unix"):
+        raise ConfigError("redis.url", "must look like redis://host:port/db (or rediss://, unix://)")
     return settings
 
 
+def flatten(document: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Key paths of the leaves of a nested document: {"fees": {"cxa_pct": 0.04}} -> {"fees.cxa_pct": 0.04}.
+    Objects are walked; any other value (lists included) is one leaf."""
+    leaves: dict[str, Any] = {}
+    for name, value in document.items():
+        path = f"{prefix}{name}"
+        if isinstance(value, Mapping) and value:
+            leaves.update(flatten(value, path + "."))
+        else:
+            leaves[path] = value
+    return leaves
+
+
+def nest(leaves: Mapping[str, Any]) -> dict[str, Any]:
+    """The inverse of flatten."""
+    document: dict[str, Any] = {}
+    for path, value in leaves.items():
+        *parents, name = path.split(".")
+        node = document
+        for parent in parents:
+            node = node.setdefault(parent, {})
+            if not isinstance(node, dict):
+                raise ConfigError(path, "conflicts with another key")
+        node[name] = value
+    return document
+
+
+def build_business(settings: Settings, overrides: Mapping[str, Any]) -> PricingParams:
+    """The business parameters of `settings` with database overrides (business.* key paths) merged in."""
+    changes = nest({path.removeprefix("business."): value for path, value in overrides.items()})
+    try:
+        return PricingParams.from_dict(deep_merge(settings.business.to_dict(), changes))
+    except EngineInputError as exc:
+        raise ConfigError(f"business.{exc.field}", exc.reason) from None
+    except (TypeError, KeyError, AttributeError, ValueError) as exc:
+        raise ConfigError("business", f"malformed: {exc}") from None
+
+
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Defaults, environment and JSON files (the database layer is applied by SettingsStore)."""
     environ = os.environ if environ is None else environ
-    raw: dict[str, Any] = _from_environment(environ)
+    from_environment = _from_environment(environ)
+    raw: dict[str, Any] = from_environment
+    from_files: dict[str, Any] = {}
     for path in filter(None, (p.strip() for p in environ.get("TRADEUP_CONFIG_FILES", "").split(","))):
-        raw = deep_merge(raw, _read_json(path, "TRADEUP_CONFIG_FILES"))
-    overrides_path = raw.get("server", {}).get("runtime_overrides_file", ServerSettings.runtime_overrides_file)
-    if isinstance(overrides_path, str) and Path(overrides_path).exists():
-        raw = deep_merge(raw, _read_json(overrides_path, "server.runtime_overrides_file"))
-    return build_settings(raw)
+        from_files = deep_merge(from_files, _read_json(path, "TRADEUP_CONFIG_FILES"))
+    raw = deep_merge(raw, from_files)
+    origins = {**{path: "environment" for path in flatten(from_environment)},
+               **{path: "file" for path in flatten(from_files)}}
+    return replace(build_settings(raw), origins=origins)
 
 
 class SettingsStore:
-    """The settings in effect. Readers take `current` once per request; an update builds and
-    validates complete new settings, persists them, then swaps the reference: never half-applied."""
+    """The settings in effect: the start-up settings with the database overrides of one version.
+    Readers take `current` once per request (it carries its `version`); a new version is built
+    and validated completely, then swapped in by one reference assignment: never half-applied."""
 
     def __init__(self, settings: Settings):
+        self.base = settings
         self.current = settings
+        self.overrides: dict[str, Any] = {}
         self._lock = threading.Lock()
 
-    def update_business(self, changes: Mapping[str, Any]) -> PricingParams:
+    def build(self, overrides: Mapping[str, Any], version: int) -> Settings:
+        """Settings with these overrides (ConfigError names a bad key)."""
+        return replace(self.base, business=build_business(self.base, overrides), version=version)
+
+    def apply(self, version: int, overrides: Mapping[str, Any]) -> Settings:
+        """Make the settings of this configuration version current (a no-op when it already is)."""
         with self._lock:
-            merged = deep_merge(self.current.business.to_dict(), changes)
-            try:
-                business = PricingParams.from_dict(merged)
-            except EngineInputError as exc:
-                raise ConfigError(f"business.{exc.field}", exc.reason) from None
-            except (TypeError, KeyError, AttributeError, ValueError) as exc:
-                raise ConfigError("business", f"malformed: {exc}") from None
-            path = Path(self.current.server.runtime_overrides_file)
-            persisted = _read_json(str(path), "server.runtime_overrides_file") if path.exists() else {}
-            persisted["business"] = business.to_dict()
-            _write_atomically(path, json.dumps(persisted, indent=1, sort_keys=True))
-            self.current = Settings(**{**{name: getattr(self.current, name) for name in SECTIONS},
-                                       "business": business})
-            return business
+            if version != self.current.version or dict(overrides) != self.overrides:
+                self.current = self.build(overrides, version)
+                self.overrides = dict(overrides)
+            return self.current
 
-
-def _write_atomically(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(handle, "w") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    def sources(self) -> dict[str, str]:
+        """Every key path and where its value comes from: database, file, environment or default."""
+        with self._lock:
+            current, overrides = self.current, self.overrides
+        shown = current.to_dict(redact=True)
+        paths = [f"{section}.{name}" for section in SECTIONS for name in shown[section]]
+        paths += flatten(shown["business"], "business.")
+        origins = current.origins
+        return {path: "database" if path in overrides else origins.get(path, "default") for path in paths}

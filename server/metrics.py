@@ -43,6 +43,9 @@ class StatusCollector(Collector):
                                 value=1.0 if status["database_reachable"] else 0.0)
         yield GaugeMetricFamily("tradeup_inventory_cars", "Cars in the cached inventory snapshot",
                                 value=status["inventory_cars"])
+        if status.get("redis_state", "off") != "off":
+            yield GaugeMetricFamily("tradeup_redis_up", "1 while Redis answers; 0 while down (polling, local limits)",
+                                    value=1.0 if status["redis_state"] == "up" else 0.0)
 
 
 def split_method(method: str) -> tuple[str, str]:

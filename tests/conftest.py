@@ -142,6 +142,7 @@ def load_golden(environ: dict[str, str]) -> None:
     repository = open_repository(make_settings(environ))
     repository.migrate()
     repository.delete_all()
+    repository.clear_config()
     repository.put_cars(golden.cars())
     repository.put_customers(golden.domain_customers())
     repository.database.close()
@@ -152,7 +153,6 @@ def golden_database(request, session_dir):
     """(backend, environment) of a database holding the golden inventory and customers."""
     backend = request.param
     environ = database_environ(backend, request, session_dir)
-    environ["TRADEUP_RUNTIME_OVERRIDES_FILE"] = str(session_dir / f"overrides-{backend}.json")
     load_golden(environ)
     return backend, environ
 
@@ -176,6 +176,15 @@ class RunningServer:
         self.client.close()
         self.app.stop(grace=1)
 
+    def reset_config(self):
+        """Remove the configuration this test stored in the shared test database."""
+        from server.app import open_repository
+        repository = open_repository(self.app.settings.base)
+        try:
+            repository.clear_config()
+        finally:
+            repository.database.close()
+
 
 def start_server(environ: dict[str, str], **extra) -> RunningServer:
     from server.app import Application
@@ -187,7 +196,22 @@ def start_server(environ: dict[str, str], **extra) -> RunningServer:
 @pytest.fixture
 def server(golden_database, tmp_path):
     """A real gRPC server on a loopback port over the golden data (per backend)."""
-    environ = {**golden_database[1], "TRADEUP_RUNTIME_OVERRIDES_FILE": str(tmp_path / "overrides.json")}
-    running = start_server(environ)
+    running = start_server(golden_database[1])
     yield running
     running.stop()
+    running.reset_config()
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    """A real redis-server on a free loopback port, for one test (which may kill it)."""
+    from redis_server import RedisServer, binary
+    if binary() is None:
+        reason = "redis-server is not installed (Debian package redis-server)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    server = RedisServer(tmp_path / "redis", free_port())
+    server.start()
+    yield server
+    server.kill()

@@ -159,8 +159,7 @@ def test_more_terms_than_the_kernel_prices_are_refused(server):
 
 
 def test_admin_disabled_says_how_to_enable_it(golden_database, tmp_path):
-    running = start_server({**golden_database[1], "TRADEUP_RUNTIME_OVERRIDES_FILE": str(tmp_path / "o.json")},
-                           TRADEUP_ADMIN_TOKEN="")
+    running = start_server(golden_database[1], TRADEUP_ADMIN_TOKEN="")
     try:
         for token in (True, False):
             result = run_cli(running, "status", token=token)
@@ -169,3 +168,19 @@ def test_admin_disabled_says_how_to_enable_it(golden_database, tmp_path):
             assert "not valid" not in result.stderr
     finally:
         running.stop()
+
+
+def test_set_params_then_history(server):
+    changed = run_cli(server, "set-params", '{"fees": {"cac_bonus": 250}}', "--by", "ana", "--json")
+    assert changed.returncode == 0, changed.stderr
+    assert json.loads(changed.stdout)["fees"]["cac_bonus"] == 250
+    history = run_cli(server, "history", "--prefix", "business.fees.")
+    assert history.returncode == 0, history.stderr
+    lines = history.stdout.splitlines()
+    assert lines[0] == "1 configuration changes, newest first"
+    assert " UTC  ana  business.fees.cac_bonus: null -> 250.0" in lines[1]
+    assert json.loads(run_cli(server, "history", "--json").stdout)[0]["changed_by"] == "ana"
+    sources = run_cli(server, "config", "--sources").stdout.splitlines()
+    assert sources[0].startswith("configuration version ")
+    assert [line.split() for line in sources if "fees.cac_bonus" in line or "server.port " in line] == [
+        ["business.fees.cac_bonus", "database"], ["server.port", "environment"]]

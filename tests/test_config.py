@@ -28,10 +28,14 @@ def test_priority_json_over_environment_over_defaults(tmp_path):
     settings = load_settings(env)
     assert (settings.server.port, settings.server.max_workers, settings.server.grace_seconds) == (7000, 7, 4.0)
     assert settings.business.iva_rate == 0.15
-    overrides = tmp_path / "runtime.json"
-    overrides.write_text(json.dumps({"business": {"iva_rate": 0.1}}))
-    env["TRADEUP_RUNTIME_OVERRIDES_FILE"] = str(overrides)
-    assert load_settings(env).business.iva_rate == 0.1
+    # The database layer sits above the files; every key says where its value comes from.
+    store = SettingsStore(settings)
+    store.apply(3, {"business.iva_rate": 0.1})
+    assert store.current.business.iva_rate == 0.1 and store.current.version == 3
+    sources = store.sources()
+    assert (sources["business.iva_rate"], sources["server.port"], sources["server.grace_seconds"],
+            sources["server.host"], sources["business.fees.cxa_pct"]) == (
+        "database", "file", "environment", "default", "default")
 
 
 @pytest.mark.parametrize("env, key", [
@@ -41,6 +45,8 @@ def test_priority_json_over_environment_over_defaults(tmp_path):
     ({"TRADEUP_POOL_BLOCKING": "maybe"}, "database.pool_blocking"),
     ({"TRADEUP_INVENTORY_TTL_SECONDS": "nan"}, "cache.inventory_ttl_seconds"),
     ({"TRADEUP_DATABASE_URL": "postgres://x@y/z"}, "database.url"),
+    ({"TRADEUP_REDIS_URL": "http://cache:6379"}, "redis.url"),
+    ({"TRADEUP_CHANGE_POLL_SECONDS": "0"}, "cache.change_poll_seconds"),
     ({"TRADEUP_DATABASE_PASSWORD_FILE": "/no/such/file"}, "TRADEUP_DATABASE_PASSWORD_FILE"),
 ])
 def test_invalid_values_name_the_key(env, key):
@@ -80,18 +86,14 @@ def test_dsn_is_parsed():
                                                 "password": "p:w", "database": "prod"}
 
 
-def test_runtime_update_is_atomic_and_validated(tmp_path):
-    path = tmp_path / "var" / "runtime.json"
-    store = SettingsStore(load_settings({"TRADEUP_RUNTIME_OVERRIDES_FILE": str(path)}))
-    store.update_business({"fees": {"cac_bonus": 500}})
+def test_database_overrides_are_validated_and_applied_whole():
+    store = SettingsStore(load_settings({}))
+    store.apply(1, {"business.fees.cac_bonus": 500})
     assert store.current.business.fees.cac_bonus == 500.0
-    assert json.loads(path.read_text())["business"]["fees"]["cac_bonus"] == 500.0
-    with pytest.raises(ConfigError):
-        store.update_business({"fees": {"cac_bonus": 1000}, "terms": [12, 18]})
-    assert store.current.business.fees.cac_bonus == 500.0
-    assert json.loads(path.read_text())["business"]["fees"]["cac_bonus"] == 500.0
-    assert [p.name for p in path.parent.iterdir()] == ["runtime.json"]  # no temporary left behind
-    assert load_settings({"TRADEUP_RUNTIME_OVERRIDES_FILE": str(path)}).business.fees.cac_bonus == 500.0
+    with pytest.raises(ConfigError) as err:
+        store.apply(2, {"business.fees.cac_bonus": 1000, "business.fees.cxa_pct": 3})
+    assert err.value.key == "business.fees.cxa_pct"
+    assert store.current.business.fees.cac_bonus == 500.0 and store.current.version == 1  # nothing half-applied
 
 
 def test_server_refuses_to_start_on_invalid_configuration():
@@ -118,7 +120,6 @@ def test_the_suite_never_touches_the_working_tree_state(hermetic):
         *hermetic, "TRADEUP_ENGINE", "TRADEUP_GOLDEN_DIR", "TRADEUP_MYSQL_PASSWORD",
         *(n for n in os.environ if n.startswith("TRADEUP_TEST_"))}
     settings = load_settings()  # what a server started by a test sees
-    assert not Path(settings.server.runtime_overrides_file).resolve().is_relative_to(root)
     assert not Path(settings.database.sqlite_path).resolve().is_relative_to(root)
 
 

@@ -58,8 +58,7 @@ def test_indexes_are_created_without_mariadb_only_syntax(repository):
 def test_database_errors_reach_the_log_not_the_client(tmp_path, caplog):
     caplog.set_level(logging.WARNING)
     port = free_port()  # nothing listens there
-    running = start_server({"TRADEUP_DATABASE_URL": f"mysql://tradeup:secret@127.0.0.1:{port}/tradeup",
-                            "TRADEUP_RUNTIME_OVERRIDES_FILE": str(tmp_path / "o.json")},
+    running = start_server({"TRADEUP_DATABASE_URL": f"mysql://tradeup:secret@127.0.0.1:{port}/tradeup"},
                            TRADEUP_BREAKER_FAILURES=1000, TRADEUP_HEALTH_CHECK_SECONDS=60,
                            TRADEUP_DATABASE_CONNECT_TIMEOUT=0.5)
     try:

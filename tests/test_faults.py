@@ -31,7 +31,7 @@ def private_mariadb(tmp_path):
 
 def test_outage_and_recovery(private_mariadb, tmp_path):
     mariadb, url = private_mariadb
-    running = start_server({"TRADEUP_DATABASE_URL": url, "TRADEUP_RUNTIME_OVERRIDES_FILE": str(tmp_path / "o.json"),
+    running = start_server({"TRADEUP_DATABASE_URL": url,
                             "TRADEUP_BREAKER_RESET_SECONDS": "0.5", "TRADEUP_BREAKER_FAILURES": "2",
                             "TRADEUP_DATABASE_CONNECT_TIMEOUT": "0.5", "TRADEUP_DATABASE_READ_TIMEOUT": "1"})
     client = running.client
@@ -200,7 +200,7 @@ def test_stalled_database_frees_every_worker_and_health_still_answers(private_ma
     mariadb, _ = private_mariadb
     proxy = StallingProxy(mariadb.port)
     url = f"mysql://faults:faults-password@127.0.0.1:{proxy.port}/faults"
-    running = start_server({"TRADEUP_DATABASE_URL": url, "TRADEUP_RUNTIME_OVERRIDES_FILE": str(tmp_path / "o.json"),
+    running = start_server({"TRADEUP_DATABASE_URL": url,
                             "TRADEUP_DATABASE_READ_TIMEOUT": "30", "TRADEUP_DATABASE_CONNECT_TIMEOUT": "30",
                             "TRADEUP_HEALTH_CHECK_SECONDS": "0.5", "TRADEUP_MAX_WORKERS": "2",
                             "TRADEUP_POOL_MAX_CONNECTIONS": "4"})
@@ -254,7 +254,7 @@ def test_start_against_a_stalled_database(private_mariadb, tmp_path):
     proxy.passing.clear()
     url = f"mysql://faults:faults-password@127.0.0.1:{proxy.port}/faults"
     started = time.monotonic()
-    running = start_server({"TRADEUP_DATABASE_URL": url, "TRADEUP_RUNTIME_OVERRIDES_FILE": str(tmp_path / "o.json"),
+    running = start_server({"TRADEUP_DATABASE_URL": url,
                             "TRADEUP_DATABASE_READ_TIMEOUT": "30", "TRADEUP_DATABASE_CONNECT_TIMEOUT": "30",
                             "TRADEUP_HEALTH_CHECK_SECONDS": "0.5", "TRADEUP_BREAKER_RESET_SECONDS": "0.5"})
     try:
@@ -292,7 +292,7 @@ def test_worker_processes_start_against_a_stalled_database(private_mariadb, tmp_
            "TRADEUP_PORT": str(port), "TRADEUP_HOST": "127.0.0.1", "TRADEUP_PROCESSES": "2",
            "TRADEUP_DATABASE_READ_TIMEOUT": "30", "TRADEUP_DATABASE_CONNECT_TIMEOUT": "30",
            "TRADEUP_HEALTH_CHECK_SECONDS": "0.5", "TRADEUP_BREAKER_RESET_SECONDS": "0.5",
-           "TRADEUP_RUNTIME_OVERRIDES_FILE": str(tmp_path / "o.json"), "TRADEUP_LOG_LEVEL": "ERROR"}
+           "TRADEUP_LOG_LEVEL": "ERROR"}
     started = time.monotonic()
     process = subprocess.Popen([sys.executable, "-m", "server"], cwd=Path(__file__).resolve().parents[1], env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
@@ -321,7 +321,7 @@ def test_calls_after_shutdown_begins_end_unavailable(private_mariadb, tmp_path):
     mariadb, _ = private_mariadb
     proxy = StallingProxy(mariadb.port)
     url = f"mysql://faults:faults-password@127.0.0.1:{proxy.port}/faults"
-    running = start_server({"TRADEUP_DATABASE_URL": url, "TRADEUP_RUNTIME_OVERRIDES_FILE": str(tmp_path / "o.json"),
+    running = start_server({"TRADEUP_DATABASE_URL": url,
                             "TRADEUP_DATABASE_READ_TIMEOUT": "30", "TRADEUP_HEALTH_CHECK_SECONDS": "5"})
     app = running.app
     results: list = []
@@ -356,7 +356,7 @@ def test_calls_after_shutdown_begins_end_unavailable(private_mariadb, tmp_path):
 def test_outage_under_load(private_mariadb, tmp_path):
     """Bounded load from 4 client threads while MariaDB goes down and comes back."""
     mariadb, url = private_mariadb
-    running = start_server({"TRADEUP_DATABASE_URL": url, "TRADEUP_RUNTIME_OVERRIDES_FILE": str(tmp_path / "o.json"),
+    running = start_server({"TRADEUP_DATABASE_URL": url,
                             "TRADEUP_BREAKER_RESET_SECONDS": "0.5", "TRADEUP_DATABASE_CONNECT_TIMEOUT": "0.5",
                             "TRADEUP_DATABASE_READ_TIMEOUT": "2", "TRADEUP_HEALTH_CHECK_SECONDS": "0.2"})
     client = running.client

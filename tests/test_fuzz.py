@@ -74,7 +74,7 @@ def stubs(tmp_path):
     """A server on its own embedded database with the golden data (the SQL is the same on MariaDB,
     whose injection and fault behaviour other tests cover)."""
     from conftest import load_golden, start_server
-    environ = {"TRADEUP_SQLITE_PATH": str(tmp_path / "fuzz.db"), "TRADEUP_RUNTIME_OVERRIDES_FILE": str(tmp_path / "o.json")}
+    environ = {"TRADEUP_SQLITE_PATH": str(tmp_path / "fuzz.db")}
     load_golden(environ)
     running = start_server(environ, TRADEUP_MAX_CONCURRENT_RPCS=1000)
     yield running.client

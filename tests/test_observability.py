@@ -30,7 +30,7 @@ def value(samples, name, **labels) -> float:
 
 @pytest.fixture
 def observed(golden_database, tmp_path):
-    running = start_server({**golden_database[1], "TRADEUP_RUNTIME_OVERRIDES_FILE": str(tmp_path / "o.json")},
+    running = start_server(golden_database[1],
                            TRADEUP_METRICS_PORT=free_port(), TRADEUP_METRICS_HOST="127.0.0.1")
     yield running
     running.stop()
@@ -126,8 +126,7 @@ def test_customer_ids_are_logged_as_a_keyed_hash(observed, caplog):
 
 def test_without_a_hash_key_customer_ids_are_left_out(golden_database, tmp_path, caplog):
     caplog.set_level(logging.INFO)
-    running = start_server({**golden_database[1], "TRADEUP_RUNTIME_OVERRIDES_FILE": str(tmp_path / "o.json")},
-                           TRADEUP_LOG_HASH_KEY="")
+    running = start_server(golden_database[1], TRADEUP_LOG_HASH_KEY="")
     try:
         running.client.generate_offers(customer_id="C0001", max_offers=1, metadata=(("x-request-id", "nokey-1"),))
     finally:
@@ -139,7 +138,7 @@ def test_without_a_hash_key_customer_ids_are_left_out(golden_database, tmp_path,
 
 def test_database_reachable_is_info_not_warning(golden_database, tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="tradeup.server")
-    running = start_server({**golden_database[1], "TRADEUP_RUNTIME_OVERRIDES_FILE": str(tmp_path / "o.json")})
+    running = start_server(golden_database[1])
     running.stop()
     (reachable,) = [r for r in caplog.records if r.getMessage() == "database reachable: serving"]
     assert reachable.levelno == logging.INFO

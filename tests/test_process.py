@@ -25,8 +25,7 @@ def test_sigterm_drains_in_flight_streams_and_exits_zero(tmp_path):
     port = free_port()
     env = {**os.environ, "TRADEUP_PORT": str(port), "TRADEUP_HOST": "127.0.0.1",
            "TRADEUP_SQLITE_PATH": str(tmp_path / "demo.db"), "TRADEUP_STREAM_BATCH_SIZE": "1",
-           "TRADEUP_RUNTIME_OVERRIDES_FILE": str(tmp_path / "o.json"), "TRADEUP_GRACE_SECONDS": "20",
-           "TRADEUP_LOG_HASH_KEY": "replica-key"}
+           "TRADEUP_GRACE_SECONDS": "20", "TRADEUP_LOG_HASH_KEY": "replica-key"}
     process = subprocess.Popen([sys.executable, "-m", "server"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
     try:
@@ -71,7 +70,7 @@ def test_worker_processes_share_the_port(tmp_path):
     port, metrics = free_port(), free_port()
     env = {**os.environ, "TRADEUP_PORT": str(port), "TRADEUP_HOST": "127.0.0.1", "TRADEUP_PROCESSES": "2",
            "TRADEUP_METRICS_PORT": str(metrics), "TRADEUP_METRICS_HOST": "127.0.0.1",
-           "TRADEUP_SQLITE_PATH": str(tmp_path / "demo.db"), "TRADEUP_RUNTIME_OVERRIDES_FILE": str(tmp_path / "o.json")}
+           "TRADEUP_SQLITE_PATH": str(tmp_path / "demo.db")}
     process = subprocess.Popen([sys.executable, "-m", "server"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.DEVNULL, text=True)
     try:
@@ -98,7 +97,7 @@ def test_sigterm_under_load_cuts_no_stream(tmp_path):
     import threading
     port = free_port()
     env = {**os.environ, "TRADEUP_PORT": str(port), "TRADEUP_HOST": "127.0.0.1", "TRADEUP_STREAM_BATCH_SIZE": "2",
-           "TRADEUP_SQLITE_PATH": str(tmp_path / "demo.db"), "TRADEUP_RUNTIME_OVERRIDES_FILE": str(tmp_path / "o.json"),
+           "TRADEUP_SQLITE_PATH": str(tmp_path / "demo.db"),
            "TRADEUP_GRACE_SECONDS": "30", "TRADEUP_LOG_LEVEL": "WARNING"}
     process = subprocess.Popen([sys.executable, "-m", "server"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.DEVNULL, text=True)

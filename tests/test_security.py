@@ -36,7 +36,7 @@ def test_token_buckets():
 
 @pytest.fixture
 def limited(golden_database, tmp_path):
-    running = start_server({**golden_database[1], "TRADEUP_RUNTIME_OVERRIDES_FILE": str(tmp_path / "o.json")},
+    running = start_server(golden_database[1],
                            TRADEUP_RATE_LIMIT_PER_SECOND=2, TRADEUP_RATE_LIMIT_BURST=3,
                            TRADEUP_RATE_LIMIT_KEY="x-caller-id")
     yield running
@@ -63,7 +63,7 @@ def test_rate_limit_per_caller(limited):
 
 
 def test_without_a_key_the_peer_is_the_caller(golden_database, tmp_path):
-    running = start_server({**golden_database[1], "TRADEUP_RUNTIME_OVERRIDES_FILE": str(tmp_path / "o.json")},
+    running = start_server(golden_database[1],
                            TRADEUP_RATE_LIMIT_PER_SECOND=1, TRADEUP_RATE_LIMIT_BURST=2)
     try:
         codes = []
@@ -95,7 +95,7 @@ def make_certificates(directory):
 
 def test_tls_and_mutual_tls(golden_database, tmp_path):
     certs = make_certificates(tmp_path)
-    env = {**golden_database[1], "TRADEUP_RUNTIME_OVERRIDES_FILE": str(tmp_path / "o.json")}
+    env = golden_database[1]
     read = lambda name: certs[name].read_bytes()  # noqa: E731
     running = start_server(env, TRADEUP_TLS_CERT_FILE=certs["server.pem"], TRADEUP_TLS_KEY_FILE=certs["server.key"])
     target = f"localhost:{running.app.port}"

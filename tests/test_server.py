@@ -245,20 +245,27 @@ def test_admin_config_is_redacted(server):
 
 def test_admin_updates_business_parameters_at_runtime(server):
     before = server.client.generate_offers(customer_id="C0001", terms=[48])
-    business = server.client.update_business_parameters({"fees": {"service_fee_pct": 0.02}})
+    business = server.client.update_business_parameters({"fees": {"service_fee_pct": 0.02, "cxa_pct": 0.04}},
+                                                        changed_by="pricing-team")
     assert business["fees"]["service_fee_pct"] == 0.02
     after = server.client.generate_offers(customer_id="C0001", terms=[48])
     assert before.summary.total_offers and after.summary.total_offers
+    assert after.summary.config_version == before.summary.config_version + 1
     first = next(o for g in after.groups for o in g.offers)
     assert first.service_fee_amount == pytest.approx(0.02 * golden.inventory()[first.car_id]["car_price"])
-    persisted = json.loads(open(server.app.settings.current.server.runtime_overrides_file).read())
-    assert persisted["business"]["fees"]["service_fee_pct"] == 0.02
+    # Only the key whose value changed is stored (cxa_pct was 0.04 already), with who and when.
+    (change,) = server.client.config_history().changes
+    assert (change.key, change.new_value.number_value, change.changed_by) == (
+        "business.fees.service_fee_pct", 0.02, "pricing-team")
+    assert change.old_value.WhichOneof("kind") == "null_value" and change.changed_at.seconds > 0
     # An invalid change is refused whole and changes nothing.
-    with pytest.raises(grpc.RpcError) as err:
-        server.client.update_business_parameters({"fees": {"service_fee_pct": 0.03, "cxa_pct": -1}})
-    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "fees.cxa_pct" in err.value.details()
+    for changes, field in (({"fees": {"service_fee_pct": 0.03, "cxa_pct": -1}}, "fees.cxa_pct"),
+                           ({"fees": {"no_such_fee": 1}}, "fees.no_such_fee")):
+        with pytest.raises(grpc.RpcError) as err:
+            server.client.update_business_parameters(changes)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and field in err.value.details()
     assert server.client.get_config()["business"]["fees"]["service_fee_pct"] == 0.02
-    assert json.loads(open(server.app.settings.current.server.runtime_overrides_file).read()) == persisted
+    assert len(server.client.config_history().changes) == 1
 
 
 def test_admin_status_and_invalidation(server):
@@ -267,15 +274,16 @@ def test_admin_status_and_invalidation(server):
     assert status.database_reachable and status.circuit_state == "closed"
     assert status.engine_implementation in ("compiled", "python") and status.inventory_cars == 4000
     assert status.database_backend in ("sqlite", "mysql") and status.cache_hits >= 1
+    version = status.inventory_version
     assert server.client.invalidate_cache() >= 1
-    assert server.client.status().inventory_cars == 0
-    server.client.generate_offers(customer_id="C0001")
-    assert server.client.status().inventory_cars == 4000
+    status = server.client.status()  # reloaded at once, under a new version every process follows
+    assert status.inventory_cars == 4000 and status.inventory_version > version
+    assert server.client.generate_offers(customer_id="C0001").summary.inventory_version == status.inventory_version
 
 
 def test_too_many_concurrent_calls_are_refused(golden_database, tmp_path):
     from conftest import start_server
-    running = start_server({**golden_database[1], "TRADEUP_RUNTIME_OVERRIDES_FILE": str(tmp_path / "o.json")},
+    running = start_server(golden_database[1],
                            TRADEUP_MAX_CONCURRENT_RPCS=1)
     release = threading.Event()
 
@@ -299,7 +307,7 @@ def test_too_many_concurrent_calls_are_refused(golden_database, tmp_path):
 
 def test_a_call_waits_for_a_worker_no_longer_than_its_deadline(golden_database, tmp_path):
     from conftest import start_server
-    running = start_server({**golden_database[1], "TRADEUP_RUNTIME_OVERRIDES_FILE": str(tmp_path / "o.json")},
+    running = start_server({**golden_database[1]},
                            TRADEUP_MAX_WORKERS=1)
     release = threading.Event()
 
@@ -328,7 +336,7 @@ def test_a_call_waits_for_a_worker_no_longer_than_its_deadline(golden_database, 
 
 def test_graceful_shutdown_lets_a_running_stream_finish(golden_database, tmp_path):
     from conftest import start_server
-    running = start_server({**golden_database[1], "TRADEUP_RUNTIME_OVERRIDES_FILE": str(tmp_path / "o.json")},
+    running = start_server(golden_database[1],
                            TRADEUP_STREAM_BATCH_SIZE=1)
     stream = running.client.find_minimum_subsidy(customer_id="C0001", max_cars=300, timeout=30)
     first = next(stream)

@@ -5,9 +5,12 @@ with ? placeholders, on the embedded SQLite file. Every call goes through the ci
 """
 from __future__ import annotations
 
+import json
 import logging
 import time
-from typing import Any, Callable, Iterable, TypeVar
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any, Callable, Iterable, Mapping, TypeVar
 
 from ..domain import Car, Customer
 from ..errors import DeadlineExceeded, Unavailable
@@ -53,6 +56,8 @@ SCHEMA = (
 # from the index itself, and stops after LIMIT matches instead of sorting every candidate.
 INDEXES = (
     ("idx_inventory_trade_up", "inventory", "(available, year DESC, price DESC, car_id, kilometers, region)"),
+    # The change feed reads the rows stamped since a process's snapshot (below).
+    ("idx_inventory_updated_at", "inventory", "(updated_at)"),
 )
 # `CREATE INDEX IF NOT EXISTS` is MariaDB and SQLite only: ask the catalogue first (MySQL too).
 INDEX_EXISTS = {
@@ -61,6 +66,92 @@ INDEX_EXISTS = {
     "sqlite": "SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' AND tbl_name = %s AND name = %s",
 }
 ER_DUP_KEYNAME = 1061  # MySQL/MariaDB: another process created the index since we asked
+
+# The change feed (server/services/changefeed.py). Every row of `inventory` carries `updated_at`,
+# set by the database itself on every insert and update, whoever writes (MySQL: ON UPDATE
+# CURRENT_TIMESTAMP(6); SQLite: a trigger stamping a sequence number, SQLite having one writer),
+# so each process re-reads only the rows changed since its snapshot. `change_versions` is one row
+# of counters: the configuration version, the inventory version and the version from which a
+# full reload is due (InvalidateCache, deletes). All statements below are portable between
+# MySQL and MariaDB (no CREATE INDEX IF NOT EXISTS); existing columns and indexes are checked first.
+_STAMP_TYPE = {"mysql": "TIMESTAMP(6)", "sqlite": "INTEGER"}
+_STAMP_COLUMN = {
+    "mysql": "updated_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6) ON UPDATE CURRENT_TIMESTAMP(6)",
+    "sqlite": "updated_at INTEGER NOT NULL DEFAULT 0",
+}
+_AUTO_ID = {"mysql": "BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY", "sqlite": "INTEGER PRIMARY KEY AUTOINCREMENT"}
+_TIME_TYPE = {"mysql": "DATETIME(6)", "sqlite": "TEXT"}
+CHANGE_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS change_versions (
+        id SMALLINT NOT NULL PRIMARY KEY,
+        config_version BIGINT NOT NULL DEFAULT 0,
+        inventory_version BIGINT NOT NULL DEFAULT 0,
+        reload_version BIGINT NOT NULL DEFAULT 0,
+        inventory_mark {stamp_type} NULL DEFAULT NULL,
+        stamp_sequence BIGINT NOT NULL DEFAULT 0
+    ){suffix}""",
+    """CREATE TABLE IF NOT EXISTS config_overrides (
+        key_path VARCHAR(191) NOT NULL PRIMARY KEY,
+        value_json TEXT NOT NULL,
+        version BIGINT NOT NULL,
+        changed_at {time_type} NOT NULL,
+        changed_by VARCHAR(128) NOT NULL DEFAULT '',
+        previous_json TEXT NULL
+    ){suffix}""",
+    """CREATE TABLE IF NOT EXISTS config_history (
+        id {auto_id},
+        version BIGINT NOT NULL,
+        key_path VARCHAR(191) NOT NULL,
+        old_json TEXT NULL,
+        new_json TEXT NULL,
+        changed_at {time_type} NOT NULL,
+        changed_by VARCHAR(128) NOT NULL DEFAULT ''
+    ){suffix}""",
+)
+_SEED_VERSIONS = {"mysql": "INSERT IGNORE INTO change_versions (id) VALUES (1)",
+                  "sqlite": "INSERT OR IGNORE INTO change_versions (id) VALUES (1)"}
+_HAS_COLUMN = {"mysql": "SELECT COUNT(*) FROM information_schema.columns WHERE table_schema = DATABASE() "
+                        "AND table_name = 'inventory' AND column_name = 'updated_at'",
+               "sqlite": "SELECT COUNT(*) FROM pragma_table_info('inventory') WHERE name = 'updated_at'"}
+ADD_STAMP_COLUMN = "ALTER TABLE inventory ADD COLUMN {column}"
+# SQLite stamps come from a counter (not MAX + 1: REPLACE deletes the newest row before inserting).
+_STAMP = ("UPDATE change_versions SET stamp_sequence = stamp_sequence + 1 WHERE id = 1; "
+          "UPDATE inventory SET updated_at = (SELECT stamp_sequence FROM change_versions WHERE id = 1) "
+          "WHERE car_id = NEW.car_id; END")
+SQLITE_STAMP_TRIGGERS = (
+    f"CREATE TRIGGER IF NOT EXISTS inventory_stamp_insert AFTER INSERT ON inventory BEGIN {_STAMP}",
+    "CREATE TRIGGER IF NOT EXISTS inventory_stamp_update AFTER UPDATE OF car_id, brand, model, year, kilometers, "
+    f"regular_price, promotion_price, region, color, available ON inventory BEGIN {_STAMP}",
+)
+CHANGE_STATE = ("SELECT config_version, inventory_version, reload_version, inventory_mark, "
+                "(SELECT MAX(updated_at) FROM inventory) FROM change_versions WHERE id = 1")
+# Moves the inventory version once per newly stamped row set, whichever process sees it first.
+NOTE_INVENTORY_CHANGE = ("UPDATE change_versions SET inventory_version = inventory_version + 1, inventory_mark = %s "
+                         "WHERE id = 1 AND (inventory_mark IS NULL OR inventory_mark < %s)")
+BUMP_INVENTORY = ("UPDATE change_versions SET inventory_version = inventory_version + 1, "
+                  "inventory_mark = (SELECT MAX(updated_at) FROM inventory) WHERE id = 1")
+# Two statements: MySQL and SQLite disagree on which value a later assignment of one UPDATE sees.
+REQUEST_RELOAD = ("UPDATE change_versions SET inventory_version = inventory_version + 1 WHERE id = 1",
+                  "UPDATE change_versions SET reload_version = inventory_version WHERE id = 1")
+INVENTORY_VERSION = "SELECT inventory_version FROM change_versions WHERE id = 1"
+LOCK_CONFIG = {"mysql": "SELECT config_version FROM change_versions WHERE id = 1 FOR UPDATE",
+               "sqlite": "SELECT config_version FROM change_versions WHERE id = 1"}
+CONFIG_VERSION = "SELECT config_version FROM change_versions WHERE id = 1"
+CONFIG_OVERRIDES = "SELECT key_path, value_json FROM config_overrides"
+DELETE_OVERRIDE = "DELETE FROM config_overrides WHERE key_path = %s"
+PUT_OVERRIDE = ("INSERT INTO config_overrides (key_path, value_json, version, changed_at, changed_by, previous_json) "
+                "VALUES (%s, %s, %s, %s, %s, %s)")
+ADD_HISTORY = ("INSERT INTO config_history (version, key_path, old_json, new_json, changed_at, changed_by) "
+               "VALUES (%s, %s, %s, %s, %s, %s)")
+SET_CONFIG_VERSION = "UPDATE change_versions SET config_version = %s WHERE id = 1"
+CONFIG_HISTORY = ("SELECT version, key_path, old_json, new_json, changed_at, changed_by FROM config_history "
+                  "WHERE SUBSTR(key_path, 1, %s) = %s ORDER BY id DESC LIMIT %s")
+# SQLite: IMMEDIATE takes the write lock at once, so two writers serialize instead of failing.
+# Stamps cross process boundaries as values: read and compare them in UTC, never in a local time
+# zone whose clock goes back an hour once a year.
+UTC_SESSION = "SET time_zone = '+00:00'"
+_BEGIN = {("mysql", False): "START TRANSACTION", ("mysql", True): "START TRANSACTION",
+          ("sqlite", False): "BEGIN", ("sqlite", True): "BEGIN IMMEDIATE"}
 
 _CUSTOMER_COLUMNS = ("customer_id, current_monthly_payment, outstanding_balance, current_car_price, "
                      "current_car_year, current_car_km, risk_profile_name, risk_profile_index, region")
@@ -82,6 +173,54 @@ COUNT_CARS = "SELECT COUNT(*) FROM inventory"
 COUNT_CUSTOMERS = "SELECT COUNT(*) FROM customers"
 DELETE_CARS = "DELETE FROM inventory"
 DELETE_CUSTOMERS = "DELETE FROM customers"
+CHANGED_CARS = f"SELECT {_CAR_COLUMNS}, updated_at FROM inventory WHERE updated_at > %s"
+
+
+@dataclass(frozen=True)
+class ChangeState:
+    """The change_versions row, and the newest stamp on the inventory (opaque, comparable)."""
+    config_version: int
+    inventory_version: int
+    reload_version: int
+    inventory_mark: Any
+    latest_stamp: Any
+
+
+@dataclass(frozen=True)
+class ConfigChange:
+    """One row of the configuration history; values are JSON-decoded (None: no value)."""
+    version: int
+    key: str
+    old: Any
+    new: Any
+    changed_at: datetime
+    changed_by: str
+
+
+def _ensure(cursor, exists: str, create: str) -> None:
+    """Run `create` unless `exists` counts the object already; replicas migrating at the same
+    time may both try: the loser's error is ignored once the object is there."""
+    cursor.execute(exists)
+    if cursor.fetchone()[0]:
+        return
+    try:
+        cursor.execute(create)
+    except Exception:
+        cursor.execute(exists)
+        if not cursor.fetchone()[0]:
+            raise
+
+
+def _car(row) -> Car:
+    return Car(car_id=row[0], brand=row[1], model=row[2], year=int(row[3]), kilometers=int(row[4]),
+               regular_price=float(row[5]), promotion_price=None if row[6] is None else float(row[6]),
+               region=row[7] or "", color=row[8] or "", available=bool(row[9]))
+
+
+def _utc(value) -> datetime:
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value
 
 
 class Repository:
@@ -125,19 +264,42 @@ class Repository:
     # --- schema and seeding ---------------------------------------------------------------
     def migrate(self) -> None:
         """Create the tables and indexes if they do not exist (idempotent)."""
+        backend = self.backend
+        names = {"id_type": _ID_TYPE[backend], "suffix": _TABLE_SUFFIX[backend], "stamp_type": _STAMP_TYPE[backend],
+                 "auto_id": _AUTO_ID[backend], "time_type": _TIME_TYPE[backend]}
+
         def work(cursor):
-            for statement in SCHEMA:
-                cursor.execute(statement.format(id_type=_ID_TYPE[self.backend], suffix=_TABLE_SUFFIX[self.backend]))
+            for statement in SCHEMA + CHANGE_SCHEMA:
+                cursor.execute(statement.format(**names))
+            cursor.execute(_SEED_VERSIONS[backend])
+            _ensure(cursor, _HAS_COLUMN[backend], ADD_STAMP_COLUMN.format(column=_STAMP_COLUMN[backend]))
             for name, table, columns in INDEXES:
-                cursor.execute(self._sql(INDEX_EXISTS[self.backend]), (table, name))
+                cursor.execute(self._sql(INDEX_EXISTS[backend]), (table, name))
                 if cursor.fetchone()[0]:
                     continue
                 try:
                     cursor.execute(f"CREATE INDEX {name} ON {table} {columns}")
                 except Exception as exc:
-                    if not (self.backend == "mysql" and exc.args and exc.args[0] == ER_DUP_KEYNAME):
+                    if not (backend == "mysql" and exc.args and exc.args[0] == ER_DUP_KEYNAME):
                         raise
+            if backend == "sqlite":
+                for statement in SQLITE_STAMP_TRIGGERS:
+                    cursor.execute(statement)
         self._run("migrate", work, None)
+
+    def _utc(self, cursor) -> None:
+        if self.backend == "mysql":
+            cursor.execute(UTC_SESSION)
+
+    def _transaction(self, cursor, work: Callable[[Any], T], write: bool = False) -> T:
+        cursor.execute(_BEGIN[self.backend, write])
+        try:
+            result = work(cursor)
+        except BaseException:
+            cursor.execute("ROLLBACK")
+            raise
+        cursor.execute("COMMIT")
+        return result
 
     def put_customers(self, customers: Iterable[Customer]) -> None:
         rows = [(c.customer_id, c.current_monthly_payment, c.outstanding_balance, c.current_car_price,
@@ -146,19 +308,28 @@ class Repository:
         self._run("put_customers", lambda cursor: cursor.executemany(self._sql(PUT_CUSTOMER), rows), None)
 
     def put_cars(self, cars: Iterable[Car]) -> None:
+        """Insert or replace cars (new stock, repricing); the inventory version moves."""
         rows = [(c.car_id, c.brand, c.model, c.year, c.kilometers, c.regular_price, c.promotion_price,
                  c.region, c.color, int(c.available)) for c in cars]
-        self._run("put_cars", lambda cursor: cursor.executemany(self._sql(PUT_CAR), rows), None)
+
+        def work(cursor):
+            cursor.executemany(self._sql(PUT_CAR), rows)
+            cursor.execute(BUMP_INVENTORY)
+        self._run("put_cars", work, None)
 
     def set_car_available(self, car_id: str, available: bool) -> None:
-        self._run("set_car_available",
-                  lambda cursor: cursor.execute(self._sql(SET_CAR_AVAILABLE), (int(available), car_id)), None)
+        def work(cursor):
+            cursor.execute(self._sql(SET_CAR_AVAILABLE), (int(available), car_id))
+            cursor.execute(BUMP_INVENTORY)
+        self._run("set_car_available", work, None)
 
     def delete_all(self) -> None:
         def work(cursor):
             cursor.execute(DELETE_CARS)
             cursor.execute(DELETE_CUSTOMERS)
-        self._run("delete_all", work, None)
+            for statement in REQUEST_RELOAD:  # deleted rows carry no stamp: every process reloads
+                cursor.execute(statement)
+        self._run("delete_all", lambda cursor: self._transaction(cursor, work, write=True), None)
 
     def counts(self) -> tuple[int, int]:
         """(cars, customers)."""
@@ -215,8 +386,101 @@ class Repository:
         def work(cursor):
             cursor.execute(AVAILABLE_CARS)
             return cursor.fetchall()
-        return [Car(car_id=r[0], brand=r[1], model=r[2], year=int(r[3]), kilometers=int(r[4]),
-                    regular_price=float(r[5]), promotion_price=None if r[6] is None else float(r[6]),
-                    region=r[7] or "", color=r[8] or "", available=bool(r[9]))
-                for r in self._run("available_cars", work, timeout)]
+        return [_car(r) for r in self._run("available_cars", work, timeout)]
+
+    # --- the change feed ----------------------------------------------------------------------
+    def change_state(self, timeout: float | None = None) -> ChangeState:
+        """The version counters and the newest inventory stamp, in one round trip."""
+        def work(cursor):
+            self._utc(cursor)
+            cursor.execute(CHANGE_STATE)
+            return cursor.fetchone()
+        row = self._run("change_state", work, timeout)
+        return ChangeState(int(row[0]), int(row[1]), int(row[2]), row[3], row[4])
+
+    def note_inventory_change(self, latest_stamp: Any, timeout: float | None = None) -> None:
+        """Move the inventory version for rows stamped up to `latest_stamp`, unless another
+        process already did (rows written by plain SQL move it this way)."""
+        def work(cursor):
+            self._utc(cursor)
+            cursor.execute(self._sql(NOTE_INVENTORY_CHANGE), (latest_stamp, latest_stamp))
+        self._run("note_inventory_change", work, timeout)
+
+    def changed_cars(self, since: Any, overlap_seconds: float, timeout: float | None = None) -> tuple[list[Car], Any]:
+        """Cars (available or not) stamped after `since` (None: every car), and the newest stamp
+        among them. MySQL stamps are times, taken before commit: re-read `overlap_seconds` back
+        so a write that committed late is not missed (SQLite stamps are a sequence: no overlap)."""
+        if since is None:
+            since = 0 if self.backend == "sqlite" else datetime(1970, 1, 2)
+        elif isinstance(since, datetime):
+            since = since - timedelta(seconds=overlap_seconds)
+
+        def work(cursor):
+            self._utc(cursor)
+            cursor.execute(self._sql(CHANGED_CARS), (since,))
+            return cursor.fetchall()
+        rows = self._run("changed_cars", work, timeout)
+        return [_car(r) for r in rows], max((r[10] for r in rows), default=None)
+
+    def request_reload(self) -> int:
+        """Ask every process for a full inventory reload (InvalidateCache); the new inventory version."""
+        def work(cursor):
+            for statement in REQUEST_RELOAD:
+                cursor.execute(statement)
+            cursor.execute(INVENTORY_VERSION)
+            return int(cursor.fetchone()[0])
+        return self._run("request_reload", lambda cursor: self._transaction(cursor, work, write=True), None)
+
+    def config_overrides(self, timeout: float | None = None) -> tuple[int, dict[str, Any]]:
+        """(configuration version, {key path: value}) read in one transaction."""
+        def read(cursor):
+            cursor.execute(CONFIG_VERSION)
+            version = int(cursor.fetchone()[0])
+            cursor.execute(CONFIG_OVERRIDES)
+            return version, {key: json.loads(value) for key, value in cursor.fetchall()}
+        return self._run("config_overrides", lambda cursor: self._transaction(cursor, read), timeout)
+
+    def write_config(self, changed_by: str,
+                     decide: Callable[[dict[str, Any]], Mapping[str, Any]]) -> tuple[int, dict[str, Any]]:
+        """Change configuration overrides atomically. `decide(current overrides)` returns the
+        keys to write (validated by the caller against the current overrides, read under the
+        lock); each is stored with its previous value and logged in config_history under one
+        new version. Returns (version, overrides now stored); the version moves only on change."""
+        def write(cursor):
+            cursor.execute(LOCK_CONFIG[self.backend])
+            version = int(cursor.fetchone()[0])
+            cursor.execute(CONFIG_OVERRIDES)
+            stored = {key: json.loads(value) for key, value in cursor.fetchall()}
+            changes = decide(dict(stored))
+            if not changes:
+                return version, stored
+            version += 1
+            now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")
+            for key, value in changes.items():
+                old = json.dumps(stored[key]) if key in stored else None
+                new = json.dumps(value)
+                cursor.execute(self._sql(DELETE_OVERRIDE), (key,))
+                cursor.execute(self._sql(PUT_OVERRIDE), (key, new, version, now, changed_by, old))
+                cursor.execute(self._sql(ADD_HISTORY), (version, key, old, new, now, changed_by))
+                stored[key] = value
+            cursor.execute(self._sql(SET_CONFIG_VERSION), (version,))
+            return version, stored
+        return self._run("write_config", lambda cursor: self._transaction(cursor, write, write=True), None)
+
+    def config_history(self, key_prefix: str = "", limit: int = 100) -> list[ConfigChange]:
+        """The newest configuration changes first, optionally of the keys under `key_prefix`."""
+        def work(cursor):
+            cursor.execute(self._sql(CONFIG_HISTORY), (len(key_prefix), key_prefix, limit))
+            return cursor.fetchall()
+        return [ConfigChange(version=int(r[0]), key=r[1], old=None if r[2] is None else json.loads(r[2]),
+                             new=None if r[3] is None else json.loads(r[3]), changed_at=_utc(r[4]),
+                             changed_by=r[5]) for r in self._run("config_history", work, None)]
+
+    def clear_config(self) -> None:
+        """Remove every configuration override and its history (a fresh deployment, tests)."""
+        def work(cursor):
+            cursor.execute("DELETE FROM config_overrides")
+            cursor.execute("DELETE FROM config_history")
+            cursor.execute("UPDATE change_versions SET config_version = config_version + 1 WHERE id = 1")
+        self._run("clear_config", work, None)
 

@@ -12,6 +12,7 @@ from engine_ext.constants import ALL_TIERS, TIER_MAX_UPGRADE, TIER_NAMES, TIER_R
 
 from protos.tradeup.v1 import admin_pb2, offers_pb2 as pb
 
+from ..data.repository import ConfigChange
 from ..domain import Customer
 from ..errors import InvalidArgument
 from ..services.offers import OVERRIDE_FIELDS, CustomerRef, OfferQuery, OfferResult
@@ -104,7 +105,8 @@ def summary_to_pb(result: OfferResult) -> pb.OfferSummary:
         upgrade_count=counts["Upgrade"] if TIER_UPGRADE in wanted else 0,
         max_upgrade_count=counts["Max Upgrade"] if TIER_MAX_UPGRADE in wanted else 0,
         rejected=pb.RejectionCounts(**rejected),
-        timing=pb.Timing(database_ms=result.database_ms, engine_ms=result.engine_ms, total_ms=result.total_ms))
+        timing=pb.Timing(database_ms=result.database_ms, engine_ms=result.engine_ms, total_ms=result.total_ms),
+        config_version=result.config_version, inventory_version=result.inventory_version)
 
 
 # Field numbers of the messages the server assembles from pre-encoded parts.
@@ -191,6 +193,22 @@ def _from_value(value: struct_pb2.Value, name: str) -> Any:
         return [_from_value(item, f"{name}[{k}]") for k, item in enumerate(value.list_value.values)]
     return {"string_value": lambda: value.string_value, "bool_value": lambda: value.bool_value}.get(
         kind, lambda: None)()
+
+
+def history_to_pb(changes: Sequence[ConfigChange]) -> admin_pb2.GetConfigHistoryResponse:
+    response = admin_pb2.GetConfigHistoryResponse()
+    for change in changes:
+        item = response.changes.add(version=change.version, key=change.key, changed_by=change.changed_by)
+        item.old_value.CopyFrom(_to_value(change.old))
+        item.new_value.CopyFrom(_to_value(change.new))
+        item.changed_at.FromDatetime(change.changed_at)
+    return response
+
+
+def _to_value(value: Any) -> struct_pb2.Value:
+    holder = struct_pb2.Struct()
+    holder.update({"v": value})
+    return holder.fields["v"]
 
 
 def status_to_pb(status: dict[str, Any]) -> admin_pb2.GetStatusResponse:

@@ -60,10 +60,11 @@ class OfferServicer(offers_pb2_grpc.OfferServiceServicer):
     def FindMinimumSubsidy(self, request: pb.FindMinimumSubsidyRequest, context):
         service = self.service
         query = converters.subsidy_query(request)
-        params = service.params_for(query)
-        customer = service.load_customer(query.customer, context.time_remaining)
+        settings = service.settings_now()  # one configuration version for the whole call
+        params = service.params_for(query, settings)
+        customer = service.load_customer(query.customer, context.time_remaining, settings)
         selection = service.subsidy_cars(customer, list(request.car_ids), query.same_region, query.max_cars,
-                                         context.time_remaining)
+                                         context.time_remaining, settings)
         note_call(customer=customer.customer_id, cars=len(selection.car_ids))
         total, viable = len(selection.car_ids), 0
         for first in range(0, max(total, 1), self.batch_size):
@@ -98,16 +99,25 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
 
     def GetConfig(self, request, context):
         self._authorize(context)
-        return admin_pb2.GetConfigResponse(config=converters.to_struct(self.service.config()))
+        config, sources, version = self.service.config()
+        return admin_pb2.GetConfigResponse(config=converters.to_struct(config), sources=sources,
+                                           config_version=version)
 
     def UpdateBusinessParameters(self, request, context):
         self._authorize(context)
-        business = self.service.update_business(converters.from_struct(request.changes))
-        return admin_pb2.UpdateBusinessParametersResponse(business=converters.to_struct(business))
+        changed_by = request.changed_by or dict(context.invocation_metadata()).get("x-caller-id") or context.peer()
+        business, version = self.service.update_business(converters.from_struct(request.changes), changed_by)
+        return admin_pb2.UpdateBusinessParametersResponse(business=converters.to_struct(business),
+                                                          config_version=version)
+
+    def GetConfigHistory(self, request, context):
+        self._authorize(context)
+        return converters.history_to_pb(self.service.history(request.key_prefix, request.limit))
 
     def InvalidateCache(self, request, context):
         self._authorize(context)
-        return admin_pb2.InvalidateCacheResponse(entries_removed=self.service.invalidate_caches())
+        removed, version = self.service.invalidate_caches()
+        return admin_pb2.InvalidateCacheResponse(entries_removed=removed, inventory_version=version)
 
     def GetStatus(self, request, context):
         self._authorize(context)

@@ -5,20 +5,28 @@ import hmac
 import time
 from typing import Any, Callable, Mapping
 
-from ..config import SettingsStore
+from ..config import SettingsStore, flatten
 from ..data.inventory import InventoryCache
-from ..data.repository import Repository
+from ..data.repository import ConfigChange, Repository
 from ..errors import ConfigError, FailedPrecondition, InvalidArgument, PermissionDenied, Unauthenticated
+from .changefeed import CONFIG, ChangeFeed
+
+MAX_HISTORY = 1000
+
+
+def _reason(exc: ConfigError) -> str:
+    return str(exc).split(": ", 1)[-1]
 
 VERSION = "0.1.0"
 
 
 class AdminService:
     def __init__(self, settings: SettingsStore, repository: Repository, inventory: InventoryCache,
-                 engine_implementation: str, database_reachable: Callable[[], bool]):
+                 engine_implementation: str, database_reachable: Callable[[], bool], feed: ChangeFeed):
         self.settings = settings
         self.repository = repository
         self.inventory = inventory
+        self.feed = feed
         self.engine_implementation = engine_implementation
         self.database_reachable = database_reachable
         self.started = time.monotonic()
@@ -37,24 +45,53 @@ class AdminService:
         if not hmac.compare_digest(token.strip().encode(), expected.encode()):
             raise PermissionDenied("the admin token is not valid")
 
-    def config(self) -> dict[str, Any]:
-        return self.settings.current.to_dict(redact=True)
+    def config(self) -> tuple[dict[str, Any], dict[str, str], int]:
+        """(effective configuration with secrets redacted, key path -> source, configuration version)."""
+        current = self.settings.current
+        return current.to_dict(redact=True), self.settings.sources(), current.version
 
-    def update_business(self, changes: Mapping[str, Any]) -> dict[str, Any]:
+    def update_business(self, changes: Mapping[str, Any], changed_by: str) -> tuple[dict[str, Any], int]:
+        """Store the business parameters that change (validated together with every override in
+        the database, under its lock), apply them here and tell every process.
+        Returns (the business parameters now in effect, the configuration version)."""
         if not changes:
             raise InvalidArgument("must change at least one business parameter", "changes")
         try:
-            return self.settings.update_business(changes).to_dict()
+            requested = flatten({"business": dict(changes)})
+        except ConfigError as exc:
+            raise InvalidArgument(_reason(exc), "changes") from None
+        version_now = self.settings.current.version
+
+        def decide(stored: dict[str, Any]) -> dict[str, Any]:
+            before = flatten({"business": self.settings.build(stored, version_now).business.to_dict()})
+            after = flatten({"business": self.settings.build({**stored, **requested}, version_now).business.to_dict()})
+            for path in requested:
+                if path not in after:
+                    raise InvalidArgument("is not a business parameter", "changes." + path.removeprefix("business."))
+            return {path: value for path, value in after.items() if before.get(path) != value}
+
+        try:
+            version, _ = self.repository.write_config(changed_by[:128], decide)
         except ConfigError as exc:
             path = exc.key.removeprefix("business").lstrip(".")
-            raise InvalidArgument(str(exc).split(": ", 1)[-1], f"changes.{path}" if path else "changes") from None
+            raise InvalidArgument(_reason(exc), f"changes.{path}" if path else "changes") from None
+        self.feed.changed(CONFIG, version)
+        return self.settings.current.business.to_dict(), self.settings.current.version
 
-    def invalidate_caches(self) -> int:
-        return self.inventory.invalidate()
+    def history(self, key_prefix: str, limit: int) -> list[ConfigChange]:
+        if limit < 0 or limit > MAX_HISTORY:
+            raise InvalidArgument(f"must be within 0..{MAX_HISTORY} (0: 100), got {limit}", "limit")
+        if len(key_prefix) > 191 or not key_prefix.isprintable():
+            raise InvalidArgument("must be at most 191 printable characters", "key_prefix")
+        return self.repository.config_history(key_prefix, limit or 100)
+
+    def invalidate_caches(self) -> tuple[int, int]:
+        """(entries dropped in this process, the new inventory version); every process reloads."""
+        return self.feed.invalidate()
 
     def status(self) -> dict[str, Any]:
         in_use, idle = self.repository.database.pool_status()
         return {"version": VERSION, "engine_implementation": self.engine_implementation,
                 "database_backend": self.repository.backend, "database_reachable": self.database_reachable(),
                 "circuit_state": self.repository.breaker.state, "pool_in_use": in_use, "pool_idle": idle,
-                "uptime_seconds": time.monotonic() - self.started, **self.inventory.status()}
+                "uptime_seconds": time.monotonic() - self.started, **self.inventory.status(), **self.feed.status()}

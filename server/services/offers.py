@@ -14,7 +14,7 @@ from engine_ext import (ALL_TIERS, CustomerTerms, Engine, EngineInputError, Offe
 
 from engine_ext.constants import REJECT_DOWN_PAYMENT_NOT_MET, REJECT_LOAN_NOT_POSITIVE
 
-from ..config import SettingsStore
+from ..config import Settings, SettingsStore
 from ..data.inventory import InventoryCache, Selection
 from ..data.repository import Repository
 from ..domain import Customer
@@ -59,6 +59,8 @@ class OfferResult:
     database_ms: float
     engine_ms: float
     started: float          # perf_counter at the start of the call
+    config_version: int = 0     # of the settings it was priced with
+    inventory_version: int = 0  # of the inventory snapshot its cars came from
 
     @property
     def total_ms(self) -> float:
@@ -108,13 +110,18 @@ class OfferService:
         self.on_priced = on_priced  # every priced request, e.g. for metrics
 
     # --- building blocks ----------------------------------------------------------------------
-    def load_customer(self, ref: CustomerRef, remaining: Remaining = no_deadline) -> Customer:
+    # Each takes the settings of the call (read once per call: one configuration version).
+    def settings_now(self) -> Settings:
+        return self.settings.current
+
+    def load_customer(self, ref: CustomerRef, remaining: Remaining = no_deadline,
+                      settings: Settings | None = None) -> Customer:
+        business = (settings or self.settings.current).business
         if ref.profile is not None:
             profile = ref.profile
             if profile.risk_profile_index is None:
-                index = self.settings.current.business.profile_index(profile.risk_profile_name)
-                profile = replace(profile, risk_profile_index=index)
-            validate_customer(profile, inline=True, table_rows=len(self.settings.current.business.down_payment_rows))
+                profile = replace(profile, risk_profile_index=business.profile_index(profile.risk_profile_name))
+            validate_customer(profile, inline=True, table_rows=len(business.down_payment_rows))
             return profile
         customer_id = ref.customer_id or ""
         if not customer_id:
@@ -124,12 +131,12 @@ class OfferService:
         customer = self.repository.get_customer(customer_id, check_deadline(remaining, "before the customer lookup"))
         if customer is None:
             raise NotFound(f"no customer {customer_id!r}", "customer_id")
-        validate_customer(customer, inline=False, table_rows=len(self.settings.current.business.down_payment_rows))
+        validate_customer(customer, inline=False, table_rows=len(business.down_payment_rows))
         return customer
 
-    def params_for(self, query: OfferQuery) -> PricingParams:
+    def params_for(self, query: OfferQuery, settings: Settings | None = None) -> PricingParams:
         """The configured business parameters with this request's overrides (validated)."""
-        params = self.settings.current.business
+        params = (settings or self.settings.current).business
         try:
             return params.with_overrides(**query.overrides, terms=query.terms or None)
         except EngineInputError as exc:
@@ -138,8 +145,8 @@ class OfferService:
             raise InvalidArgument(exc.reason, name) from None
 
     def prefilter(self, customer: Customer, same_region: bool, max_cars: int,
-                  remaining: Remaining = no_deadline) -> Selection:
-        settings = self.settings.current.prefilter
+                  remaining: Remaining = no_deadline, settings: Settings | None = None) -> Selection:
+        settings = (settings or self.settings.current).prefilter
         if max_cars > settings.max_limit:
             raise InvalidArgument(f"must be at most {settings.max_limit}, got {max_cars}", "options.max_cars")
         limit = max_cars or settings.default_limit
@@ -160,9 +167,10 @@ class OfferService:
         tiers = tuple(sorted(set(query.tiers))) or ALL_TIERS
         if any(t not in ALL_TIERS for t in tiers):
             raise InvalidArgument("must be TIER_REFRESH, TIER_UPGRADE or TIER_MAX_UPGRADE", "options.tiers")
-        params = self.params_for(query)
-        customer = self.load_customer(query.customer, remaining)
-        selection = self.prefilter(customer, query.same_region, query.max_cars, remaining)
+        settings = self.settings.current
+        params = self.params_for(query, settings)
+        customer = self.load_customer(query.customer, remaining, settings)
+        selection = self.prefilter(customer, query.same_region, query.max_cars, remaining, settings)
         priced = time.perf_counter()
         check_deadline(remaining, "before pricing")
         try:
@@ -173,17 +181,19 @@ class OfferService:
         done = time.perf_counter()
         returned = len(offers) if not query.max_offers else min(query.max_offers, len(offers))
         result = OfferResult(customer=customer, offers=offers, tiers=tiers, returned=returned,
-                             database_ms=(priced - started) * 1e3, engine_ms=(done - priced) * 1e3, started=started)
+                             database_ms=(priced - started) * 1e3, engine_ms=(done - priced) * 1e3, started=started,
+                             config_version=settings.version, inventory_version=selection.inventory_version)
         if self.on_priced:
             self.on_priced(result)
         return result
 
     def subsidy_cars(self, customer: Customer, car_ids: Sequence[str], same_region: bool, max_cars: int,
-                     remaining: Remaining = no_deadline) -> Selection:
+                     remaining: Remaining = no_deadline, settings: Settings | None = None) -> Selection:
         """The cars to search: the given ids (validated against the inventory), else the prefilter."""
+        settings = settings or self.settings.current
         if not car_ids:
-            return self.prefilter(customer, same_region, max_cars, remaining)
-        limit = self.settings.current.prefilter.max_limit
+            return self.prefilter(customer, same_region, max_cars, remaining, settings)
+        limit = settings.prefilter.max_limit
         if len(car_ids) > limit:
             raise InvalidArgument(f"at most {limit} cars, got {len(car_ids)}", "car_ids")
         snapshot = self.inventory.snapshot(check_deadline(remaining, "before the inventory lookup"))
@@ -209,14 +219,15 @@ class OfferService:
         """The offer (priced, whatever its tier) and the schedule of one (customer, car, term)."""
         if not car_id:
             raise InvalidArgument("is required", "car_id")
-        params = self.params_for(OfferQuery(customer=ref, overrides=overrides))
+        settings = self.settings.current
+        params = self.params_for(OfferQuery(customer=ref, overrides=overrides), settings)
         try:
             params.check_terms([term], "term")
         except EngineInputError as exc:
             raise InvalidArgument(exc.reason, "term") from None
-        customer = self.load_customer(ref, remaining)
+        customer = self.load_customer(ref, remaining, settings)
         try:
-            selection = self.subsidy_cars(customer, [car_id], False, 0, remaining)
+            selection = self.subsidy_cars(customer, [car_id], False, 0, remaining, settings)
         except NotFound as exc:
             raise NotFound(str(exc).split(": ", 1)[-1], "car_id") from None  # this request's field
         params = params.with_overrides(terms=[term])

@@ -1,4 +1,5 @@
-"""Per-caller token buckets: `rate` calls a second on average, bursts of up to `burst`."""
+"""Per-caller token buckets: `rate` calls a second on average, bursts of up to `burst`; per process
+(TokenBuckets) or shared by every process of every replica through Redis (SharedTokenBuckets)."""
 from __future__ import annotations
 
 import threading
@@ -28,3 +29,38 @@ class TokenBuckets:
                 return 0.0
             self._buckets[caller] = (tokens, now)
             return (1.0 - tokens) / self.rate
+
+
+# One bucket per caller in Redis, updated atomically: the refill, the take and the expiry in one
+# script, on Redis's clock, so every process of every replica draws from the same bucket.
+TOKEN_BUCKET_SCRIPT = """
+local rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+local state = redis.call('HMGET', KEYS[1], 'tokens', 'at')
+local tokens = tonumber(state[1]) or burst
+local at = tonumber(state[2]) or now
+tokens = math.min(burst, tokens + math.max(0, now - at) * rate)
+local wait = 0
+if tokens >= 1 then tokens = tokens - 1 else wait = (1 - tokens) / rate end
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'at', tostring(now))
+redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
+return tostring(wait)
+"""
+
+
+class SharedTokenBuckets:
+    """TokenBuckets shared through Redis; the local buckets while Redis is down or slow."""
+
+    def __init__(self, rate: float, burst: int, link, local: TokenBuckets | None = None):
+        self.rate = rate
+        self.burst = burst
+        self.link = link  # server.data.redislink.RedisLink
+        self.local = local or TokenBuckets(rate, burst)
+        self._script = link.client.register_script(TOKEN_BUCKET_SCRIPT)
+
+    def take(self, caller: str) -> float:
+        key = self.link.key("rate", caller)
+        return self.link.call(lambda client: float(self._script(keys=[key], args=[self.rate, self.burst],
+                                                                client=client)),
+                              lambda: self.local.take(caller))

@@ -76,8 +76,7 @@ class Server:
             {"TRADEUP_SQLITE_PATH": str(workdir / "bench.db"), "TRADEUP_SEED_DEMO_DATA": "true"}
         env = {**os.environ, **database, "TRADEUP_PROCESSES": str(processes),
                "TRADEUP_PORT": str(self.port), "TRADEUP_HOST": "127.0.0.1", "TRADEUP_LOG_LEVEL": "WARNING",
-               "TRADEUP_MAX_CONCURRENT_RPCS": "1000",
-               "TRADEUP_RUNTIME_OVERRIDES_FILE": str(workdir / "overrides.json")}
+               "TRADEUP_MAX_CONCURRENT_RPCS": "1000"}
         self.process = subprocess.Popen(command or [sys.executable, "-m", "server"], cwd=ROOT, env=env,
                                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         if "listening" not in self.process.stdout.readline():

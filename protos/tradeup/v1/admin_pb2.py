@@ -23,31 +23,42 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16tradeup/v1/admin.proto\x12\ntradeup.v1\x1a\x1cgoogle/protobuf/struct.proto\"\x12\n\x10GetConfigRequest\"<\n\x11GetConfigResponse\x12\'\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x17.google.protobuf.Struct\"K\n\x1fUpdateBusinessParametersRequest\x12(\n\x07\x63hanges\x18\x01 \x01(\x0b\x32\x17.google.protobuf.Struct\"M\n UpdateBusinessParametersResponse\x12)\n\x08\x62usiness\x18\x01 \x01(\x0b\x32\x17.google.protobuf.Struct\"\x18\n\x16InvalidateCacheRequest\"2\n\x17InvalidateCacheResponse\x12\x17\n\x0f\x65ntries_removed\x18\x01 \x01(\r\"\x12\n\x10GetStatusRequest\"\xea\x02\n\x11GetStatusResponse\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x1d\n\x15\x65ngine_implementation\x18\x02 \x01(\t\x12\x18\n\x10\x64\x61tabase_backend\x18\x03 \x01(\t\x12\x1a\n\x12\x64\x61tabase_reachable\x18\x04 \x01(\x08\x12\x15\n\rcircuit_state\x18\x05 \x01(\t\x12\x13\n\x0bpool_in_use\x18\x06 \x01(\r\x12\x11\n\tpool_idle\x18\x07 \x01(\r\x12\x16\n\x0einventory_cars\x18\x08 \x01(\r\x12\x1d\n\x15inventory_age_seconds\x18\t \x01(\x01\x12\x1f\n\x17prefilter_cache_entries\x18\n \x01(\r\x12\x12\n\ncache_hits\x18\x0b \x01(\x04\x12\x14\n\x0c\x63\x61\x63he_misses\x18\x0c \x01(\x04\x12\x16\n\x0e\x63\x61\x63he_hit_rate\x18\r \x01(\x01\x12\x16\n\x0euptime_seconds\x18\x0e \x01(\x01\x32\xf5\x02\n\x0c\x41\x64minService\x12H\n\tGetConfig\x12\x1c.tradeup.v1.GetConfigRequest\x1a\x1d.tradeup.v1.GetConfigResponse\x12u\n\x18UpdateBusinessParameters\x12+.tradeup.v1.UpdateBusinessParametersRequest\x1a,.tradeup.v1.UpdateBusinessParametersResponse\x12Z\n\x0fInvalidateCache\x12\".tradeup.v1.InvalidateCacheRequest\x1a#.tradeup.v1.InvalidateCacheResponse\x12H\n\tGetStatus\x12\x1c.tradeup.v1.GetStatusRequest\x1a\x1d.tradeup.v1.GetStatusResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16tradeup/v1/admin.proto\x12\ntradeup.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x12\n\x10GetConfigRequest\"\xc1\x01\n\x11GetConfigResponse\x12\'\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x17.google.protobuf.Struct\x12;\n\x07sources\x18\x02 \x03(\x0b\x32*.tradeup.v1.GetConfigResponse.SourcesEntry\x12\x16\n\x0e\x63onfig_version\x18\x03 \x01(\x04\x1a.\n\x0cSourcesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"_\n\x1fUpdateBusinessParametersRequest\x12(\n\x07\x63hanges\x18\x01 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x12\n\nchanged_by\x18\x02 \x01(\t\"e\n UpdateBusinessParametersResponse\x12)\n\x08\x62usiness\x18\x01 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x16\n\x0e\x63onfig_version\x18\x02 \x01(\x04\"<\n\x17GetConfigHistoryRequest\x12\x12\n\nkey_prefix\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\r\"\xc6\x01\n\x0c\x43onfigChange\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x0b\n\x03key\x18\x02 \x01(\t\x12)\n\told_value\x18\x03 \x01(\x0b\x32\x16.google.protobuf.Value\x12)\n\tnew_value\x18\x04 \x01(\x0b\x32\x16.google.protobuf.Value\x12.\n\nchanged_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nchanged_by\x18\x06 \x01(\t\"E\n\x18GetConfigHistoryResponse\x12)\n\x07\x63hanges\x18\x01 \x03(\x0b\x32\x18.tradeup.v1.ConfigChange\"\x18\n\x16InvalidateCacheRequest\"M\n\x17InvalidateCacheResponse\x12\x17\n\x0f\x65ntries_removed\x18\x01 \x01(\r\x12\x19\n\x11inventory_version\x18\x02 \x01(\x04\"\x12\n\x10GetStatusRequest\"\xb2\x03\n\x11GetStatusResponse\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x1d\n\x15\x65ngine_implementation\x18\x02 \x01(\t\x12\x18\n\x10\x64\x61tabase_backend\x18\x03 \x01(\t\x12\x1a\n\x12\x64\x61tabase_reachable\x18\x04 \x01(\x08\x12\x15\n\rcircuit_state\x18\x05 \x01(\t\x12\x13\n\x0bpool_in_use\x18\x06 \x01(\r\x12\x11\n\tpool_idle\x18\x07 \x01(\r\x12\x16\n\x0einventory_cars\x18\x08 \x01(\r\x12\x1d\n\x15inventory_age_seconds\x18\t \x01(\x01\x12\x1f\n\x17prefilter_cache_entries\x18\n \x01(\r\x12\x12\n\ncache_hits\x18\x0b \x01(\x04\x12\x14\n\x0c\x63\x61\x63he_misses\x18\x0c \x01(\x04\x12\x16\n\x0e\x63\x61\x63he_hit_rate\x18\r \x01(\x01\x12\x16\n\x0euptime_seconds\x18\x0e \x01(\x01\x12\x16\n\x0e\x63onfig_version\x18\x0f \x01(\x04\x12\x19\n\x11inventory_version\x18\x10 \x01(\x04\x12\x13\n\x0bredis_state\x18\x11 \x01(\t2\xd4\x03\n\x0c\x41\x64minService\x12H\n\tGetConfig\x12\x1c.tradeup.v1.GetConfigRequest\x1a\x1d.tradeup.v1.GetConfigResponse\x12u\n\x18UpdateBusinessParameters\x12+.tradeup.v1.UpdateBusinessParametersRequest\x1a,.tradeup.v1.UpdateBusinessParametersResponse\x12]\n\x10GetConfigHistory\x12#.tradeup.v1.GetConfigHistoryRequest\x1a$.tradeup.v1.GetConfigHistoryResponse\x12Z\n\x0fInvalidateCache\x12\".tradeup.v1.InvalidateCacheRequest\x1a#.tradeup.v1.InvalidateCacheResponse\x12H\n\tGetStatus\x12\x1c.tradeup.v1.GetStatusRequest\x1a\x1d.tradeup.v1.GetStatusResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tradeup.v1.admin_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_GETCONFIGREQUEST']._serialized_start=68
-  _globals['_GETCONFIGREQUEST']._serialized_end=86
-  _globals['_GETCONFIGRESPONSE']._serialized_start=88
-  _globals['_GETCONFIGRESPONSE']._serialized_end=148
-  _globals['_UPDATEBUSINESSPARAMETERSREQUEST']._serialized_start=150
-  _globals['_UPDATEBUSINESSPARAMETERSREQUEST']._serialized_end=225
-  _globals['_UPDATEBUSINESSPARAMETERSRESPONSE']._serialized_start=227
-  _globals['_UPDATEBUSINESSPARAMETERSRESPONSE']._serialized_end=304
-  _globals['_INVALIDATECACHEREQUEST']._serialized_start=306
-  _globals['_INVALIDATECACHEREQUEST']._serialized_end=330
-  _globals['_INVALIDATECACHERESPONSE']._serialized_start=332
-  _globals['_INVALIDATECACHERESPONSE']._serialized_end=382
-  _globals['_GETSTATUSREQUEST']._serialized_start=384
-  _globals['_GETSTATUSREQUEST']._serialized_end=402
-  _globals['_GETSTATUSRESPONSE']._serialized_start=405
-  _globals['_GETSTATUSRESPONSE']._serialized_end=767
-  _globals['_ADMINSERVICE']._serialized_start=770
-  _globals['_ADMINSERVICE']._serialized_end=1143
+  _globals['_GETCONFIGRESPONSE_SOURCESENTRY']._loaded_options = None
+  _globals['_GETCONFIGRESPONSE_SOURCESENTRY']._serialized_options = b'8\001'
+  _globals['_GETCONFIGREQUEST']._serialized_start=101
+  _globals['_GETCONFIGREQUEST']._serialized_end=119
+  _globals['_GETCONFIGRESPONSE']._serialized_start=122
+  _globals['_GETCONFIGRESPONSE']._serialized_end=315
+  _globals['_GETCONFIGRESPONSE_SOURCESENTRY']._serialized_start=269
+  _globals['_GETCONFIGRESPONSE_SOURCESENTRY']._serialized_end=315
+  _globals['_UPDATEBUSINESSPARAMETERSREQUEST']._serialized_start=317
+  _globals['_UPDATEBUSINESSPARAMETERSREQUEST']._serialized_end=412
+  _globals['_UPDATEBUSINESSPARAMETERSRESPONSE']._serialized_start=414
+  _globals['_UPDATEBUSINESSPARAMETERSRESPONSE']._serialized_end=515
+  _globals['_GETCONFIGHISTORYREQUEST']._serialized_start=517
+  _globals['_GETCONFIGHISTORYREQUEST']._serialized_end=577
+  _globals['_CONFIGCHANGE']._serialized_start=580
+  _globals['_CONFIGCHANGE']._serialized_end=778
+  _globals['_GETCONFIGHISTORYRESPONSE']._serialized_start=780
+  _globals['_GETCONFIGHISTORYRESPONSE']._serialized_end=849
+  _globals['_INVALIDATECACHEREQUEST']._serialized_start=851
+  _globals['_INVALIDATECACHEREQUEST']._serialized_end=875
+  _globals['_INVALIDATECACHERESPONSE']._serialized_start=877
+  _globals['_INVALIDATECACHERESPONSE']._serialized_end=954
+  _globals['_GETSTATUSREQUEST']._serialized_start=956
+  _globals['_GETSTATUSREQUEST']._serialized_end=974
+  _globals['_GETSTATUSRESPONSE']._serialized_start=977
+  _globals['_GETSTATUSRESPONSE']._serialized_end=1411
+  _globals['_ADMINSERVICE']._serialized_start=1414
+  _globals['_ADMINSERVICE']._serialized_end=1882
 # @@protoc_insertion_point(module_scope)

@@ -44,6 +44,11 @@ class AdminServiceStub:
                 request_serializer=tradeup_dot_v1_dot_admin__pb2.UpdateBusinessParametersRequest.SerializeToString,
                 response_deserializer=tradeup_dot_v1_dot_admin__pb2.UpdateBusinessParametersResponse.FromString,
                 _registered_method=True)
+        self.GetConfigHistory = channel.unary_unary(
+                '/tradeup.v1.AdminService/GetConfigHistory',
+                request_serializer=tradeup_dot_v1_dot_admin__pb2.GetConfigHistoryRequest.SerializeToString,
+                response_deserializer=tradeup_dot_v1_dot_admin__pb2.GetConfigHistoryResponse.FromString,
+                _registered_method=True)
         self.InvalidateCache = channel.unary_unary(
                 '/tradeup.v1.AdminService/InvalidateCache',
                 request_serializer=tradeup_dot_v1_dot_admin__pb2.InvalidateCacheRequest.SerializeToString,
@@ -60,22 +65,31 @@ class AdminServiceServicer:
     """Missing associated documentation comment in .proto file."""
 
     def GetConfig(self, request, context):
-        """The effective configuration, secrets redacted.
+        """The effective configuration, secrets redacted, with the source of every key.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def UpdateBusinessParameters(self, request, context):
-        """Change business parameters (SPEC §4) at runtime: validated, persisted to the runtime-overrides
-        file, applied from the next request. INVALID_ARGUMENT names the key; nothing is half-applied.
+        """Change business parameters (SPEC §4) at runtime: validated against every stored override,
+        the keys whose value changes are stored in the database under a new configuration version,
+        and every process of every replica prices with them within a second. INVALID_ARGUMENT names
+        the key; nothing is half-applied.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetConfigHistory(self, request, context):
+        """The configuration changes, newest first: who changed which key when, from what to what.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def InvalidateCache(self, request, context):
-        """Drop the cached inventory snapshot and prefilter results.
+        """Reload the inventory in every process of every replica (drops the snapshot and prefilter results).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -100,6 +114,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.UpdateBusinessParameters,
                     request_deserializer=tradeup_dot_v1_dot_admin__pb2.UpdateBusinessParametersRequest.FromString,
                     response_serializer=tradeup_dot_v1_dot_admin__pb2.UpdateBusinessParametersResponse.SerializeToString,
+            ),
+            'GetConfigHistory': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetConfigHistory,
+                    request_deserializer=tradeup_dot_v1_dot_admin__pb2.GetConfigHistoryRequest.FromString,
+                    response_serializer=tradeup_dot_v1_dot_admin__pb2.GetConfigHistoryResponse.SerializeToString,
             ),
             'InvalidateCache': grpc.unary_unary_rpc_method_handler(
                     servicer.InvalidateCache,
@@ -166,6 +185,33 @@ class AdminService:
             '/tradeup.v1.AdminService/UpdateBusinessParameters',
             tradeup_dot_v1_dot_admin__pb2.UpdateBusinessParametersRequest.SerializeToString,
             tradeup_dot_v1_dot_admin__pb2.UpdateBusinessParametersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetConfigHistory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tradeup.v1.AdminService/GetConfigHistory',
+            tradeup_dot_v1_dot_admin__pb2.GetConfigHistoryRequest.SerializeToString,
+            tradeup_dot_v1_dot_admin__pb2.GetConfigHistoryResponse.FromString,
             options,
             channel_credentials,
             insecure,

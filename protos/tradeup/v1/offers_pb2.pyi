@@ -142,7 +142,7 @@ class Timing(_message.Message):
     def __init__(self, database_ms: _Optional[float] = ..., engine_ms: _Optional[float] = ..., total_ms: _Optional[float] = ...) -> None: ...
 
 class OfferSummary(_message.Message):
-    __slots__ = ("customer_id", "cars_evaluated", "total_offers", "refresh_count", "upgrade_count", "max_upgrade_count", "rejected", "timing")
+    __slots__ = ("customer_id", "cars_evaluated", "total_offers", "refresh_count", "upgrade_count", "max_upgrade_count", "rejected", "timing", "config_version", "inventory_version")
     CUSTOMER_ID_FIELD_NUMBER: _ClassVar[int]
     CARS_EVALUATED_FIELD_NUMBER: _ClassVar[int]
     TOTAL_OFFERS_FIELD_NUMBER: _ClassVar[int]
@@ -151,6 +151,8 @@ class OfferSummary(_message.Message):
     MAX_UPGRADE_COUNT_FIELD_NUMBER: _ClassVar[int]
     REJECTED_FIELD_NUMBER: _ClassVar[int]
     TIMING_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_VERSION_FIELD_NUMBER: _ClassVar[int]
+    INVENTORY_VERSION_FIELD_NUMBER: _ClassVar[int]
     customer_id: str
     cars_evaluated: int
     total_offers: int
@@ -159,7 +161,9 @@ class OfferSummary(_message.Message):
     max_upgrade_count: int
     rejected: RejectionCounts
     timing: Timing
-    def __init__(self, customer_id: _Optional[str] = ..., cars_evaluated: _Optional[int] = ..., total_offers: _Optional[int] = ..., refresh_count: _Optional[int] = ..., upgrade_count: _Optional[int] = ..., max_upgrade_count: _Optional[int] = ..., rejected: _Optional[_Union[RejectionCounts, _Mapping]] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ...) -> None: ...
+    config_version: int
+    inventory_version: int
+    def __init__(self, customer_id: _Optional[str] = ..., cars_evaluated: _Optional[int] = ..., total_offers: _Optional[int] = ..., refresh_count: _Optional[int] = ..., upgrade_count: _Optional[int] = ..., max_upgrade_count: _Optional[int] = ..., rejected: _Optional[_Union[RejectionCounts, _Mapping]] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ..., config_version: _Optional[int] = ..., inventory_version: _Optional[int] = ...) -> None: ...
 
 class TierGroup(_message.Message):
     __slots__ = ("tier", "count", "offers")
