@@ -18,14 +18,17 @@ from .data.redislink import RedisLink
 from .data.repository import Repository
 from .metrics import Metrics
 from .rpc.interceptors import ServiceInterceptor
+from .rpc.pools import MethodRouter
 from .rpc.server import HealthMonitor, create_server
 from .rpc.servicers import AdminServicer, OfferServicer
 from .services.admin import AdminService
 from .services.changefeed import ChangeFeed
 from .services.offers import OfferService
 from .services.ratelimit import SharedTokenBuckets, TokenBuckets
+from .services.watch import WatchService
 
 log = logging.getLogger("tradeup.server")
+WATCH_METHOD = "/tradeup.v1.OfferService/WatchOffers"
 
 
 def open_repository(settings: Settings) -> Repository:
@@ -81,10 +84,15 @@ class Application:
             if self.redis is not None:
                 limiter = SharedTokenBuckets(s.rate_limit_per_second, s.rate_limit_burst, self.redis, limiter)
         self.interceptor = ServiceInterceptor(self.metrics, s.log_customer_ids, limiter, s.rate_limit_key)
+        self.watch = WatchService(self.offers, self.changes, s.max_watchers, s.watch_queue_messages,
+                                  s.watch_customer_poll_seconds)
         self._rpc_pool = futures.ThreadPoolExecutor(max_workers=s.max_workers, thread_name_prefix="rpc")
+        # WatchOffers streams hold a thread each: their own pool (a few spare threads refuse the excess).
+        self._watch_pool = futures.ThreadPoolExecutor(max_workers=s.max_watchers + 4, thread_name_prefix="watch")
         self.server, self.port = create_server(
-            settings, OfferServicer(self.offers, s.stream_batch_size, s.max_bulk_customers),
-            AdminServicer(self.admin), self.health, self.interceptor, self._rpc_pool, address)
+            settings, OfferServicer(self.offers, s.stream_batch_size, s.max_bulk_customers, self.watch),
+            AdminServicer(self.admin), self.health, self.interceptor,
+            MethodRouter(self._rpc_pool, {WATCH_METHOD: self._watch_pool}), address)
         self._prepared = False
         self._prepare_lock = threading.Lock()
         self.stopped = threading.Event()
@@ -121,6 +129,7 @@ class Application:
         except Exception as exc:  # serve anyway: health says NOT_SERVING until the database answers
             log.warning("database not ready at start-up (%s); will retry", exc)
         self.changes.start()  # the database's configuration applies before the first call
+        self.watch.start()
         self.server.start()
         self.monitor.start()
         s = self.settings.current.server
@@ -133,8 +142,10 @@ class Application:
             return
         self.monitor.begin_shutdown()
         grace = self.settings.current.server.grace_seconds if grace is None else grace
+        self.watch.shutdown()  # WatchOffers streams end now (ENDING, then UNAVAILABLE), not at the grace
         self.server.stop(grace).wait()
         self._rpc_pool.shutdown(wait=True)
+        self._watch_pool.shutdown(wait=True)
         self._health_pool.shutdown(wait=True)
         self.changes.stop()
         self.metrics.close()
