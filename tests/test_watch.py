@@ -5,6 +5,7 @@ UNAVAILABLE on SIGTERM; on two servers of one database, by polling and by Redis 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import queue
 import signal
@@ -225,6 +226,35 @@ def test_a_reader_that_falls_behind_gets_one_fresh_answer(tmp_path):
         server.stop()
 
 
+def test_a_client_that_does_not_read_gets_resync_over_grpc(tmp_path):
+    environ = database_environ("sqlite", None, tmp_path)
+    load_golden(environ)
+    server = start_server(environ, TRADEUP_CHANGE_POLL_SECONDS=0.2, TRADEUP_WATCH_QUEUE_MESSAGES=2)
+    # A small HTTP/2 window: the server's send blocks until this client reads.
+    slow = OfferClient(server.target, options=[("grpc.http2.lookahead_bytes", 1024), ("grpc.http2.bdp_probe", 0)])
+    try:
+        stream = slow.watch_offers(customer_id="C0001", timeout=300)
+        wait_for(lambda: server.app.watch.status()["watch_groups"] == 1)
+        (group,) = server.app.watch._groups.values()
+        for fee in (0.03, 0.035, 0.025, 0.045, 0.02):  # five updates for a mailbox of two
+            server.client.update_business_parameters({"fees": {"service_fee_pct": fee}})
+            wait_for(lambda: group.answer.result.config_version == server.app.settings.current.version)
+        live = LiveOffers()
+        reasons = []
+        for message in stream:
+            live.apply(message)
+            reasons.append(message.reason)
+            if message.summary.config_version == server.app.settings.current.version:
+                break
+        assert reasons[0] == pb.WATCH_REASON_INITIAL and reasons[-1] == pb.WATCH_REASON_RESYNC
+        assert len(reasons) <= 4  # at most the two queued before it overflowed, never all five
+        assert offers_of(server.client.generate_offers(customer_id="C0001")) == live.offers()
+        stream.cancel()
+    finally:
+        slow.close()
+        server.stop()
+
+
 def test_limits_deadline_cancellation_and_bad_requests(tmp_path):
     environ = database_environ("sqlite", None, tmp_path)
     load_golden(environ)
@@ -291,3 +321,28 @@ def test_sigterm_sends_ending_then_unavailable(tmp_path):
     finally:
         if process.poll() is None:
             process.kill()
+
+
+def test_cli_watch_prints_one_json_line_per_message_off_a_terminal(tmp_path):
+    environ = database_environ("sqlite", None, tmp_path)
+    load_golden(environ)
+    server = start_server(environ, TRADEUP_CHANGE_POLL_SECONDS=0.2)
+    process = subprocess.Popen([sys.executable, "-m", "client", "--target", server.target, "watch", "C0001",
+                                "--max-offers", "3", "--seconds", "60"], cwd=ROOT, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        first = json.loads(process.stdout.readline())
+        assert first["reason"] == "WATCH_REASON_INITIAL" and first["summary"]["customer_id"] == "C0001"
+        assert sum(len(g.get("offers", [])) for g in first["answer"]["groups"]) == 3
+        server.client.update_business_parameters({"fees": {"service_fee_pct": 0.03}})
+        update = json.loads(process.stdout.readline())
+        assert update["reason"] == "WATCH_REASON_CONFIGURATION"
+        assert len(update.get("added", [])) == len(update.get("removed", []))  # still the best 3
+        assert update.get("added") or update.get("changed")
+        assert update["summary"]["config_version"] > first["summary"].get("config_version", 0)
+        process.send_signal(signal.SIGINT)  # Ctrl-C: a clean stop
+        assert process.wait(timeout=30) == 0, process.stderr.read()
+    finally:
+        if process.poll() is None:
+            process.kill()
+        server.stop()
