@@ -8,7 +8,7 @@ GRPCURL_VERSION := v1.9.3
 HEALTH_PROBE_VERSION := v0.4.62
 
 .PHONY: install system-deps build protos run migrate seed test test-python bench bench-engine bench-db \
-	bench-growth bench-fleet loadtest soak tools clean
+	bench-growth bench-fleet bench-watch loadtest soak tools clean
 
 # MariaDB (for the tests) and a C compiler, from Debian's packages when missing.
 system-deps:
@@ -74,6 +74,10 @@ MINUTES ?= 10
 soak: system-deps build
 	@[ -x $(BIN)/ghz ] || $(MAKE) tools
 	PATH="/usr/sbin:$$PATH" $(PYTHON) -m tests.bench.soak --minutes $(MINUTES)
+
+# WatchOffers: change -> watcher latency (polling, Redis), 1,000 watchers idle CPU and one car sold.
+bench-watch: system-deps build
+	PATH="/usr/sbin:$$PATH" $(PYTHON) -m tests.bench.bench_watch
 
 bench-growth: system-deps build
 	@[ -x $(BIN)/ghz ] || $(MAKE) tools

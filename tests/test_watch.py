@@ -54,7 +54,7 @@ class Watch:
     def __init__(self, client: OfferClient, **request):
         self.client = client
         self.request = request
-        self.call = client.watch_offers(timeout=600, **request)
+        self.call = client.watch_offers(**request)  # no deadline, as a screen would watch
         self.live = LiveOffers()
         self.messages: queue.Queue = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()

@@ -39,6 +39,7 @@ INITIAL, INVENTORY, CONFIGURATION, CUSTOMER, RESYNC, ENDING = (
     "initial", "inventory", "configuration", "customer", "resync", "ending")
 
 OfferKey = tuple[str, int]  # (car_id, term)
+MAX_WAIT_SECONDS = 300.0
 
 
 @dataclass(frozen=True)
@@ -257,7 +258,8 @@ class WatchService:
         which the caller ends the call UNAVAILABLE)."""
         yield watcher.initial
         while True:
-            update = watcher.next(remaining())
+            left = remaining()  # huge without a deadline; a capped wait also re-checks the call
+            update = watcher.next(None if left is None else min(left, MAX_WAIT_SECONDS))
             if update is None:
                 check_deadline(remaining, "while watching")
                 if not is_active():
