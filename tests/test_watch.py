@@ -137,7 +137,8 @@ def test_each_watcher_receives_exactly_its_changes_on_two_servers(watch_database
         a3 = Watch(second.client, customer_id="C0001")  # shares the pricing of a2
         b = Watch(second.client, customer_id="C0002", max_offers=10, terms=[36, 48])
         c = Watch(first.client, profile=profile, tiers=["upgrade"])
-        watches = [a1, a2, a3, b, c]
+        d = Watch(first.client, customer_id="C0004", max_cars=5)  # cars after its fifth concern it not
+        watches = [a1, a2, a3, b, c, d]
         cars = {car.car_id: car for car in golden.cars()}
 
         def step(reason: int, must_reach=()) -> None:
@@ -170,7 +171,7 @@ def test_each_watcher_receives_exactly_its_changes_on_two_servers(watch_database
                                                       current_monthly_payment=customer.current_monthly_payment * 1.1)])
         wait_for(lambda: a1.messages.qsize() and a2.messages.qsize() and a3.messages.qsize())
         step(pb.WATCH_REASON_CUSTOMER, must_reach=(a1, a2, a3))
-        assert all(s.app.watch.status()["watchers"] == n for s, n in ((first, 2), (second, 3)))
+        assert all(s.app.watch.status()["watchers"] == n for s, n in ((first, 3), (second, 3)))
         assert second.app.watch.status()["watch_groups"] == 2  # a2 and a3 share one pricing
     finally:
         for watch in watches:
@@ -219,7 +220,7 @@ def test_a_reader_that_falls_behind_gets_one_fresh_answer(tmp_path):
         assert update.reason == RESYNC and update.full and update.answer is group.answer
         fresh = server.client.generate_offers(customer_id="C0001")
         assert [(o.car_id, o.term, o.monthly_payment) for o in offers_of(fresh)] == \
-            [(o.car_id, o.term, o.monthly_payment) for o in update.answer.offers.values()]
+            [(o.car_id, o.term, o.monthly_payment) for o in update.answer.offers().values()]
         assert watcher.next(0) is None  # nothing more queued
     finally:
         watch.close(watcher)

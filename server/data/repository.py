@@ -188,16 +188,16 @@ class ConfigChange:
     changed_by: str
 
 
-def _customer(row) -> Customer:
-    return Customer(customer_id=row[0], current_monthly_payment=float(row[1]), outstanding_balance=float(row[2]),
-                    current_car_price=float(row[3]), current_car_year=int(row[4]), current_car_km=int(row[5]),
-                    risk_profile_name=row[6], risk_profile_index=int(row[7]), region=row[8] or "")
-
-
 def _car(row) -> Car:
     return Car(car_id=row[0], brand=row[1], model=row[2], year=int(row[3]), kilometers=int(row[4]),
                regular_price=float(row[5]), promotion_price=None if row[6] is None else float(row[6]),
                region=row[7] or "", color=row[8] or "", available=bool(row[9]))
+
+
+def _customer(row) -> Customer:
+    return Customer(customer_id=row[0], current_monthly_payment=float(row[1]), outstanding_balance=float(row[2]),
+                    current_car_price=float(row[3]), current_car_year=int(row[4]), current_car_km=int(row[5]),
+                    risk_profile_name=row[6], risk_profile_index=int(row[7]), region=row[8] or "")
 
 
 def _utc(value) -> datetime:

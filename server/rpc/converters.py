@@ -192,10 +192,8 @@ def watch_response(update: watch.Update) -> bytes:
             message.removed.extend(pb.OfferKey(car_id=car_id, term=term) for car_id, term in update.removed)
             message.changed.extend(offer_to_pb(offer) for offer in update.changed)
         encoded = message.SerializeToString()
-        if update.full:  # the answer as GenerateOffers encodes it, once per answer
-            if "full" not in answer.encoded:
-                answer.encoded["full"] = length_delimited(_WATCH_ANSWER, generate_response(answer.result))
-            encoded += answer.encoded["full"]
+        if update.full:  # the answer as GenerateOffers encodes it
+            encoded += length_delimited(_WATCH_ANSWER, generate_response(answer.result))
         update.encoded = encoded
     return update.encoded
 

@@ -5,7 +5,8 @@ the number of streams. One dispatcher thread per process hears the change feed (
 that keeps the caches fresh, so it works on every process of every replica, by polling or by
 Redis push) and re-prices only the groups a change can concern:
 - a car sold, added or repriced: the groups whose prefilter its old or new row passes
-  (price > P, year >= Y, km < K, region), found through an index sorted by P;
+  (price > P, year >= Y, km < K, region, and before the last car when the limit cut the
+  selection), found through an index sorted by P;
 - a configuration version: every group;
 - the customer's stored record: re-read for all watched customers in one query every
   `server.watch_customer_poll_seconds` (customers carry no version of their own).
@@ -27,7 +28,7 @@ from typing import Any, Iterator
 
 from engine_ext import Offer
 
-from ..data.inventory import InventorySnapshot
+from ..data.inventory import InventorySnapshot, _order as prefilter_order
 from ..domain import Car, Customer
 from ..errors import ResourceExhausted, ServiceError, Unavailable
 from .changefeed import CONFIG, Change, ChangeFeed
@@ -44,19 +45,22 @@ MAX_WAIT_SECONDS = 300.0
 
 @dataclass(frozen=True)
 class Answer:
-    """One priced answer of a group: its offers (as returned, after max_offers) by (car, term)."""
+    """One priced answer of a group. Only the engine's compact columns are kept: the offers as
+    objects are built while comparing two answers, so a thousand groups hold no offer objects."""
     result: OfferResult
-    offers: dict[OfferKey, Offer]
-    totals: tuple  # what else a client sees change: counts by tier, rejections, cars evaluated
-    encoded: dict = field(default_factory=dict, compare=False)  # wire forms, shared by its streams
+    last_key: tuple | None = None  # prefilter order of the last car selected, when the limit cut it
 
-    @classmethod
-    def of(cls, result: OfferResult) -> "Answer":
-        offers = result.offers
-        ranked = (offers.offer(k) for k in range(result.returned))
-        return cls(result, {(o.car_id, o.term): o for o in ranked},
-                   (len(offers), offers.cars_evaluated, tuple(sorted(offers.tier_counts.items())),
-                    tuple(sorted(offers.rejected.items()))))
+    def offers(self) -> dict[OfferKey, Offer]:
+        """The offers as returned (after max_offers), by (car, term)."""
+        offers = self.result.offers
+        ranked = (offers.offer(k) for k in range(self.result.returned))
+        return {(o.car_id, o.term): o for o in ranked}
+
+    def totals(self) -> tuple:
+        """What else a client sees change: counts by tier, rejections, cars evaluated."""
+        offers = self.result.offers
+        return (len(offers), offers.cars_evaluated, tuple(sorted(offers.tier_counts.items())),
+                tuple(sorted(offers.rejected.items())))
 
 
 @dataclass
@@ -74,10 +78,11 @@ class Update:
     @classmethod
     def between(cls, reason: str, old: Answer, new: Answer) -> "Update | None":
         """The changes from old to new; None when a client would see none."""
-        added = [offer for key, offer in new.offers.items() if key not in old.offers]
-        removed = [key for key in old.offers if key not in new.offers]
-        changed = [offer for key, offer in new.offers.items() if key in old.offers and old.offers[key] != offer]
-        if not (added or removed or changed) and old.totals == new.totals:
+        before, after = old.offers(), new.offers()
+        added = [offer for key, offer in after.items() if key not in before]
+        removed = [key for key in before if key not in after]
+        changed = [offer for key, offer in after.items() if key in before and before[key] != offer]
+        if not (added or removed or changed) and old.totals() == new.totals():
             return None
         return cls(reason, new, added=added, removed=removed, changed=changed)
 
@@ -156,10 +161,14 @@ class Group:
         return self.query.customer.profile is None
 
     def passes(self, car: Car) -> bool:
-        """Whether the car passes this group's prefilter conditions (SPEC §2, without the limit)."""
+        """Whether this car row is (or would be) among the group's prefiltered cars (SPEC §2): it
+        meets the conditions and, when the limit cut the selection, sorts before its last car."""
         c = self.customer
-        return (car.price > c.current_car_price and car.year >= c.current_car_year
-                and car.kilometers < c.current_car_km and (not self.query.same_region or car.region == c.region))
+        if not (car.price > c.current_car_price and car.year >= c.current_car_year
+                and car.kilometers < c.current_car_km and (not self.query.same_region or car.region == c.region)):
+            return False
+        last = self.answer.last_key
+        return last is None or prefilter_order(car) <= last
 
     def publish(self, reason: str, answer: Answer) -> int:
         """Make `answer` the group's; push the changes to its watchers. Returns watchers reached."""
@@ -214,7 +223,7 @@ class WatchService:
                 with self._lock:
                     group = self._groups.get(key)
                     if group is None:
-                        group = self._groups[key] = Group(key, query, Answer.of(result))
+                        group = self._groups[key] = Group(key, query, self._answer(query, result))
                         self._index = None
                         self._catch_up(group)
                     watcher = self._join(group)
@@ -223,6 +232,13 @@ class WatchService:
             with self._lock:
                 self._watchers -= 1
             raise
+
+    def _answer(self, query: OfferQuery, result: OfferResult) -> Answer:
+        limit = query.max_cars or self.offers.settings.current.prefilter.default_limit
+        car_ids = result.offers.car_ids
+        snapshot = self.offers.inventory.current()
+        last = snapshot.by_id.get(car_ids[-1]) if snapshot is not None and len(car_ids) >= limit else None
+        return Answer(result, prefilter_order(last) if last is not None else None)
 
     def _join(self, group: Group | None) -> Watcher | None:
         if group is None:
@@ -358,7 +374,7 @@ class WatchService:
             if group.stored and reason != CUSTOMER:  # the record as last read (re-read by the poll)
                 query = replace(query, customer=CustomerRef(profile=group.customer))
             try:
-                answer = Answer.of(self.offers.generate(query))
+                answer = self._answer(group.query, self.offers.generate(query))
             except ServiceError as exc:
                 if exc.code in ("NOT_FOUND", "FAILED_PRECONDITION", "INVALID_ARGUMENT"):
                     self._end_group(group, exc)  # the customer was deleted or can no longer be priced
