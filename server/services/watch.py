@@ -50,11 +50,16 @@ class Answer:
     result: OfferResult
     last_key: tuple | None = None  # prefilter order of the last car selected, when the limit cut it
 
-    def offers(self) -> dict[OfferKey, Offer]:
-        """The offers as returned (after max_offers), by (car, term)."""
+    def slots(self) -> dict[OfferKey, int]:
+        """The engine slot of each offer returned (after max_offers), by (car, term)."""
         offers = self.result.offers
-        ranked = (offers.offer(k) for k in range(self.result.returned))
-        return {(o.car_id, o.term): o for o in ranked}
+        terms, ids = offers.plan.columns.terms, offers.car_ids
+        n = len(terms)
+        return {(ids[slot // n], terms[slot % n]): slot for slot in offers.order[:self.result.returned]}
+
+    def offers(self) -> dict[OfferKey, Offer]:
+        at = self.result.offers.at_slot
+        return {key: at(slot) for key, slot in self.slots().items()}
 
     def totals(self) -> tuple:
         """What else a client sees change: counts by tier, rejections, cars evaluated."""
@@ -76,12 +81,18 @@ class Update:
     encoded: Any = None
 
     @classmethod
-    def between(cls, reason: str, old: Answer, new: Answer) -> "Update | None":
-        """The changes from old to new; None when a client would see none."""
-        before, after = old.offers(), new.offers()
-        added = [offer for key, offer in after.items() if key not in before]
+    def between(cls, reason: str, old: Answer, new: Answer, cars: set[str] | None = None) -> "Update | None":
+        """The changes from old to new; None when a client would see none. `cars`: the only cars
+        that changed, if nothing else did (then only their offers can have new amounts)."""
+        before, after = old.slots(), new.slots()
+        was, now = old.result.offers.at_slot, new.result.offers.at_slot
+        same_inputs = cars is not None and old.result.config_version == new.result.config_version \
+            and old.result.customer == new.result.customer
+        added = [now(slot) for key, slot in after.items() if key not in before]
         removed = [key for key in before if key not in after]
-        changed = [offer for key, offer in after.items() if key in before and before[key] != offer]
+        changed = [offer for key, slot in after.items()
+                   if key in before and (not same_inputs or key[0] in cars)
+                   and (offer := now(slot)) != was(before[key])]
         if not (added or removed or changed) and old.totals() == new.totals():
             return None
         return cls(reason, new, added=added, removed=removed, changed=changed)
@@ -170,10 +181,10 @@ class Group:
         last = self.answer.last_key
         return last is None or prefilter_order(car) <= last
 
-    def publish(self, reason: str, answer: Answer) -> int:
+    def publish(self, reason: str, answer: Answer, cars: set[str] | None = None) -> int:
         """Make `answer` the group's; push the changes to its watchers. Returns watchers reached."""
         with self.lock:
-            update = Update.between(reason, self.answer, answer)
+            update = Update.between(reason, self.answer, answer, cars)
             self.answer = answer
             if update is None:
                 return 0
@@ -349,7 +360,7 @@ class WatchService:
             return
         rows = [car for car_id in change.car_ids for car in (old.by_id.get(car_id), snapshot.by_id.get(car_id))
                 if car is not None]
-        self._reprice(self.touched(rows), INVENTORY)
+        self._reprice(self.touched(rows), INVENTORY, set(change.car_ids))
 
     def touched(self, cars: list[Car]) -> list[Group]:
         """The groups whose prefilter one of these car rows passes."""
@@ -366,7 +377,7 @@ class WatchService:
                     found[id(group)] = group
         return list(found.values())
 
-    def _reprice(self, groups: list[Group], reason: str) -> None:
+    def _reprice(self, groups: list[Group], reason: str, cars: set[str] | None = None) -> None:
         for group in groups:
             if not group.watchers:
                 continue
@@ -382,7 +393,7 @@ class WatchService:
                     log.warning("watch: cannot re-price (%s); trying again on the next poll", exc)
                     self._retry(group, reason)
                 continue
-            reached = group.publish(reason, answer)
+            reached = group.publish(reason, answer, cars)
             if reached:
                 log.debug("watch: %s update to %d streams", reason, reached)
 
