@@ -90,7 +90,6 @@ class OfferServicer(offers_pb2_grpc.OfferServiceServicer):
         note_call(customer=ref.customer_id or ref.profile.customer_id)
         return converters.amortization_response(offers, rows)
 
-
     def WatchOffers(self, request: pb.WatchOffersRequest, context) -> Iterator[bytes]:
         watcher = self.watch.open(converters.offer_query(request), context.time_remaining)
         try:
