@@ -347,3 +347,18 @@ def test_cli_watch_prints_one_json_line_per_message_off_a_terminal(tmp_path):
         if process.poll() is None:
             process.kill()
         server.stop()
+
+
+def test_watch_streams_leave_the_concurrent_call_limit_to_the_other_calls(tmp_path):
+    environ = database_environ("sqlite", None, tmp_path)
+    load_golden(environ)
+    server = start_server(environ, TRADEUP_MAX_CONCURRENT_RPCS=1, TRADEUP_MAX_WATCHERS=3)
+    try:
+        held = [server.client.watch_offers(customer_id=f"C000{k}") for k in (1, 2, 3)]
+        assert all(next(stream).reason == pb.WATCH_REASON_INITIAL for stream in held)
+        assert offers_of(server.client.generate_offers(customer_id="C0004"))  # the one ordinary slot is free
+        for stream in held:
+            stream.cancel()
+        wait_for(lambda: server.app.watch.status()["watchers"] == 0)
+    finally:
+        server.stop()

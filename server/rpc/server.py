@@ -121,7 +121,7 @@ def create_server(settings: Settings, offer_servicer: OfferServicer, admin_servi
     server = grpc.server(
         executor,
         interceptors=[interceptor],
-        maximum_concurrent_rpcs=s.max_concurrent_rpcs + s.max_watchers,  # watch streams: a limit of their own
+        maximum_concurrent_rpcs=s.max_concurrent_rpcs,
         options=[("grpc.max_receive_message_length", s.max_message_bytes),
                  ("grpc.max_send_message_length", s.max_message_bytes),
                  # Several worker processes may share the port (server.processes).
