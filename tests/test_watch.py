@@ -362,3 +362,33 @@ def test_watch_streams_leave_the_concurrent_call_limit_to_the_other_calls(tmp_pa
         wait_for(lambda: server.app.watch.status()["watchers"] == 0)
     finally:
         server.stop()
+
+
+def test_a_car_change_is_evaluated_only_for_the_watchers_it_can_concern(tmp_path):
+    environ = database_environ("sqlite", None, tmp_path)
+    load_golden(environ)
+    server = start_server(environ)
+    service = server.app.watch
+    streams = []
+    try:
+        for request in ({"customer_id": "C0001"}, {"customer_id": "C0001", "max_cars": 5}):
+            streams.append(server.client.watch_offers(**request))
+            next(streams[-1])
+        groups = {g.query.max_cars: g for g in service._groups.values()}
+        full, five = groups[0], groups[5]
+        customer = full.customer
+        snapshot = server.app.inventory.current()
+        fifth = snapshot.by_id[five.answer.result.offers.car_ids[-1]]
+        car = dataclasses.replace(fifth, car_id="ZZ")
+        cheaper = dataclasses.replace(car, regular_price=customer.current_car_price, promotion_price=None)
+        older = dataclasses.replace(car, year=customer.current_car_year - 1)
+        worn = dataclasses.replace(car, kilometers=customer.current_car_km)
+        later = dataclasses.replace(car, year=fifth.year - 1)  # passes, but sorts after the fifth car
+        assert service.touched([cheaper]) == service.touched([older]) == service.touched([worn]) == []
+        assert service.touched([later]) == [full]
+        assert set(map(id, service.touched([fifth]))) == {id(full), id(five)}
+        assert set(map(id, service.touched([later, fifth]))) == {id(full), id(five)}
+    finally:
+        for stream in streams:
+            stream.cancel()
+        server.stop()
