@@ -15,7 +15,7 @@ HEALTH_PROBE_VERSION := v0.4.62
 BUF := tools/buf/node_modules/.bin/buf
 
 .PHONY: install build-deps system-deps build protos run migrate seed test test-python bench bench-engine bench-db \
-	bench-growth bench-server bench-fleet loadtest soak tools buf constraints clean
+	bench-growth bench-server bench-fleet bench-watch loadtest soak tools buf constraints clean
 
 # What building needs, from Debian's packages when missing: a C compiler, the Python headers
 # and venv (Debian splits both out of python3).
@@ -110,6 +110,10 @@ BENCH_SECONDS ?= 3
 bench-server: system-deps build
 	@[ -x $(BIN)/ghz ] || $(MAKE) tools
 	PATH="/usr/sbin:$$PATH" $(PYTHON) -m tests.bench.bench_server --seconds $(BENCH_SECONDS)
+
+# WatchOffers: change -> watcher latency (polling, Redis), 1,000 watchers idle CPU and one car sold.
+bench-watch: system-deps build
+	PATH="/usr/sbin:$$PATH" $(PYTHON) -m tests.bench.bench_watch
 
 bench-growth: system-deps build
 	@[ -x $(BIN)/ghz ] || $(MAKE) tools

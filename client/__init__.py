@@ -1,4 +1,4 @@
 """Python client of the Trade-Up Engine: `OfferClient` and the `tradeup` CLI."""
-from .library import TIERS, OfferClient, offer_request
+from .library import TIERS, LiveOffers, OfferClient, offer_request
 
-__all__ = ["OfferClient", "TIERS", "offer_request"]
+__all__ = ["LiveOffers", "OfferClient", "TIERS", "offer_request"]

@@ -5,6 +5,7 @@ import argparse
 import json
 import os
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -13,7 +14,7 @@ from google.protobuf import json_format
 
 from protos.tradeup.v1 import offers_pb2 as pb
 
-from .library import TIERS, OfferClient
+from .library import TIERS, LiveOffers, OfferClient
 
 TIER_TITLES = {pb.TIER_REFRESH: "Refresh", pb.TIER_UPGRADE: "Upgrade", pb.TIER_MAX_UPGRADE: "Max Upgrade"}
 OVERRIDE_FLAGS = (("service_fee_pct", "--service-fee", "service fee, fraction of the price"),
@@ -302,6 +303,57 @@ def cmd_invalidate(client: OfferClient, args) -> int:
     return 0
 
 
+WATCH_REASONS = {pb.WATCH_REASON_INITIAL: "initial", pb.WATCH_REASON_INVENTORY: "inventory",
+                 pb.WATCH_REASON_CONFIGURATION: "configuration", pb.WATCH_REASON_CUSTOMER: "customer",
+                 pb.WATCH_REASON_RESYNC: "resync", pb.WATCH_REASON_ENDING: "ending"}
+
+
+def cmd_watch(client: OfferClient, args) -> int:
+    """Live offers: the table, redrawn in place on a terminal; else one JSON line per message."""
+    if args.customer is None and args.profile is None:
+        print("watch: give a customer id or --profile", file=sys.stderr)
+        return 2
+    stream = client.watch_offers(**_customer(args), overrides=_overrides(args), tiers=args.tiers or (),
+                                 max_offers=args.max_offers, same_region=args.same_region, timeout=args.seconds)
+    redraw = sys.stdout.isatty() and not args.json
+    live = LiveOffers()
+    try:
+        for message in stream:
+            live.apply(message)
+            if not redraw:
+                print(json.dumps(json_format.MessageToDict(message, preserving_proto_field_name=True)), flush=True)
+                continue
+            s = live.summary
+            lines = [_summary_line(s),
+                     f"{WATCH_REASONS.get(message.reason, '?')} at {datetime.now():%H:%M:%S}: "
+                     f"+{len(message.added)} -{len(message.removed)} ~{len(message.changed)} offers; "
+                     f"configuration v{s.config_version}, inventory v{s.inventory_version}. Ctrl-C to stop."]
+            offers = live.offers()
+            for tier, title in TIER_TITLES.items():
+                shown = [o for o in offers if o.tier == tier][: args.per_tier]
+                if shown:
+                    lines += ["", f"{title}:", *_offer_table(shown)]
+            print("\x1b[H\x1b[2J" + "\n".join(lines), flush=True)  # home, clear, draw
+    except KeyboardInterrupt:
+        stream.cancel()
+    except grpc.RpcError as err:
+        if err.code() != grpc.StatusCode.DEADLINE_EXCEEDED:  # --seconds elapsed: a normal end
+            raise
+    return 0
+
+
+def _add_watch(add) -> None:
+    p = add("watch", help="live offers: the table, updated as cars and parameters change")
+    _add_customer(p)
+    p.add_argument("--tiers", nargs="+", choices=sorted(TIERS), help="tiers wanted (default all)")
+    p.add_argument("--max-offers", type=_whole(0), default=0, help="at most this many offers (0 = all)")
+    p.add_argument("--same-region", action="store_true", help="only cars in the customer's region")
+    p.add_argument("--per-tier", type=_whole(0), default=5, help="offers shown per tier in the table")
+    p.add_argument("--seconds", type=float, default=None, help="stop after this long (default: until Ctrl-C)")
+    p.add_argument("--json", action="store_true", help="one JSON line per message (also when not on a terminal)")
+    p.set_defaults(run=cmd_watch)
+
+
 def _add_connection(parser: argparse.ArgumentParser, defaults: bool) -> None:
     """Options accepted before or after the subcommand; the subcommand's copies only set what is given."""
     default = (lambda value: value) if defaults else (lambda value: argparse.SUPPRESS)  # noqa: E731
@@ -376,7 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--watch-seconds", type=float, default=None, help="stop watching after this long")
     p.set_defaults(run=cmd_health)
 
-    p = sub.add_parser("config", help="effective configuration (admin)")
+    p = add("config", help="effective configuration (admin)")
     p.add_argument("--sources", action="store_true", help="where each key's value comes from instead")
     p.set_defaults(run=cmd_config)
     for name, run, doc in (("status", cmd_status, "detailed status (admin)"),
@@ -388,11 +440,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--by", default=os.environ.get("USER", ""), help="who makes the change, for the history "
                    "(default $USER)")
     p.set_defaults(run=cmd_set_params)
-    p = sub.add_parser("history", help="configuration changes, newest first: who, when, old, new (admin)")
+    p = add("history", help="configuration changes, newest first: who, when, old, new (admin)")
     p.add_argument("--prefix", default="", help='only keys starting with this, e.g. "business.fees."')
-    p.add_argument("--limit", type=int, default=20, help="changes shown (at most 1000)")
+    p.add_argument("--limit", type=_whole(0), default=20, help="changes shown (at most 1000)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=cmd_history)
+    _add_watch(add)
     return parser
 
 

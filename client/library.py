@@ -121,6 +121,12 @@ class OfferClient:
         _set_customer(request, customer_id, profile)
         return self.offers.GetAmortizationTable(request, timeout=self._timeout(timeout), metadata=metadata)
 
+    def watch_offers(self, *, timeout: float | None = None, metadata=None, **request) -> Iterator[pb.WatchOffersResponse]:
+        """Live offers: the full answer, then one message per change to it (see LiveOffers).
+        No deadline unless `timeout` is given; `.cancel()` on the result ends the stream."""
+        return self.offers.WatchOffers(offer_request(pb.WatchOffersRequest, **request), timeout=timeout,
+                                       metadata=metadata)
+
     # --- health ---------------------------------------------------------------------------------
     def health(self, service: str = "", timeout: float | None = None) -> str:
         """SERVING, NOT_SERVING or SERVICE_UNKNOWN."""
@@ -171,3 +177,36 @@ class OfferClient:
     def status(self, timeout: float | None = None) -> admin_pb2.GetStatusResponse:
         return self.admin.GetStatus(admin_pb2.GetStatusRequest(), timeout=self._timeout(timeout),
                                     metadata=self._admin_metadata())
+
+
+def offer_order(offer: pb.Offer) -> tuple:
+    """GenerateOffers' order (SPEC §3): tier, npv descending, payment ascending, car_id, term."""
+    return (offer.tier, -offer.npv, offer.monthly_payment, offer.car_id, offer.term)
+
+
+class LiveOffers:
+    """A customer's current offers, kept by applying the messages of a WatchOffers stream.
+
+        live = LiveOffers()
+        for message in client.watch_offers(customer_id="C00042"):
+            live.apply(message)
+            print(live.summary.total_offers, [o.car_id for o in live.offers()])
+    """
+
+    def __init__(self):
+        self.by_key: dict[tuple[str, int], pb.Offer] = {}
+        self.summary = pb.OfferSummary()
+
+    def apply(self, message: pb.WatchOffersResponse) -> None:
+        if message.HasField("answer"):  # INITIAL, RESYNC: replaces everything
+            self.by_key = {(o.car_id, o.term): o for g in message.answer.groups for o in g.offers}
+        for key in message.removed:
+            self.by_key.pop((key.car_id, key.term), None)
+        for offer in (*message.changed, *message.added):
+            self.by_key[(offer.car_id, offer.term)] = offer
+        if message.HasField("summary"):
+            self.summary = message.summary
+
+    def offers(self) -> list[pb.Offer]:
+        """Best first, as GenerateOffers returns them."""
+        return sorted(self.by_key.values(), key=offer_order)

@@ -25,8 +25,10 @@ from .services.admin import AdminService
 from .services.changefeed import ChangeFeed
 from .services.offers import OfferService
 from .services.ratelimit import SharedTokenBuckets, TokenBuckets
+from .services.watch import WatchService
 
 log = logging.getLogger("tradeup.server")
+WATCH_METHOD = "/tradeup.v1.OfferService/WatchOffers"
 
 
 def open_repository(settings: Settings) -> Repository:
@@ -91,10 +93,12 @@ class Application:
                 limiter = SharedTokenBuckets(s.rate_limit_per_second, s.rate_limit_burst, self.redis, limiter)
         self.interceptor = ServiceInterceptor(self.metrics, s.log_customer_ids, limiter, s.rate_limit_key,
                                               s.log_hash_key)
-        self.admission = Admission(s.max_workers, s.max_concurrent_rpcs)
+        self.watch = WatchService(self.offers, self.changes, s.max_watchers, s.watch_queue_messages,
+                                  s.watch_customer_poll_seconds)
+        self.admission = Admission(s.max_workers, s.max_concurrent_rpcs, frozenset({WATCH_METHOD}))
         self._rpc_pool = futures.ThreadPoolExecutor(max_workers=rpc_threads(settings), thread_name_prefix="rpc")
         self.server, self.port = create_server(
-            settings, OfferServicer(self.offers, s.stream_batch_size, s.max_bulk_customers),
+            settings, OfferServicer(self.offers, s.stream_batch_size, s.max_bulk_customers, self.watch),
             AdminServicer(self.admin), self.health, self.interceptor, self.admission, self._rpc_pool, address)
         self._prepared = False
         self._following = False  # the change feed runs (started by the first database check)
@@ -134,6 +138,7 @@ class Application:
             self.inventory.snapshot()
             # The database's configuration and inventory versions apply before OfferService serves.
             self.changes.start()
+            self.watch.start()
             self._following = True
 
     def start(self, wait_ready: float | None = 10.0) -> None:
@@ -159,6 +164,7 @@ class Application:
         self.monitor.begin_shutdown()
         grace = self.settings.current.server.grace_seconds if grace is None else grace
         until = time.monotonic() + grace
+        self.watch.shutdown()  # WatchOffers streams end now (ENDING, then UNAVAILABLE), not at the grace
         self.admission.drain(grace)
         self.server.stop(max(0.0, until - time.monotonic())).wait()
         self._rpc_pool.shutdown(wait=True)

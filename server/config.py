@@ -53,6 +53,15 @@ class ServerSettings:
                                  "offers or subsidy results per streamed message", minimum=1, maximum=10000)
     max_bulk_customers: int = key(10000, "TRADEUP_MAX_BULK_CUSTOMERS",
                                   "requests on one GenerateOffersBulk stream", minimum=1, maximum=1000000)
+    max_watchers: int = key(1000, "TRADEUP_MAX_WATCHERS",
+                            "WatchOffers streams per process, on threads of their own (not counted in max_workers "
+                            "or max_concurrent_rpcs); more get RESOURCE_EXHAUSTED", minimum=0, maximum=100000)
+    watch_queue_messages: int = key(16, "TRADEUP_WATCH_QUEUE_MESSAGES",
+                                    "changes a WatchOffers reader may fall behind by before it gets one fresh "
+                                    "full answer (RESYNC) instead", minimum=1, maximum=10000)
+    watch_customer_poll_seconds: float = key(2.0, "TRADEUP_WATCH_CUSTOMER_POLL_SECONDS",
+                                             "how often the watched stored customers are re-read (one query for "
+                                             "all of them) to notice a changed record", minimum=0.05, maximum=3600)
     rate_limit_per_second: float = key(0.0, "TRADEUP_RATE_LIMIT_PER_SECOND",
                                        "calls a second per caller, on average (0 = no limit)",
                                        minimum=0, maximum=1e6)

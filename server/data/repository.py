@@ -10,7 +10,7 @@ import logging
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any, Callable, Iterable, Mapping, TypeVar
+from typing import Any, Callable, Iterable, Mapping, Sequence, TypeVar
 
 from ..domain import Car, Customer
 from ..errors import DeadlineExceeded, Unavailable
@@ -159,6 +159,7 @@ _CAR_COLUMNS = "car_id, brand, model, year, kilometers, regular_price, promotion
 
 SELECT_ONE = "SELECT 1"
 GET_CUSTOMER = f"SELECT {_CUSTOMER_COLUMNS} FROM customers WHERE customer_id = %s"
+GET_CUSTOMERS = f"SELECT {_CUSTOMER_COLUMNS} FROM customers WHERE customer_id IN "  # + (%s, ...)
 PUT_CUSTOMER = f"REPLACE INTO customers ({_CUSTOMER_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
 PUT_CAR = f"REPLACE INTO inventory ({_CAR_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
 SET_CAR_AVAILABLE = "UPDATE inventory SET available = %s WHERE car_id = %s"
@@ -215,6 +216,12 @@ def _car(row) -> Car:
     return Car(car_id=row[0], brand=row[1], model=row[2], year=int(row[3]), kilometers=int(row[4]),
                regular_price=float(row[5]), promotion_price=None if row[6] is None else float(row[6]),
                region=row[7] or "", color=row[8] or "", available=bool(row[9]))
+
+
+def _customer(row) -> Customer:
+    return Customer(customer_id=row[0], current_monthly_payment=float(row[1]), outstanding_balance=float(row[2]),
+                    current_car_price=float(row[3]), current_car_year=int(row[4]), current_car_km=int(row[5]),
+                    risk_profile_name=row[6], risk_profile_index=int(row[7]), region=row[8] or "")
 
 
 def _utc(value) -> datetime:
@@ -353,11 +360,20 @@ class Repository:
             cursor.execute(self._sql(GET_CUSTOMER), (customer_id,))
             return cursor.fetchone()
         row = self._run("get_customer", work, timeout)
-        if row is None:
-            return None
-        return Customer(customer_id=row[0], current_monthly_payment=float(row[1]), outstanding_balance=float(row[2]),
-                        current_car_price=float(row[3]), current_car_year=int(row[4]), current_car_km=int(row[5]),
-                        risk_profile_name=row[6], risk_profile_index=int(row[7]), region=row[8] or "")
+        return None if row is None else _customer(row)
+
+    def get_customers(self, customer_ids: Sequence[str], timeout: float | None = None) -> dict[str, Customer]:
+        """The stored customers among these ids, read fresh in a few queries (watched customers)."""
+        ids = list(customer_ids)
+
+        def work(cursor):
+            rows = []
+            for first in range(0, len(ids), 500):
+                chunk = ids[first:first + 500]
+                cursor.execute(self._sql(GET_CUSTOMERS + "(" + ", ".join(["%s"] * len(chunk)) + ")"), chunk)
+                rows += cursor.fetchall()
+            return rows
+        return {row[0]: _customer(row) for row in self._run("get_customers", work, timeout)} if ids else {}
 
     def prefilter_ids(self, min_price: float, min_year: int, max_km: int, region: str | None, limit: int,
                       timeout: float | None = None) -> list[str]:

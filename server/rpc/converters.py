@@ -6,7 +6,7 @@ from typing import Any, Sequence
 
 from google.protobuf import struct_pb2
 
-from engine_ext import OfferSet, ScheduleRow, SubsidyResult
+from engine_ext import Offer, OfferSet, ScheduleRow, SubsidyResult
 from engine_ext.wire_py import length_delimited
 from engine_ext.constants import ALL_TIERS, TIER_MAX_UPGRADE, TIER_NAMES, TIER_REFRESH, TIER_UPGRADE
 
@@ -16,6 +16,7 @@ from ..data.repository import ConfigChange
 from ..domain import Customer
 from ..errors import InvalidArgument
 from ..services.offers import OVERRIDE_FIELDS, CustomerRef, OfferQuery, OfferResult
+from ..services import watch
 
 MAX_TERMS_IN_REQUEST = 24
 SUBSIDY_OUTCOMES = {
@@ -160,12 +161,41 @@ def subsidy_to_pb(results: Sequence[SubsidyResult]) -> list[pb.SubsidyResult]:
 
 
 def amortization_response(offers: OfferSet, rows: Sequence[ScheduleRow]) -> pb.GetAmortizationTableResponse:
-    offer = offers.at_slot(0)
-    tier = TIER_BY_NAME.get(offer.tier, pb.TIER_UNSPECIFIED)
-    fields = {name: getattr(offer, name) for name in pb.Offer.DESCRIPTOR.fields_by_name if name != "tier"}
     return pb.GetAmortizationTableResponse(
-        offer=pb.Offer(tier=tier, **fields),
+        offer=offer_to_pb(offers.at_slot(0)),
         rows=[pb.AmortizationRow(**row.__dict__) for row in rows])
+
+
+_OFFER_FIELDS = tuple(name for name in pb.Offer.DESCRIPTOR.fields_by_name if name != "tier")
+
+
+def offer_to_pb(offer: Offer) -> pb.Offer:
+    return pb.Offer(tier=TIER_BY_NAME.get(offer.tier, pb.TIER_UNSPECIFIED),
+                    **{name: getattr(offer, name) for name in _OFFER_FIELDS})
+
+
+# --- WatchOffers -----------------------------------------------------------------------------------
+WATCH_REASONS = {watch.INITIAL: pb.WATCH_REASON_INITIAL, watch.INVENTORY: pb.WATCH_REASON_INVENTORY,
+                 watch.CONFIGURATION: pb.WATCH_REASON_CONFIGURATION, watch.CUSTOMER: pb.WATCH_REASON_CUSTOMER,
+                 watch.RESYNC: pb.WATCH_REASON_RESYNC, watch.ENDING: pb.WATCH_REASON_ENDING}
+_WATCH_ANSWER = pb.WatchOffersResponse.DESCRIPTOR.fields_by_name["answer"].number
+
+
+def watch_response(update: watch.Update) -> bytes:
+    """One WatchOffersResponse, encoded once and shared by the streams of a group."""
+    if update.encoded is None:
+        answer = update.answer
+        message = pb.WatchOffersResponse(reason=WATCH_REASONS[update.reason])
+        if update.reason != watch.ENDING:
+            message.summary.CopyFrom(summary_to_pb(answer.result))
+            message.added.extend(offer_to_pb(offer) for offer in update.added)
+            message.removed.extend(pb.OfferKey(car_id=car_id, term=term) for car_id, term in update.removed)
+            message.changed.extend(offer_to_pb(offer) for offer in update.changed)
+        encoded = message.SerializeToString()
+        if update.full:  # the answer as GenerateOffers encodes it
+            encoded += length_delimited(_WATCH_ANSWER, generate_response(answer.result))
+        update.encoded = encoded
+    return update.encoded
 
 
 # --- admin ---------------------------------------------------------------------------------------

@@ -200,10 +200,12 @@ class Admission(grpc.ServerInterceptor):
     than their deadline; at most `admitted` calls are in (working or waiting), the others get
     RESOURCE_EXHAUSTED at once. Health and reflection never take a place, so they answer while
     every worker is busy. Once draining, new service calls end UNAVAILABLE (clients retry on
-    another replica) while the calls in progress finish."""
+    another replica) while the calls in progress finish. `self_limited` methods (long-lived,
+    mostly idle streams such as WatchOffers) are admitted by their own service's limit instead."""
 
-    def __init__(self, workers: int, admitted: int):
+    def __init__(self, workers: int, admitted: int, self_limited: frozenset[str] = frozenset()):
         self._workers = threading.BoundedSemaphore(workers)
+        self._self_limited = self_limited
         self._admitted_max = admitted
         self._admitted = 0
         self._draining = False
@@ -241,7 +243,8 @@ class Admission(grpc.ServerInterceptor):
 
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
-        if handler is None or handler_call_details.method.startswith(UNLIMITED_PREFIXES):
+        method = handler_call_details.method
+        if handler is None or method.startswith(UNLIMITED_PREFIXES) or method in self._self_limited:
             return handler
         if handler.unary_unary or handler.stream_unary:
             behavior = handler.unary_unary or handler.stream_unary

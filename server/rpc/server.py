@@ -135,8 +135,10 @@ PROBE_THREADS = 4
 
 def rpc_threads(settings: Settings) -> int:
     """Threads the server needs: one per admitted service call (working or waiting for a worker,
-    see Admission) plus PROBE_THREADS, so grpc never queues a call behind busy threads."""
-    return settings.server.max_concurrent_rpcs + PROBE_THREADS
+    see Admission), one per WatchOffers stream (blocked on a condition while idle: no CPU) and
+    PROBE_THREADS, so grpc never queues a call behind busy threads. The pool starts them on demand."""
+    s = settings.server
+    return s.max_concurrent_rpcs + s.max_watchers + PROBE_THREADS
 
 
 def create_server(settings: Settings, offer_servicer: OfferServicer, admin_servicer: AdminServicer,

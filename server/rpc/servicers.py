@@ -11,17 +11,19 @@ from protos.tradeup.v1 import admin_pb2, admin_pb2_grpc, offers_pb2 as pb, offer
 from ..errors import InvalidArgument, ServiceError
 from ..services.admin import AdminService
 from ..services.offers import OfferService, check_deadline
+from ..services.watch import WatchService
 from . import converters
 from .interceptors import note_call
 
 
 # Methods whose servicer returns pre-encoded response bytes (see converters.generate_response).
-PRE_ENCODED = frozenset({"GenerateOffers", "StreamOffers", "GenerateOffersBulk"})
+PRE_ENCODED = frozenset({"GenerateOffers", "StreamOffers", "GenerateOffersBulk", "WatchOffers"})
 
 
 class OfferServicer(offers_pb2_grpc.OfferServiceServicer):
-    def __init__(self, service: OfferService, batch_size: int, max_bulk: int):
+    def __init__(self, service: OfferService, batch_size: int, max_bulk: int, watch: WatchService):
         self.service = service
+        self.watch = watch
         self.batch_size = batch_size
         self.max_bulk = max_bulk
 
@@ -87,6 +89,16 @@ class OfferServicer(offers_pb2_grpc.OfferServiceServicer):
                                                  context.time_remaining)
         note_call(customer=ref.customer_id or ref.profile.customer_id)
         return converters.amortization_response(offers, rows)
+
+    def WatchOffers(self, request: pb.WatchOffersRequest, context) -> Iterator[bytes]:
+        watcher = self.watch.open(converters.offer_query(request), context.time_remaining)
+        try:
+            context.add_callback(watcher.cancel)  # wakes the stream when the client leaves
+            note_call(customer=watcher.initial.answer.result.customer.customer_id)
+            for update in self.watch.stream(watcher, context.time_remaining, context.is_active):
+                yield converters.watch_response(update)
+        finally:
+            self.watch.close(watcher)
 
 
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):

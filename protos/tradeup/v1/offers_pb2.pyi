@@ -22,6 +22,16 @@ class SubsidyOutcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SUBSIDY_OUTCOME_NPV_BELOW_MINIMUM: _ClassVar[SubsidyOutcome]
     SUBSIDY_OUTCOME_LTV_TOO_HIGH: _ClassVar[SubsidyOutcome]
     SUBSIDY_OUTCOME_DOWN_PAYMENT_NOT_MET: _ClassVar[SubsidyOutcome]
+
+class WatchReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    WATCH_REASON_UNSPECIFIED: _ClassVar[WatchReason]
+    WATCH_REASON_INITIAL: _ClassVar[WatchReason]
+    WATCH_REASON_INVENTORY: _ClassVar[WatchReason]
+    WATCH_REASON_CONFIGURATION: _ClassVar[WatchReason]
+    WATCH_REASON_CUSTOMER: _ClassVar[WatchReason]
+    WATCH_REASON_RESYNC: _ClassVar[WatchReason]
+    WATCH_REASON_ENDING: _ClassVar[WatchReason]
 TIER_UNSPECIFIED: Tier
 TIER_REFRESH: Tier
 TIER_UPGRADE: Tier
@@ -32,6 +42,13 @@ SUBSIDY_OUTCOME_PAYMENT_DELTA_TOO_HIGH: SubsidyOutcome
 SUBSIDY_OUTCOME_NPV_BELOW_MINIMUM: SubsidyOutcome
 SUBSIDY_OUTCOME_LTV_TOO_HIGH: SubsidyOutcome
 SUBSIDY_OUTCOME_DOWN_PAYMENT_NOT_MET: SubsidyOutcome
+WATCH_REASON_UNSPECIFIED: WatchReason
+WATCH_REASON_INITIAL: WatchReason
+WATCH_REASON_INVENTORY: WatchReason
+WATCH_REASON_CONFIGURATION: WatchReason
+WATCH_REASON_CUSTOMER: WatchReason
+WATCH_REASON_RESYNC: WatchReason
+WATCH_REASON_ENDING: WatchReason
 
 class CustomerProfile(_message.Message):
     __slots__ = ("customer_id", "current_monthly_payment", "outstanding_balance", "current_car_price", "current_car_year", "current_car_km", "risk_profile_name", "risk_profile_index", "region")
@@ -350,3 +367,39 @@ class GetAmortizationTableResponse(_message.Message):
     offer: Offer
     rows: _containers.RepeatedCompositeFieldContainer[AmortizationRow]
     def __init__(self, offer: _Optional[_Union[Offer, _Mapping]] = ..., rows: _Optional[_Iterable[_Union[AmortizationRow, _Mapping]]] = ...) -> None: ...
+
+class WatchOffersRequest(_message.Message):
+    __slots__ = ("customer_id", "profile", "overrides", "options")
+    CUSTOMER_ID_FIELD_NUMBER: _ClassVar[int]
+    PROFILE_FIELD_NUMBER: _ClassVar[int]
+    OVERRIDES_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    customer_id: str
+    profile: CustomerProfile
+    overrides: PricingOverrides
+    options: OfferOptions
+    def __init__(self, customer_id: _Optional[str] = ..., profile: _Optional[_Union[CustomerProfile, _Mapping]] = ..., overrides: _Optional[_Union[PricingOverrides, _Mapping]] = ..., options: _Optional[_Union[OfferOptions, _Mapping]] = ...) -> None: ...
+
+class OfferKey(_message.Message):
+    __slots__ = ("car_id", "term")
+    CAR_ID_FIELD_NUMBER: _ClassVar[int]
+    TERM_FIELD_NUMBER: _ClassVar[int]
+    car_id: str
+    term: int
+    def __init__(self, car_id: _Optional[str] = ..., term: _Optional[int] = ...) -> None: ...
+
+class WatchOffersResponse(_message.Message):
+    __slots__ = ("reason", "answer", "added", "removed", "changed", "summary")
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    ANSWER_FIELD_NUMBER: _ClassVar[int]
+    ADDED_FIELD_NUMBER: _ClassVar[int]
+    REMOVED_FIELD_NUMBER: _ClassVar[int]
+    CHANGED_FIELD_NUMBER: _ClassVar[int]
+    SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    reason: WatchReason
+    answer: GenerateOffersResponse
+    added: _containers.RepeatedCompositeFieldContainer[Offer]
+    removed: _containers.RepeatedCompositeFieldContainer[OfferKey]
+    changed: _containers.RepeatedCompositeFieldContainer[Offer]
+    summary: OfferSummary
+    def __init__(self, reason: _Optional[_Union[WatchReason, str]] = ..., answer: _Optional[_Union[GenerateOffersResponse, _Mapping]] = ..., added: _Optional[_Iterable[_Union[Offer, _Mapping]]] = ..., removed: _Optional[_Iterable[_Union[OfferKey, _Mapping]]] = ..., changed: _Optional[_Iterable[_Union[Offer, _Mapping]]] = ..., summary: _Optional[_Union[OfferSummary, _Mapping]] = ...) -> None: ...

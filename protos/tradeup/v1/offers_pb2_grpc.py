@@ -60,6 +60,11 @@ class OfferServiceStub:
                 request_serializer=tradeup_dot_v1_dot_offers__pb2.GetAmortizationTableRequest.SerializeToString,
                 response_deserializer=tradeup_dot_v1_dot_offers__pb2.GetAmortizationTableResponse.FromString,
                 _registered_method=True)
+        self.WatchOffers = channel.unary_stream(
+                '/tradeup.v1.OfferService/WatchOffers',
+                request_serializer=tradeup_dot_v1_dot_offers__pb2.WatchOffersRequest.SerializeToString,
+                response_deserializer=tradeup_dot_v1_dot_offers__pb2.WatchOffersResponse.FromString,
+                _registered_method=True)
 
 
 class OfferServiceServicer:
@@ -105,6 +110,19 @@ class OfferServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchOffers(self, request, context):
+        """Live offers: the first message is the full current answer (as GenerateOffers), then one
+        message each time a change alters this customer's answer (a car it could be offered sold,
+        added or repriced; a business parameter; the customer's own record), with what changed.
+        Nothing is sent while nothing changes for this customer. The stream ends at the deadline,
+        when the client cancels, or on server shutdown (a WATCH_REASON_ENDING message, then
+        UNAVAILABLE: reconnect). Errors at the start as GenerateOffers, plus RESOURCE_EXHAUSTED
+        when the server holds server.max_watchers streams.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OfferServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -132,6 +150,11 @@ def add_OfferServiceServicer_to_server(servicer, server):
                     servicer.GetAmortizationTable,
                     request_deserializer=tradeup_dot_v1_dot_offers__pb2.GetAmortizationTableRequest.FromString,
                     response_serializer=tradeup_dot_v1_dot_offers__pb2.GetAmortizationTableResponse.SerializeToString,
+            ),
+            'WatchOffers': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchOffers,
+                    request_deserializer=tradeup_dot_v1_dot_offers__pb2.WatchOffersRequest.FromString,
+                    response_serializer=tradeup_dot_v1_dot_offers__pb2.WatchOffersResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -270,6 +293,33 @@ class OfferService:
             '/tradeup.v1.OfferService/GetAmortizationTable',
             tradeup_dot_v1_dot_offers__pb2.GetAmortizationTableRequest.SerializeToString,
             tradeup_dot_v1_dot_offers__pb2.GetAmortizationTableResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchOffers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/tradeup.v1.OfferService/WatchOffers',
+            tradeup_dot_v1_dot_offers__pb2.WatchOffersRequest.SerializeToString,
+            tradeup_dot_v1_dot_offers__pb2.WatchOffersResponse.FromString,
             options,
             channel_credentials,
             insecure,
