@@ -47,6 +47,28 @@ def schedules() -> list[dict]:
     return _lines("amortization.jsonl.gz")
 
 
+def customer_ids() -> list[str]:
+    """The stored customers, in file order."""
+    return list(customers())
+
+
+def offers_of(customer_id: str) -> dict:
+    """The customer's record in offers.jsonl.gz: `cars` (the prefilter, limit 500) and `offers` (every
+    tier and term), which is what the server answers under its default options."""
+    return next(r for r in offers() if r["customer_id"] == customer_id)
+
+
+def customer_where(what: str, condition) -> str:
+    """The first customer whose offers record meets `condition`; a set without one fails, saying `what` it lacks."""
+    found = next((r["customer_id"] for r in offers() if condition(r)), None)
+    assert found is not None, f"the vector set {GOLDEN_DIR} has no customer with {what}"
+    return found
+
+
+def customer_with_offers(at_least: int = 1) -> str:
+    return customer_where(f"{at_least} offers or more", lambda r: len(r["offers"]) >= at_least)
+
+
 def spread(records: list[dict], count: int = 10) -> list[dict]:
     """Up to `count` records spread evenly over the set, whatever its size."""
     return records[::max(1, len(records) // count)][:count]
