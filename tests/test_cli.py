@@ -52,10 +52,9 @@ def test_bulk_subsidy_amortization_health(server):
     assert subsidy.returncode == 0, subsidy.stderr
     (row,) = [line.split() for line in subsidy.stdout.splitlines() if line.split()[:1] == [car]]
     assert (row[1], row[-1]) == (outcome, str(result["iterations_tried"]))
-    record = golden.schedules()[0]
-    offer = record["offer"]
-    schedule = run_cli(server, "amortization", record["customer_id"], "--car", offer["car_id"],
-                       "--term", str(offer["term"]))
+    priced = golden.customer_with_offers()
+    offer = golden.offers_of(priced)["offers"][0]
+    schedule = run_cli(server, "amortization", priced, "--car", offer["car_id"], "--term", str(offer["term"]))
     assert schedule.returncode == 0 and f"{offer['monthly_payment']:,.2f} MXN in month 1" in schedule.stdout
     assert len([line for line in schedule.stdout.splitlines() if line.strip()[:2].strip().isdigit()]) == \
         offer["term"]

@@ -176,8 +176,8 @@ def test_amortization_matches_golden(server):
 
 
 def test_amortization_errors(server):
-    record = golden.schedules()[0]
-    car = record["offer"]["car_id"]
+    record = golden.offers_of(golden.customer_with_offers())
+    car = record["offers"][0]["car_id"]
     with pytest.raises(grpc.RpcError) as err:
         server.client.amortization(car, 18, customer_id=record["customer_id"])
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and err.value.details().startswith("term")
