@@ -16,6 +16,7 @@ from protos.tradeup.v1 import offers_pb2 as pb
 PROFILE = {"customer_id": "inline-1", "current_monthly_payment": 5398.16, "outstanding_balance": 59252.09,
            "current_car_price": 175999.0, "current_car_year": 2013, "current_car_km": 105000,
            "risk_profile_name": "A2", "risk_profile_index": 4}
+STORED = golden.customer_ids()[0]  # a customer in the database, where any will do
 
 
 def offer_key(o):
@@ -93,13 +94,12 @@ def test_inline_profile_equals_the_stored_customer(server):
     ({"profile": {**PROFILE, "current_car_year": 3000}}, "profile.current_car_year"),
     ({"profile": {**PROFILE, "risk_profile_index": 26}}, "profile.risk_profile_index"),
     ({"profile": {**PROFILE, "region": "r" * 65}}, "profile.region"),
-    ({"customer_id": golden.customer_ids()[0], "terms": [18]}, "options.terms"),
-    ({"customer_id": golden.customer_ids()[0], "tiers": [7]}, "options.tiers"),
-    ({"customer_id": golden.customer_ids()[0], "max_cars": 5000}, "options.max_cars"),
-    ({"customer_id": golden.customer_ids()[0], "overrides": {"service_fee_pct": 2.0}}, "overrides.service_fee_pct"),
-    ({"customer_id": golden.customer_ids()[0], "overrides": {"interest_rate": float("inf")}},
-     "overrides.interest_rate"),
-    ({"customer_id": golden.customer_ids()[0], "overrides": {"cac_bonus": -1.0}}, "overrides.cac_bonus"),
+    ({"customer_id": STORED, "terms": [18]}, "options.terms"),
+    ({"customer_id": STORED, "tiers": [7]}, "options.tiers"),
+    ({"customer_id": STORED, "max_cars": 5000}, "options.max_cars"),
+    ({"customer_id": STORED, "overrides": {"service_fee_pct": 2.0}}, "overrides.service_fee_pct"),
+    ({"customer_id": STORED, "overrides": {"interest_rate": float("inf")}}, "overrides.interest_rate"),
+    ({"customer_id": STORED, "overrides": {"cac_bonus": -1.0}}, "overrides.cac_bonus"),
 ])
 def test_invalid_arguments_name_the_field(server, request_kwargs, field):
     with pytest.raises(grpc.RpcError) as err:
@@ -118,7 +118,7 @@ def test_missing_customer_is_invalid_and_unknown_is_not_found(server):
 
 
 def test_request_id_is_echoed_or_generated(server):
-    request = pb.GenerateOffersRequest(customer_id=golden.customer_ids()[0])
+    request = pb.GenerateOffersRequest(customer_id=STORED)
     _, call = server.client.offers.GenerateOffers.with_call(request, metadata=(("x-request-id", "abc-123"),), timeout=5)
     assert ("x-request-id", "abc-123") in call.initial_metadata()
     _, call = server.client.offers.GenerateOffers.with_call(request, timeout=5)
@@ -220,7 +220,7 @@ def test_health_and_reflection(server):
 
 def test_deadline_exceeded(server):
     with pytest.raises(grpc.RpcError) as err:
-        list(server.client.find_minimum_subsidy(customer_id=golden.customer_ids()[0], max_cars=2000, timeout=0.001))
+        list(server.client.find_minimum_subsidy(customer_id=STORED, max_cars=2000, timeout=0.001))
     assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
 
 
@@ -273,8 +273,7 @@ def test_admin_updates_business_parameters_at_runtime(server):
 
 
 def test_admin_status_and_invalidation(server):
-    customer = golden.customer_ids()[0]
-    server.client.generate_offers(customer_id=customer)
+    server.client.generate_offers(customer_id=STORED)
     status = server.client.status()
     assert status.database_reachable and status.circuit_state == "closed"
     cars = len(golden.inventory())
@@ -284,7 +283,7 @@ def test_admin_status_and_invalidation(server):
     assert server.client.invalidate_cache() >= 1
     status = server.client.status()  # reloaded at once, under a new version every process follows
     assert status.inventory_cars == cars and status.inventory_version > version
-    assert server.client.generate_offers(customer_id=customer).summary.inventory_version == status.inventory_version
+    assert server.client.generate_offers(customer_id=STORED).summary.inventory_version == status.inventory_version
 
 
 def test_too_many_concurrent_calls_are_refused(golden_database, tmp_path):
@@ -292,17 +291,16 @@ def test_too_many_concurrent_calls_are_refused(golden_database, tmp_path):
     running = start_server(golden_database[1],
                            TRADEUP_MAX_CONCURRENT_RPCS=1)
     release = threading.Event()
-    customer = golden.customer_ids()[0]
 
     def held_requests():  # keeps one bulk call open until released
-        yield pb.GenerateOffersBulkRequest(customer_id=customer)
+        yield pb.GenerateOffersBulkRequest(customer_id=STORED)
         release.wait(10)
 
     try:
         stream = running.client.offers.GenerateOffersBulk(held_requests(), timeout=20)
         next(stream)
         with pytest.raises(grpc.RpcError) as err:
-            running.client.offers.GenerateOffers(pb.GenerateOffersRequest(customer_id=customer), timeout=5)
+            running.client.offers.GenerateOffers(pb.GenerateOffersRequest(customer_id=STORED), timeout=5)
         assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert running.client.health(timeout=2) == "SERVING"  # probes are never refused
         release.set()
@@ -409,7 +407,7 @@ def test_a_changed_customer_is_priced_fresh_on_the_next_call(server):
 def test_every_log_line_of_a_call_carries_its_request_id(server, caplog):
     import logging
     with caplog.at_level(logging.INFO, logger="tradeup.access"):
-        server.client.generate_offers(customer_id=golden.customer_ids()[0], metadata=(("x-request-id", "trace-42"),))
+        server.client.generate_offers(customer_id=STORED, metadata=(("x-request-id", "trace-42"),))
         with pytest.raises(grpc.RpcError):
             server.client.generate_offers(customer_id="NOPE", metadata=(("x-request-id", "trace-43"),))
     lines = {r.request_id: r.getMessage() for r in caplog.records if r.name == "tradeup.access"}
@@ -422,7 +420,7 @@ def test_a_bug_is_internal_with_a_generic_message_and_a_logged_traceback(server,
 
     monkeypatch.setattr(server.app.offers, "generate", broken)  # a fault injected into our own code
     with pytest.raises(grpc.RpcError) as err:
-        server.client.generate_offers(customer_id=golden.customer_ids()[0], metadata=(("x-request-id", "bug-1"),))
+        server.client.generate_offers(customer_id=STORED, metadata=(("x-request-id", "bug-1"),))
     assert err.value.code() == grpc.StatusCode.INTERNAL
     assert err.value.details() == "internal server error (request id bug-1)"  # nothing internal leaks
     (record,) = [r for r in caplog.records if r.name == "tradeup.errors"]
