@@ -81,10 +81,13 @@ def stored_subsidies() -> list[dict]:
 
 def write_subset(target: Path, n_customers: int) -> None:
     """A smaller set in the same format in `target`: `n_customers` customers spread over this one
-    with their offers, subsidy pairs and schedules, plus two pairs whose customer travels inline
-    only; the whole inventory and the parameters (the prefilter runs over the whole inventory)."""
+    (the last swapped for one with a schedule if none has any and the set holds some) with their
+    offers, subsidy pairs and schedules, plus two pairs whose customer travels inline only; the
+    whole inventory and the parameters (the prefilter runs over the whole inventory)."""
     target.mkdir(parents=True, exist_ok=True)
     chosen = spread(offers(), n_customers)
+    if schedules() and not {r["customer_id"] for r in schedules()} & {r["customer_id"] for r in chosen}:
+        chosen[-1] = offers_of(schedules()[0]["customer_id"])
     ids = {r["customer_id"] for r in chosen}
     inline_only = [r for r in subsidies() if r["customer"]["customer_id"] not in customers()][:2]
     for name in ("params.json", "inventory.json"):
