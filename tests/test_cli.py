@@ -175,7 +175,8 @@ def test_more_terms_than_the_kernel_prices_are_refused(server):
     result = run_cli(server, "set-params", json.dumps(changes))
     assert result.returncode == 1
     assert "INVALID_ARGUMENT: changes.terms: must list at most 64 terms, got 65" in result.stderr
-    assert run_cli(server, "offers", golden.customer_ids()[0], "--max-offers", "1").returncode == 0  # nothing half-applied
+    # nothing half-applied
+    assert run_cli(server, "offers", golden.customer_ids()[0], "--max-offers", "1").returncode == 0
 
 
 def test_admin_disabled_says_how_to_enable_it(golden_database, tmp_path):
