@@ -20,7 +20,8 @@ ADMIN_TOKEN = "fleet-admin-token"
 
 
 class Fleet:
-    def __init__(self, environ: dict[str, str], ports: list[int], processes: int = 2, customer_id: str = "C0001"):
+    def __init__(self, environ: dict[str, str], ports: list[int], customer_id: str, processes: int = 2):
+        """`customer_id`: the stored customer every call prices (it needs an offer to read the fee from)."""
         self.environ = environ
         self.customer_id = customer_id
         self.ports = ports

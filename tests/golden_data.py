@@ -47,6 +47,28 @@ def schedules() -> list[dict]:
     return _lines("amortization.jsonl.gz")
 
 
+def customer_ids() -> list[str]:
+    """The stored customers, in file order."""
+    return list(customers())
+
+
+def offers_of(customer_id: str) -> dict:
+    """The customer's record in offers.jsonl.gz: `cars` (the prefilter, limit 500) and `offers` (every
+    tier and term), which is what the server answers under its default options."""
+    return next(r for r in offers() if r["customer_id"] == customer_id)
+
+
+def customer_where(what: str, condition) -> str:
+    """The first customer whose offers record meets `condition`; a set without one fails, saying `what` it lacks."""
+    found = next((r["customer_id"] for r in offers() if condition(r)), None)
+    assert found is not None, f"the vector set {GOLDEN_DIR} has no customer with {what}"
+    return found
+
+
+def customer_with_offers(at_least: int = 1) -> str:
+    return customer_where(f"{at_least} offers or more", lambda r: len(r["offers"]) >= at_least)
+
+
 def spread(records: list[dict], count: int = 10) -> list[dict]:
     """Up to `count` records spread evenly over the set, whatever its size."""
     return records[::max(1, len(records) // count)][:count]
@@ -59,10 +81,13 @@ def stored_subsidies() -> list[dict]:
 
 def write_subset(target: Path, n_customers: int) -> None:
     """A smaller set in the same format in `target`: `n_customers` customers spread over this one
-    with their offers, subsidy pairs and schedules, plus two pairs whose customer travels inline
-    only; the whole inventory and the parameters (the prefilter runs over the whole inventory)."""
+    (the last swapped for one with a schedule if none has any and the set holds some) with their
+    offers, subsidy pairs and schedules, plus two pairs whose customer travels inline only; the
+    whole inventory and the parameters (the prefilter runs over the whole inventory)."""
     target.mkdir(parents=True, exist_ok=True)
     chosen = spread(offers(), n_customers)
+    if schedules() and not {r["customer_id"] for r in schedules()} & {r["customer_id"] for r in chosen}:
+        chosen[-1] = offers_of(schedules()[0]["customer_id"])
     ids = {r["customer_id"] for r in chosen}
     inline_only = [r for r in subsidies() if r["customer"]["customer_id"] not in customers()][:2]
     for name in ("params.json", "inventory.json"):

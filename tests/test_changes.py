@@ -18,6 +18,7 @@ from server.data.inventory import InventorySnapshot
 from server.services.changefeed import CONFIG, INVENTORY, Change
 
 FEE = "business.fees.service_fee_pct"
+CUSTOMER = golden.customer_with_offers()  # the fee and the sold car are read off its first offer
 
 
 def wait_for(condition, timeout: float = 30.0, interval: float = 0.05):
@@ -117,10 +118,10 @@ def test_a_parameter_change_reaches_the_other_process(fleet_database):
     heard = []
     second.app.changes.subscribe(heard.append)
     try:
-        before = second.client.generate_offers(customer_id="C0001", max_offers=1)
+        before = second.client.generate_offers(customer_id=CUSTOMER, max_offers=1)
         assert fee_of(before) == pytest.approx(0.04)
         first.client.update_business_parameters({"fees": {"service_fee_pct": 0.02}}, changed_by="ops")
-        after = wait_for(lambda: (r := second.client.generate_offers(customer_id="C0001", max_offers=1))
+        after = wait_for(lambda: (r := second.client.generate_offers(customer_id=CUSTOMER, max_offers=1))
                          .summary.config_version > before.summary.config_version and r)
         assert fee_of(after) == pytest.approx(0.02)
         assert Change(CONFIG, after.summary.config_version) in heard
@@ -143,14 +144,14 @@ def test_cars_changed_by_plain_sql_leave_every_process(fleet_database):
     heard = []
     servers[1].app.changes.subscribe(heard.append)
     try:
-        response = servers[1].client.generate_offers(customer_id="C0001", max_offers=1)
+        response = servers[1].client.generate_offers(customer_id=CUSTOMER, max_offers=1)
         sold = response.groups[0].offers[0].car_id if response.groups[0].offers else \
             next(o for g in response.groups for o in g.offers).car_id
         version = response.summary.inventory_version
         with repository.database.cursor() as cursor:  # another system, not our code, writes the row
             cursor.execute(repository._sql("UPDATE inventory SET available = 0 WHERE car_id = %s"), (sold,))
         for server in servers:
-            fresh = wait_for(lambda: (r := server.client.generate_offers(customer_id="C0001"))
+            fresh = wait_for(lambda: (r := server.client.generate_offers(customer_id=CUSTOMER))
                              .summary.inventory_version > version and r)
             assert sold not in {o.car_id for g in fresh.groups for o in g.offers}
             assert sold not in server.app.inventory.current().row_of
@@ -178,7 +179,7 @@ def test_invalidate_cache_reloads_every_process(fleet_database):
         wait_for(lambda: second.app.inventory.current() is not None
                  and second.app.inventory.current().loaded_at > loaded)
         assert second.client.status().inventory_version == version
-        assert second.client.status().inventory_cars == 4000
+        assert second.client.status().inventory_cars == len(golden.inventory())
     finally:
         stop_all(servers)
 
@@ -194,7 +195,7 @@ def test_an_invalid_configuration_written_around_the_service_is_refused(fleet_da
             cursor.execute("UPDATE change_versions SET config_version = config_version + 1 WHERE id = 1")
         wait_for(lambda: "is invalid" in caplog.text)
         assert server.app.settings.current.business.fees.cxa_pct == 0.04
-        assert server.client.generate_offers(customer_id="C0001", max_offers=1).summary.total_offers > 0
+        assert server.client.generate_offers(customer_id=CUSTOMER, max_offers=1).summary.total_offers > 0
     finally:
         stop_all(servers)
 
@@ -228,7 +229,7 @@ def test_redis_pushes_changes_and_its_death_fails_no_call(sqlite_fleet, redis_se
         # No call fails because Redis is gone, the admin calls that publish included.
         assert first.client.update_business_parameters({"fees": {"cac_bonus": 100.0}})["fees"]["cac_bonus"] == 100
         for _ in range(20):
-            assert second.client.generate_offers(customer_id="C0001", max_offers=1).summary.total_offers > 0
+            assert second.client.generate_offers(customer_id=CUSTOMER, max_offers=1).summary.total_offers > 0
         wait_for(lambda: first.client.status().redis_state == "down")
     finally:
         stop_all(servers)
@@ -255,18 +256,18 @@ def test_the_rate_limit_is_one_bucket_across_processes(sqlite_fleet, redis_serve
     caller = (("x-caller-id", "dealer-7"),)
     try:
         for server in (servers[0], servers[1], servers[0]):
-            server.client.generate_offers(customer_id="C0001", max_offers=1, metadata=caller)
+            server.client.generate_offers(customer_id=CUSTOMER, max_offers=1, metadata=caller)
         with pytest.raises(grpc.RpcError) as err:  # the fourth call, whichever process takes it
-            servers[1].client.generate_offers(customer_id="C0001", max_offers=1, metadata=caller)
+            servers[1].client.generate_offers(customer_id=CUSTOMER, max_offers=1, metadata=caller)
         assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         # Redis slow: the call does not wait for it (the local bucket decides), nor fail.
         redis_server.stall(8)
         started = time.monotonic()
-        servers[0].client.generate_offers(customer_id="C0001", max_offers=1, metadata=caller)
+        servers[0].client.generate_offers(customer_id=CUSTOMER, max_offers=1, metadata=caller)
         assert time.monotonic() - started < 6 and servers[0].client.status().redis_state == "down"
         redis_server.kill()
         # Redis down: each process limits on its own (its local bucket is still full); nothing fails.
-        servers[1].client.generate_offers(customer_id="C0001", max_offers=1, metadata=caller)
+        servers[1].client.generate_offers(customer_id=CUSTOMER, max_offers=1, metadata=caller)
         assert servers[1].client.status().redis_state == "down"
     finally:
         stop_all(servers)

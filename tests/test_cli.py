@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import golden_data as golden
 from conftest import start_server
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,25 +24,40 @@ def run_cli(server, *args, token=True):
 
 
 def test_offers_table_and_json(server):
-    table = run_cli(server, "offers", "C0001", "--per-tier", "2")
+    customer = golden.customer_with_offers(3)
+    record = golden.offers_of(customer)
+    table = run_cli(server, "offers", customer, "--per-tier", "2")
     assert table.returncode == 0, table.stderr
-    assert table.stdout.startswith("Customer C0001: 500 cars evaluated, 620 offers")
-    assert "Refresh: 21 offers, best 2 shown" in table.stdout and "Max Upgrade: 510 offers" in table.stdout
-    data = json.loads(run_cli(server, "offers", "C0001", "--json", "--max-offers", "3").stdout)
-    assert data["summary"]["total_offers"] == 620
+    assert table.stdout.startswith(f"Customer {customer}: {len(record['cars'])} cars evaluated, "
+                                   f"{len(record['offers'])} offers")
+    for tier in ("Refresh", "Upgrade", "Max Upgrade"):
+        count = sum(o["tier"] == tier for o in record["offers"])
+        heading = f"{tier}: {count} offers" + (", best 2 shown" if count > 2 else "")
+        assert heading in table.stdout.splitlines(), heading
+    data = json.loads(run_cli(server, "offers", customer, "--json", "--max-offers", "3").stdout)
+    assert data["summary"]["total_offers"] == len(record["offers"])
     assert sum(len(g.get("offers", [])) for g in data["groups"]) == 3
 
 
 def test_bulk_subsidy_amortization_health(server):
-    bulk = run_cli(server, "bulk", "C0001", "NOPE", "--progress")
+    customer = golden.customer_ids()[0]
+    bulk = run_cli(server, "bulk", customer, "NOPE", "--progress")
     assert bulk.returncode == 1  # one customer failed
-    assert "C0001: 620 offers" in bulk.stdout and "NOPE: NOT_FOUND" in bulk.stdout
-    assert "2/2 customers, 1 errors" in bulk.stderr
-    subsidy = run_cli(server, "subsidy", "C0001", "--cars", "INV01895", "--all")
-    assert subsidy.returncode == 0 and "INV01895   VIABLE" in subsidy.stdout and "3092" in subsidy.stdout
-    schedule = run_cli(server, "amortization", "C0043", "--car", "INV01835", "--term", "48")
-    assert schedule.returncode == 0 and "7,298.79 MXN in month 1" in schedule.stdout
-    assert len([line for line in schedule.stdout.splitlines() if line.strip()[:2].strip().isdigit()]) == 48
+    assert f"{customer}: {len(golden.offers_of(customer)['offers'])} offers" in bulk.stdout
+    assert "NOPE: NOT_FOUND" in bulk.stdout and "2/2 customers, 1 errors" in bulk.stderr
+    pair = golden.stored_subsidies()[0]
+    car, result = pair["car"]["car_id"], pair["result"]
+    outcome = "VIABLE" if result["viable"] else result["failure_reason"].upper()
+    subsidy = run_cli(server, "subsidy", pair["customer"]["customer_id"], "--cars", car, "--all")
+    assert subsidy.returncode == 0, subsidy.stderr
+    (row,) = [line.split() for line in subsidy.stdout.splitlines() if line.split()[:1] == [car]]
+    assert (row[1], row[-1]) == (outcome, str(result["iterations_tried"]))
+    priced = golden.customer_with_offers()
+    offer = golden.offers_of(priced)["offers"][0]
+    schedule = run_cli(server, "amortization", priced, "--car", offer["car_id"], "--term", str(offer["term"]))
+    assert schedule.returncode == 0 and f"{offer['monthly_payment']:,.2f} MXN in month 1" in schedule.stdout
+    assert len([line for line in schedule.stdout.splitlines() if line.strip()[:2].strip().isdigit()]) == \
+        offer["term"]
     health = run_cli(server, "health")
     assert health.returncode == 0 and health.stdout.strip() == "SERVING"
 
@@ -53,7 +69,7 @@ def test_admin_commands_and_errors(server):
     assert config["server"]["admin_token"] == "***"
     denied = run_cli(server, "config", token=False)
     assert denied.returncode == 1 and "UNAUTHENTICATED" in denied.stderr
-    bad = run_cli(server, "offers", "C0001", "--rate", "250")
+    bad = run_cli(server, "offers", golden.customer_ids()[0], "--rate", "250")
     assert bad.returncode == 1 and "INVALID_ARGUMENT: overrides.interest_rate" in bad.stderr
 
 
@@ -62,8 +78,10 @@ def assert_no_traceback(result):
 
 
 def test_bad_numbers_are_usage_errors(server):
-    for args in (("offers", "C0001", "--max-offers", "-1"), ("offers", "C0001", "--per-tier", "x"),
-                 ("amortization", "C0001", "--car", "INV01895", "--term", "0")):
+    customer = golden.customer_ids()[0]
+    car = golden.offers_of(customer)["cars"][0]
+    for args in (("offers", customer, "--max-offers", "-1"), ("offers", customer, "--per-tier", "x"),
+                 ("amortization", customer, "--car", car, "--term", "0")):
         result = run_cli(server, *args)
         assert result.returncode == 2 and "must be" in result.stderr, result.stderr
         assert_no_traceback(result)
@@ -95,27 +113,29 @@ def test_unknown_health_service_is_explained(server):
 
 
 def test_unknown_car_in_amortization_names_car_id(server):
-    result = run_cli(server, "amortization", "C0001", "--car", "NOPE", "--term", "48")
+    result = run_cli(server, "amortization", golden.customer_ids()[0], "--car", "NOPE", "--term", "48")
     assert result.returncode == 1
     assert "NOT_FOUND: car_id: no available car 'NOPE'" in result.stderr and "car_ids" not in result.stderr
 
 
 def test_bulk_file_skips_comments_and_the_progress_line_is_cleared(server, tmp_path):
+    customer = golden.customer_ids()[0]
     ids = tmp_path / "ids.txt"
-    ids.write_text("# customers to price\nC0001  # the first\n\n   \nNOPE\n")
+    ids.write_text(f"# customers to price\n{customer}  # the first\n\n   \nNOPE\n")
     env = {**os.environ, "TRADEUP_TARGET": server.target}
     merged = subprocess.run([sys.executable, "-m", "client", "bulk", "--file", str(ids), "--progress",
                              "--max-offers", "1"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, timeout=60)
     assert merged.returncode == 1  # NOPE failed
     segments = re.split(r"[\r\n]", merged.stdout)
-    assert any(s.startswith("C0001: 620 offers") for s in segments), merged.stdout
+    offers = len(golden.offers_of(customer)["offers"])
+    assert any(s.startswith(f"{customer}: {offers} offers") for s in segments), merged.stdout
     assert any(s.startswith("NOPE: NOT_FOUND") for s in segments), merged.stdout
     assert "2/2 customers, 1 errors" in merged.stdout and "customers to" not in merged.stdout
     # Each result starts on a clean line: the progress line is wiped (spaces) before it is printed.
     for line in merged.stdout.split("\n"):
         if "offers (" in line or "NOT_FOUND" in line:
-            assert line.rsplit("\r", 1)[-1].startswith(("C0001:", "NOPE:")), repr(line)
+            assert line.rsplit("\r", 1)[-1].startswith((f"{customer}:", "NOPE:")), repr(line)
             assert "errors" not in line.rsplit("\r", 1)[-1]
 
 
@@ -155,7 +175,8 @@ def test_more_terms_than_the_kernel_prices_are_refused(server):
     result = run_cli(server, "set-params", json.dumps(changes))
     assert result.returncode == 1
     assert "INVALID_ARGUMENT: changes.terms: must list at most 64 terms, got 65" in result.stderr
-    assert run_cli(server, "offers", "C0001", "--max-offers", "1").returncode == 0  # nothing half-applied
+    # nothing half-applied
+    assert run_cli(server, "offers", golden.customer_ids()[0], "--max-offers", "1").returncode == 0
 
 
 def test_admin_disabled_says_how_to_enable_it(golden_database, tmp_path):

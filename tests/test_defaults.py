@@ -67,7 +67,8 @@ def test_database_errors_reach_the_log_not_the_client(tmp_path, caplog):
                            TRADEUP_DATABASE_CONNECT_TIMEOUT=0.5)
     try:
         with pytest.raises(grpc.RpcError) as err:
-            running.client.generate_offers(customer_id="C0001", metadata=(("x-request-id", "outage-1"),))
+            running.client.generate_offers(customer_id=golden.customer_ids()[0],
+                                           metadata=(("x-request-id", "outage-1"),))
     finally:
         running.stop()
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE

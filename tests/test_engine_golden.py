@@ -2,6 +2,7 @@
 whatever set TRADEUP_GOLDEN_DIR names: the tests parametrize over what the set holds."""
 import gzip
 import os
+import re
 import subprocess
 import sys
 from dataclasses import asdict
@@ -102,3 +103,13 @@ def test_golden_tests_run_on_any_set(tmp_path):
     # then the parameters, the near ties and the oracle over each schedule.
     expected = 2 * (2 * offers + 1 + pairs + schedules + 3) + 1 + 1 + schedules
     assert f"{expected} passed" in run.stdout, run.stdout[-2000:]
+
+
+def test_the_other_tests_run_on_any_set_naming_none_of_its_ids():
+    """The server-level tests take their customers, cars and counts from the set (golden_data), so
+    they run on any set too: no test source spells out an id of this one."""
+    ids = set(golden.customer_ids()) | set(golden.inventory())
+    literal = re.compile(r"""(["'])([A-Za-z0-9_-]+)\1""")
+    for path in sorted(Path(__file__).parent.rglob("*.py")):
+        named = {text for _, text in literal.findall(path.read_text())} & ids
+        assert not named, f"{path.name} names {sorted(named)}: take them from golden_data instead"

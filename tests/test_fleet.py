@@ -40,7 +40,7 @@ def test_changes_reach_every_worker_of_every_instance(with_redis, mysql_environ,
     redis = request.getfixturevalue("redis_server") if with_redis else None
     if redis:
         environ["TRADEUP_REDIS_URL"] = redis.url
-    fleet = Fleet(environ, [free_port(), free_port()], processes=2)
+    fleet = Fleet(environ, [free_port(), free_port()], golden.customer_with_offers(), processes=2)
     fleet.start()
     measured = {}
     try:
@@ -119,7 +119,7 @@ def test_the_embedded_default_needs_no_redis_to_agree_across_processes(tmp_path)
     changed through one process, and calls on fresh connections priced by either."""
     environ = {"TRADEUP_SQLITE_PATH": str(tmp_path / "embedded.db")}
     load_golden(environ)
-    fleet = Fleet(environ, [free_port()], processes=2)
+    fleet = Fleet(environ, [free_port()], golden.customer_with_offers(), processes=2)
     fleet.start()
     try:
         with fleet.admin(0) as admin:

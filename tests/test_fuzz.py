@@ -13,6 +13,7 @@ from google.protobuf import struct_pb2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import golden_data as golden
 from protos.tradeup.v1 import admin_pb2, offers_pb2 as pb
 
 EXAMPLES = int(os.environ.get("TRADEUP_FUZZ_EXAMPLES", "2000"))
@@ -23,10 +24,13 @@ FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None,
 NAMES_A_FIELD = re.compile(r"^(customer .{0,64}: )?[a-z_]+(\[\d+\])?(\.[a-z_]+(\[\d+\])?)*: \S")
 CLIENT_ERRORS = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION}
 
+# Real ids of the vector set next to made-up text, so that requests also reach the pricing.
+CUSTOMERS = golden.spread(golden.customer_ids(), 3)
+CARS = [r["cars"][0] for r in map(golden.offers_of, CUSTOMERS) if r["cars"]] + [next(iter(golden.inventory()))]
 text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=80) | st.sampled_from(
-    ["", "C0001", "C0002", "INV01895", "x" * 5000, "' OR 1=1 --", "\u202e\u0000\U0001F697", "C0001\n"])
-ids = st.sampled_from(["C0001", "C0043", "C0150", ""]) | text
-car_ids = st.sampled_from(["INV01895", "INV01835", "INV00001"]) | text
+    ["", *CUSTOMERS[:2], CARS[0], "x" * 5000, "' OR 1=1 --", "\u202e\u0000\U0001F697", CUSTOMERS[0] + "\n"])
+ids = st.sampled_from([*CUSTOMERS, ""]) | text
+car_ids = st.sampled_from(CARS) | text
 doubles = st.floats(allow_nan=True, allow_infinity=True) | st.sampled_from(
     [0.0, -0.0, -1.0, 1e-300, 1e300, 5398.16, 175999.0, 0.04, 18.5, 2.0**53])
 int32 = st.integers(-2**31, 2**31 - 1) | st.sampled_from([0, 12, 48, 72, 2013, 105000])
@@ -93,7 +97,7 @@ def test_fuzz_generate_and_stream(stubs, customer, overrides, options):
 
 
 @FUZZ
-@given(customer=customers, cars=st.lists(car_ids, max_size=5) | st.just(["INV00001"] * 2001),
+@given(customer=customers, cars=st.lists(car_ids, max_size=5) | st.just([CARS[-1]] * 2001),
        overrides=overrides, same_region=st.booleans(), max_cars=st.sampled_from([0, 1, 20, 2000, 2001, 2**32 - 1]))
 def test_fuzz_minimum_subsidy(stubs, customer, cars, overrides, same_region, max_cars):
     request = with_customer(pb.FindMinimumSubsidyRequest(car_ids=cars, overrides=overrides, same_region=same_region,

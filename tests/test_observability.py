@@ -13,6 +13,7 @@ import grpc
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+import golden_data as golden
 from conftest import LOG_HASH_KEY, ROOT, free_port, start_server
 
 GENERATE = "/tradeup.v1.OfferService/GenerateOffers"
@@ -28,10 +29,14 @@ def value(samples, name, **labels) -> float:
     return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
+def start_observed(golden_database, **extra):
+    return start_server(golden_database[1], TRADEUP_METRICS_PORT=free_port(), TRADEUP_METRICS_HOST="127.0.0.1",
+                        **extra)
+
+
 @pytest.fixture
 def observed(golden_database, tmp_path):
-    running = start_server(golden_database[1],
-                           TRADEUP_METRICS_PORT=free_port(), TRADEUP_METRICS_HOST="127.0.0.1")
+    running = start_observed(golden_database)
     yield running
     running.stop()
 
@@ -42,10 +47,11 @@ def rpc(service: str, method: str, grpc_type: str = "unary", **more) -> dict:
 
 def test_counters_and_histograms_move_exactly(observed):
     port = observed.app.metrics_port
-    observed.client.generate_offers(customer_id="C0001")  # warm the snapshot cache
+    one, other = golden.customer_ids()[0], golden.customer_ids()[-1]
+    observed.client.generate_offers(customer_id=one)  # warm the snapshot cache
     before = scrape(port)
-    first = observed.client.generate_offers(customer_id="C0001")
-    second = observed.client.generate_offers(customer_id="C0002", max_offers=5)
+    first = observed.client.generate_offers(customer_id=one)
+    second = observed.client.generate_offers(customer_id=other, max_offers=5)
     with pytest.raises(grpc.RpcError):
         observed.client.generate_offers(customer_id="NOPE")
     after = scrape(port)
@@ -76,17 +82,23 @@ def test_counters_and_histograms_move_exactly(observed):
     assert delta("tradeup_cache_requests_total", cache="inventory", result="hit") == 2
     assert delta("tradeup_cache_requests_total", cache="inventory", result="miss") == 0
     assert value(after, "tradeup_circuit_breaker_state", state="closed") == 1
-    assert value(after, "tradeup_database_up") == 1 and value(after, "tradeup_inventory_cars") == 4000
+    assert value(after, "tradeup_database_up") == 1
+    assert value(after, "tradeup_inventory_cars") == len(golden.inventory())
     assert ("tradeup_db_pool_connections", (("state", "idle"),)) in after
 
 
-def test_streams_count_their_messages(observed):
-    port = observed.app.metrics_port
-    before = scrape(port)
-    streamed = list(observed.client.stream_offers(customer_id="C0001"))
-    bulk = list(observed.client.generate_offers_bulk([{"customer_id": "C0001", "max_offers": 1},
-                                                      {"customer_id": "NOPE"}, {"customer_id": "C0002"}]))
-    after = scrape(port)
+def test_streams_count_their_messages(golden_database):
+    observed = start_observed(golden_database, TRADEUP_STREAM_BATCH_SIZE=1)  # a message per offer
+    customer = golden.customer_with_offers(2)
+    try:
+        before = scrape(observed.app.metrics_port)
+        streamed = list(observed.client.stream_offers(customer_id=customer, max_offers=5))
+        bulk = list(observed.client.generate_offers_bulk([{"customer_id": customer, "max_offers": 1},
+                                                          {"customer_id": "NOPE"},
+                                                          {"customer_id": golden.customer_ids()[-1]}]))
+        after = scrape(observed.app.metrics_port)
+    finally:
+        observed.stop()
     delta = lambda name, **labels: value(after, name, **labels) - value(before, name, **labels)  # noqa: E731
 
     stream = rpc("OfferService", "StreamOffers", "server_stream")
@@ -103,8 +115,8 @@ def test_streams_count_their_messages(observed):
 
 def test_grafana_dashboard_charts_metrics_the_server_exports(observed):
     """Every series the dashboard queries is one the server exports (after one call of each kind)."""
-    observed.client.generate_offers(customer_id="C0001", max_offers=1)
-    list(observed.client.stream_offers(customer_id="C0001", max_offers=1))
+    observed.client.generate_offers(customer_id=golden.customer_ids()[0], max_offers=1)
+    list(observed.client.stream_offers(customer_id=golden.customer_ids()[0], max_offers=1))
     exported = {name for name, _ in scrape(observed.app.metrics_port)}
     dashboard = json.loads((ROOT / "deploy/grafana/tradeup-engine.json").read_text())
     panels = [p for p in dashboard["panels"] if p.get("type") != "row"]
@@ -118,17 +130,19 @@ def test_grafana_dashboard_charts_metrics_the_server_exports(observed):
 
 def test_customer_ids_are_logged_as_a_keyed_hash(observed, caplog):
     caplog.set_level(logging.INFO, logger="tradeup.access")
-    observed.client.generate_offers(customer_id="C0001", max_offers=1, metadata=(("x-request-id", "hash-1"),))
+    customer = golden.customer_ids()[0]
+    observed.client.generate_offers(customer_id=customer, max_offers=1, metadata=(("x-request-id", "hash-1"),))
     (access,) = [r for r in caplog.records if r.name == "tradeup.access" and r.request_id == "hash-1"]
-    assert access.customer == hmac.new(LOG_HASH_KEY.encode(), b"C0001", hashlib.sha256).hexdigest()[:16]
-    assert access.customer != hashlib.sha256(b"C0001").hexdigest()[:16]
+    assert access.customer == hmac.new(LOG_HASH_KEY.encode(), customer.encode(), hashlib.sha256).hexdigest()[:16]
+    assert access.customer != hashlib.sha256(customer.encode()).hexdigest()[:16]
 
 
 def test_without_a_hash_key_customer_ids_are_left_out(golden_database, tmp_path, caplog):
     caplog.set_level(logging.INFO)
     running = start_server(golden_database[1], TRADEUP_LOG_HASH_KEY="")
     try:
-        running.client.generate_offers(customer_id="C0001", max_offers=1, metadata=(("x-request-id", "nokey-1"),))
+        running.client.generate_offers(customer_id=golden.customer_with_offers(), max_offers=1,
+                                       metadata=(("x-request-id", "nokey-1"),))
     finally:
         running.stop()
     assert any(r.levelno == logging.WARNING and "TRADEUP_LOG_HASH_KEY" in r.getMessage() for r in caplog.records)
@@ -145,7 +159,7 @@ def test_database_reachable_is_info_not_warning(golden_database, tmp_path, caplo
 
 
 def test_admin_status_reads_the_same_figures(observed):
-    observed.client.generate_offers(customer_id="C0001")
+    observed.client.generate_offers(customer_id=golden.customer_ids()[0])
     samples = scrape(observed.app.metrics_port)
     status = observed.client.status()
     hits = sum(value(samples, "tradeup_cache_requests_total", cache=c, result="hit") for c in ("inventory", "prefilter"))

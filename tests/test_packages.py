@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+import golden_data as golden
 from conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,13 +75,15 @@ def test_client_alone_calls_the_server(server, tmp_path):
     only_client = run(python, "-c", "import client, protos.tradeup.v1.offers_pb2; import server")
     assert "No module named 'server'" in only_client.stderr  # the client came without the service
     assert run(bin_dir / "tradeup", "--target", server.target, "health").stdout.strip() == "SERVING"
-    offers = run(python, "-m", "client", "--target", server.target, "offers", "C0001", "--max-offers", "1", "--json")
+    customer = golden.customer_ids()[0]
+    record = golden.offers_of(customer)
+    offers = run(python, "-m", "client", "--target", server.target, "offers", customer, "--max-offers", "1", "--json")
     assert offers.returncode == 0, offers.stderr
-    assert json.loads(offers.stdout)["summary"]["total_offers"] == 620
+    assert json.loads(offers.stdout)["summary"]["total_offers"] == len(record["offers"])
     library = run(python, "-c", "from client import OfferClient\n"
                   f"with OfferClient({server.target!r}, timeout=20) as c:\n"
-                  "    print(c.generate_offers(customer_id='C0001', max_offers=2).summary.cars_evaluated)")
-    assert library.stdout.strip() == "500", library.stderr
+                  f"    print(c.generate_offers(customer_id={customer!r}, max_offers=2).summary.cars_evaluated)")
+    assert library.stdout.strip() == str(len(record["cars"])), library.stderr
 
 
 def declared(pyproject: Path, extra: str | None = None) -> dict[str, str]:

@@ -8,6 +8,7 @@ import time
 import grpc
 import pytest
 
+import golden_data as golden
 from client import OfferClient
 from conftest import start_server
 from server.config import ConfigError, load_settings
@@ -45,20 +46,21 @@ def limited(golden_database, tmp_path):
 
 def test_rate_limit_per_caller(limited):
     as_a = (("x-caller-id", "service-a"),)
+    customer = golden.customer_ids()[0]
     for _ in range(3):
-        limited.client.generate_offers(customer_id="C0001", max_offers=1, metadata=as_a)
+        limited.client.generate_offers(customer_id=customer, max_offers=1, metadata=as_a)
     with pytest.raises(grpc.RpcError) as err:
-        limited.client.generate_offers(customer_id="C0001", max_offers=1, metadata=as_a)
+        limited.client.generate_offers(customer_id=customer, max_offers=1, metadata=as_a)
     assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     retry_ms = int(dict(err.value.trailing_metadata())["retry-after-ms"])
     assert 0 < retry_ms <= 500
     # Another caller, health checks and streams of another caller go on.
-    limited.client.generate_offers(customer_id="C0001", max_offers=1, metadata=(("x-caller-id", "service-b"),))
+    limited.client.generate_offers(customer_id=customer, max_offers=1, metadata=(("x-caller-id", "service-b"),))
     assert all(limited.client.health() == "SERVING" for _ in range(10))
     time.sleep(retry_ms / 1000 + 0.05)
-    limited.client.generate_offers(customer_id="C0001", max_offers=1, metadata=as_a)
+    limited.client.generate_offers(customer_id=customer, max_offers=1, metadata=as_a)
     with pytest.raises(grpc.RpcError) as err:
-        list(limited.client.stream_offers(customer_id="C0001", metadata=as_a))
+        list(limited.client.stream_offers(customer_id=customer, metadata=as_a))
     assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
@@ -69,7 +71,8 @@ def test_without_a_key_the_peer_is_the_caller(golden_database, tmp_path):
         codes = []
         for _ in range(4):
             try:
-                running.client.generate_offers(customer_id="C0001", max_offers=1, metadata=(("x-caller-id", "x"),))
+                running.client.generate_offers(customer_id=golden.customer_ids()[0], max_offers=1,
+                                               metadata=(("x-caller-id", "x"),))
                 codes.append("OK")
             except grpc.RpcError as err:
                 codes.append(err.code().name)
@@ -99,12 +102,14 @@ def test_tls_and_mutual_tls(golden_database, tmp_path):
     read = lambda name: certs[name].read_bytes()  # noqa: E731
     running = start_server(env, TRADEUP_TLS_CERT_FILE=certs["server.pem"], TRADEUP_TLS_KEY_FILE=certs["server.key"])
     target = f"localhost:{running.app.port}"
+    customer = golden.customer_with_offers()
     try:
         with OfferClient(target, timeout=5, root_certificates=read("ca.pem")) as secure:
-            assert secure.generate_offers(customer_id="C0001", max_offers=1).summary.total_offers == 620
+            assert secure.generate_offers(customer_id=customer, max_offers=1).summary.total_offers == \
+                len(golden.offers_of(customer)["offers"])
         with OfferClient(target, timeout=2) as plaintext:
             with pytest.raises(grpc.RpcError) as err:
-                plaintext.generate_offers(customer_id="C0001")
+                plaintext.generate_offers(customer_id=customer)
             assert err.value.code() == grpc.StatusCode.UNAVAILABLE
         cli = subprocess.run([sys.executable, "-m", "client", "--target", target, "--ca", str(certs["ca.pem"]), "health"],
                              capture_output=True, text=True, timeout=60)

@@ -16,10 +16,7 @@ from protos.tradeup.v1 import offers_pb2 as pb
 PROFILE = {"customer_id": "inline-1", "current_monthly_payment": 5398.16, "outstanding_balance": 59252.09,
            "current_car_price": 175999.0, "current_car_year": 2013, "current_car_km": 105000,
            "risk_profile_name": "A2", "risk_profile_index": 4}
-
-
-def golden_record(customer_id):
-    return next(r for r in golden.offers() if r["customer_id"] == customer_id)
+STORED = golden.customer_ids()[0]  # a customer in the database, where any will do
 
 
 def offer_key(o):
@@ -47,7 +44,7 @@ def test_generate_offers_matches_golden(server):
 
 
 def test_stream_offers_is_the_ranked_list_in_batches(server):
-    record = golden.offers()[0]
+    record = golden.offers_of(golden.customer_with_offers())
     unary = server.client.generate_offers(customer_id=record["customer_id"])
     ranked = [offer_key(o) for g in unary.groups for o in g.offers]
     messages = list(server.client.stream_offers(customer_id=record["customer_id"]))
@@ -59,26 +56,30 @@ def test_stream_offers_is_the_ranked_list_in_batches(server):
 
 
 def test_options_terms_tiers_limit_and_overrides(server):
-    cid = golden.offers()[0]["customer_id"]
+    cid = golden.customer_where("an offer and 10 cars", lambda r: r["offers"] and len(r["cars"]) >= 10)
+    term = golden.offers_of(cid)["offers"][0]["term"]
+    adjustment = golden.params().term_rate_adjustments.get(term, 0.0)  # added to the overridden rate
     only = server.client.generate_offers(customer_id=cid, terms=[48, 60], tiers=["refresh"], max_offers=7)
     offers = [o for g in only.groups for o in g.offers]
     assert [g.tier for g in only.groups] == [pb.TIER_REFRESH]
     assert len(offers) == min(7, only.summary.refresh_count) and {o.term for o in offers} <= {48, 60}
     assert only.summary.upgrade_count == only.summary.max_upgrade_count == 0
-    base = server.client.generate_offers(customer_id=cid, terms=[48])
-    cheaper = server.client.generate_offers(customer_id=cid, terms=[48], overrides={"service_fee_pct": 0.0,
-                                                                                    "interest_rate": 10.0})
+    base = server.client.generate_offers(customer_id=cid, terms=[term])
+    cheaper = server.client.generate_offers(customer_id=cid, terms=[term], overrides={"service_fee_pct": 0.0,
+                                                                                      "interest_rate": 10.0})
     by_key = {offer_key(o): o for g in base.groups for o in g.offers}
     compared = [(by_key[offer_key(o)], o) for g in cheaper.groups for o in g.offers if offer_key(o) in by_key]
     assert compared and all(new.monthly_payment < old.monthly_payment and new.service_fee_amount == 0
-                            and new.interest_rate == pytest.approx(0.10) for old, new in compared)
+                            and new.interest_rate == pytest.approx(0.10 + adjustment) for old, new in compared)
     limited = server.client.generate_offers(customer_id=cid, max_cars=10)
     assert limited.summary.cars_evaluated == 10
 
 
 def test_inline_profile_equals_the_stored_customer(server):
-    stored = server.client.generate_offers(customer_id="C0001")
-    inline = server.client.generate_offers(profile=PROFILE)
+    customer = golden.customer_with_offers()
+    stored = server.client.generate_offers(customer_id=customer)
+    profile = {field: golden.customers()[customer][field] for field in PROFILE if field != "customer_id"}
+    inline = server.client.generate_offers(profile={**profile, "customer_id": "inline-1"})
     assert inline.summary.customer_id == "inline-1"
     assert [offer_key(o) for g in inline.groups for o in g.offers] == \
         [offer_key(o) for g in stored.groups for o in g.offers]
@@ -93,12 +94,12 @@ def test_inline_profile_equals_the_stored_customer(server):
     ({"profile": {**PROFILE, "current_car_year": 3000}}, "profile.current_car_year"),
     ({"profile": {**PROFILE, "risk_profile_index": 26}}, "profile.risk_profile_index"),
     ({"profile": {**PROFILE, "region": "r" * 65}}, "profile.region"),
-    ({"customer_id": "C0001", "terms": [18]}, "options.terms"),
-    ({"customer_id": "C0001", "tiers": [7]}, "options.tiers"),
-    ({"customer_id": "C0001", "max_cars": 5000}, "options.max_cars"),
-    ({"customer_id": "C0001", "overrides": {"service_fee_pct": 2.0}}, "overrides.service_fee_pct"),
-    ({"customer_id": "C0001", "overrides": {"interest_rate": float("inf")}}, "overrides.interest_rate"),
-    ({"customer_id": "C0001", "overrides": {"cac_bonus": -1.0}}, "overrides.cac_bonus"),
+    ({"customer_id": STORED, "terms": [18]}, "options.terms"),
+    ({"customer_id": STORED, "tiers": [7]}, "options.tiers"),
+    ({"customer_id": STORED, "max_cars": 5000}, "options.max_cars"),
+    ({"customer_id": STORED, "overrides": {"service_fee_pct": 2.0}}, "overrides.service_fee_pct"),
+    ({"customer_id": STORED, "overrides": {"interest_rate": float("inf")}}, "overrides.interest_rate"),
+    ({"customer_id": STORED, "overrides": {"cac_bonus": -1.0}}, "overrides.cac_bonus"),
 ])
 def test_invalid_arguments_name_the_field(server, request_kwargs, field):
     with pytest.raises(grpc.RpcError) as err:
@@ -117,22 +118,23 @@ def test_missing_customer_is_invalid_and_unknown_is_not_found(server):
 
 
 def test_request_id_is_echoed_or_generated(server):
-    _, call = server.client.offers.GenerateOffers.with_call(
-        pb.GenerateOffersRequest(customer_id="C0001"), metadata=(("x-request-id", "abc-123"),), timeout=5)
+    request = pb.GenerateOffersRequest(customer_id=STORED)
+    _, call = server.client.offers.GenerateOffers.with_call(request, metadata=(("x-request-id", "abc-123"),), timeout=5)
     assert ("x-request-id", "abc-123") in call.initial_metadata()
-    _, call = server.client.offers.GenerateOffers.with_call(pb.GenerateOffersRequest(customer_id="C0001"), timeout=5)
+    _, call = server.client.offers.GenerateOffers.with_call(request, timeout=5)
     generated = dict(call.initial_metadata())["x-request-id"]
     assert len(generated) == 32
 
 
 def test_bulk_answers_every_customer_and_isolates_errors(server):
-    ids = ["C0001", "NOPE", "C0002", "", "C0003"]
+    first, second, third = (golden.customer_ids() * 3)[:3]  # three different ones when the set has them
+    ids = [first, "NOPE", second, "", third]
     responses = list(server.client.generate_offers_bulk([{"customer_id": c} for c in ids]))
     assert [r.index for r in responses] == list(range(len(ids)))
     assert [r.customer_id for r in responses] == ids
     assert [r.WhichOneof("result") for r in responses] == ["offers", "error", "offers", "error", "offers"]
     assert responses[1].error.code == "NOT_FOUND" and responses[3].error.code == "INVALID_ARGUMENT"
-    single = server.client.generate_offers(customer_id="C0002")
+    single = server.client.generate_offers(customer_id=second)
     assert responses[2].offers.summary.total_offers == single.summary.total_offers
 
 
@@ -151,7 +153,7 @@ def test_minimum_subsidy_matches_golden(server):
 
 
 def test_minimum_subsidy_over_the_prefilter_streams_in_batches(server):
-    record = golden.offers()[2]
+    record = golden.offers()[-1]
     messages = list(server.client.find_minimum_subsidy(customer_id=record["customer_id"]))
     results = [r for m in messages for r in m.results]
     assert [r.car_id for r in results] == record["cars"]
@@ -174,8 +176,8 @@ def test_amortization_matches_golden(server):
 
 
 def test_amortization_errors(server):
-    record = golden.schedules()[0]
-    car = record["offer"]["car_id"]
+    record = golden.offers_of(golden.customer_with_offers())
+    car = record["offers"][0]["car_id"]
     with pytest.raises(grpc.RpcError) as err:
         server.client.amortization(car, 18, customer_id=record["customer_id"])
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and err.value.details().startswith("term")
@@ -218,7 +220,7 @@ def test_health_and_reflection(server):
 
 def test_deadline_exceeded(server):
     with pytest.raises(grpc.RpcError) as err:
-        list(server.client.find_minimum_subsidy(customer_id="C0001", max_cars=2000, timeout=0.001))
+        list(server.client.find_minimum_subsidy(customer_id=STORED, max_cars=2000, timeout=0.001))
     assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
 
 
@@ -244,11 +246,13 @@ def test_admin_config_is_redacted(server):
 
 
 def test_admin_updates_business_parameters_at_runtime(server):
-    before = server.client.generate_offers(customer_id="C0001", terms=[48])
+    customer = golden.customer_with_offers()
+    term = golden.offers_of(customer)["offers"][0]["term"]
+    before = server.client.generate_offers(customer_id=customer, terms=[term])
     business = server.client.update_business_parameters({"fees": {"service_fee_pct": 0.02, "cxa_pct": 0.04}},
                                                         changed_by="pricing-team")
     assert business["fees"]["service_fee_pct"] == 0.02
-    after = server.client.generate_offers(customer_id="C0001", terms=[48])
+    after = server.client.generate_offers(customer_id=customer, terms=[term])
     assert before.summary.total_offers and after.summary.total_offers
     assert after.summary.config_version == before.summary.config_version + 1
     first = next(o for g in after.groups for o in g.offers)
@@ -269,16 +273,17 @@ def test_admin_updates_business_parameters_at_runtime(server):
 
 
 def test_admin_status_and_invalidation(server):
-    server.client.generate_offers(customer_id="C0001")
+    server.client.generate_offers(customer_id=STORED)
     status = server.client.status()
     assert status.database_reachable and status.circuit_state == "closed"
-    assert status.engine_implementation in ("compiled", "python") and status.inventory_cars == 4000
+    cars = len(golden.inventory())
+    assert status.engine_implementation in ("compiled", "python") and status.inventory_cars == cars
     assert status.database_backend in ("sqlite", "mysql") and status.cache_hits >= 1
     version = status.inventory_version
     assert server.client.invalidate_cache() >= 1
     status = server.client.status()  # reloaded at once, under a new version every process follows
-    assert status.inventory_cars == 4000 and status.inventory_version > version
-    assert server.client.generate_offers(customer_id="C0001").summary.inventory_version == status.inventory_version
+    assert status.inventory_cars == cars and status.inventory_version > version
+    assert server.client.generate_offers(customer_id=STORED).summary.inventory_version == status.inventory_version
 
 
 def test_too_many_concurrent_calls_are_refused(golden_database, tmp_path):
@@ -288,14 +293,14 @@ def test_too_many_concurrent_calls_are_refused(golden_database, tmp_path):
     release = threading.Event()
 
     def held_requests():  # keeps one bulk call open until released
-        yield pb.GenerateOffersBulkRequest(customer_id="C0001")
+        yield pb.GenerateOffersBulkRequest(customer_id=STORED)
         release.wait(10)
 
     try:
         stream = running.client.offers.GenerateOffersBulk(held_requests(), timeout=20)
         next(stream)
         with pytest.raises(grpc.RpcError) as err:
-            running.client.offers.GenerateOffers(pb.GenerateOffersRequest(customer_id="C0001"), timeout=5)
+            running.client.offers.GenerateOffers(pb.GenerateOffersRequest(customer_id=STORED), timeout=5)
         assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert running.client.health(timeout=2) == "SERVING"  # probes are never refused
         release.set()
@@ -310,16 +315,17 @@ def test_a_call_waits_for_a_worker_no_longer_than_its_deadline(golden_database, 
     running = start_server({**golden_database[1]},
                            TRADEUP_MAX_WORKERS=1)
     release = threading.Event()
+    customer = golden.customer_with_offers()
 
     def held_requests():  # keeps the only worker busy until released
-        yield pb.GenerateOffersBulkRequest(customer_id="C0001")
+        yield pb.GenerateOffersBulkRequest(customer_id=customer)
         release.wait(10)
 
     try:
         stream = running.client.offers.GenerateOffersBulk(held_requests(), timeout=20)
         next(stream)
         with pytest.raises(grpc.RpcError) as err:
-            running.client.offers.GenerateOffers(pb.GenerateOffersRequest(customer_id="C0001"), timeout=0.5)
+            running.client.offers.GenerateOffers(pb.GenerateOffersRequest(customer_id=customer), timeout=0.5)
         assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         assert running.client.health("tradeup.v1.OfferService", timeout=2) == "SERVING"
         deadline = time.monotonic() + 5  # the waiting call leaves at its deadline, the held one stays
@@ -328,7 +334,8 @@ def test_a_call_waits_for_a_worker_no_longer_than_its_deadline(golden_database, 
         assert running.app.admission.in_progress == 1
         release.set()
         assert list(stream) == []
-        assert running.client.generate_offers(customer_id="C0001", max_offers=1).summary.total_offers == 620
+        assert running.client.generate_offers(customer_id=customer, max_offers=1).summary.total_offers == \
+            len(golden.offers_of(customer)["offers"])
     finally:
         release.set()
         running.stop()
@@ -338,18 +345,20 @@ def test_graceful_shutdown_lets_a_running_stream_finish(golden_database, tmp_pat
     from conftest import start_server
     running = start_server(golden_database[1],
                            TRADEUP_STREAM_BATCH_SIZE=1)
-    stream = running.client.find_minimum_subsidy(customer_id="C0001", max_cars=300, timeout=30)
+    record = max(golden.offers(), key=lambda r: len(r["cars"]))
+    cars = min(300, len(record["cars"]))
+    stream = running.client.find_minimum_subsidy(customer_id=record["customer_id"], max_cars=cars, timeout=30)
     first = next(stream)
     stopper = threading.Thread(target=running.app.stop, kwargs={"grace": 20})
     stopper.start()
     time.sleep(0.3)
     assert running.app.monitor.shutting_down
     rest = list(stream)
-    assert len([first, *rest]) == 300 and rest[-1].cars_searched == 300
+    assert len([first, *rest]) == cars and [first, *rest][-1].cars_searched == cars
     stopper.join(30)
     assert running.app.stopped.is_set()
     with pytest.raises(grpc.RpcError) as err:
-        running.client.generate_offers(customer_id="C0001", timeout=2)
+        running.client.generate_offers(customer_id=record["customer_id"], timeout=2)
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE
     running.client.close()
 
@@ -359,6 +368,7 @@ INJECTIONS = ("' OR '1'='1", "C0001'; DROP TABLE inventory; --", "x' UNION SELEC
 
 
 def test_injection_strings_in_every_string_field_are_inert(server):
+    customer = golden.customer_with_offers()
     before = server.app.repository.counts()
     for text in INJECTIONS:
         with pytest.raises(grpc.RpcError) as err:
@@ -368,22 +378,24 @@ def test_injection_strings_in_every_string_field_are_inert(server):
         response = server.client.generate_offers(profile=profile, same_region=True)
         assert response.summary.cars_evaluated == 0 and response.summary.customer_id == text
         with pytest.raises(grpc.RpcError) as err:
-            list(server.client.find_minimum_subsidy(customer_id="C0001", car_ids=[text]))
+            list(server.client.find_minimum_subsidy(customer_id=customer, car_ids=[text]))
         assert err.value.code() == grpc.StatusCode.NOT_FOUND
         with pytest.raises(grpc.RpcError) as err:
-            server.client.amortization(text, 48, customer_id="C0001")
+            server.client.amortization(text, 48, customer_id=customer)
         assert err.value.code() == grpc.StatusCode.NOT_FOUND
     assert server.app.repository.counts() == before
-    assert server.client.generate_offers(customer_id="C0001").summary.total_offers == 620
+    assert server.client.generate_offers(customer_id=customer).summary.total_offers == \
+        len(golden.offers_of(customer)["offers"])
 
 
 def test_a_changed_customer_is_priced_fresh_on_the_next_call(server):
     from dataclasses import replace
-    original = server.app.repository.get_customer("C0002")
+    customer = golden.customer_with_offers()
+    original = server.app.repository.get_customer(customer)
     try:
-        first = server.client.generate_offers(customer_id="C0002")
+        first = server.client.generate_offers(customer_id=customer)
         server.app.repository.put_customers([replace(original, current_monthly_payment=original.current_monthly_payment * 2)])
-        second = server.client.generate_offers(customer_id="C0002")
+        second = server.client.generate_offers(customer_id=customer)
         deltas = lambda r: {offer_key(o): o.payment_delta for g in r.groups for o in g.offers}  # noqa: E731
         assert deltas(first) != deltas(second)
         common = set(deltas(first)) & set(deltas(second))
@@ -395,7 +407,7 @@ def test_a_changed_customer_is_priced_fresh_on_the_next_call(server):
 def test_every_log_line_of_a_call_carries_its_request_id(server, caplog):
     import logging
     with caplog.at_level(logging.INFO, logger="tradeup.access"):
-        server.client.generate_offers(customer_id="C0001", metadata=(("x-request-id", "trace-42"),))
+        server.client.generate_offers(customer_id=STORED, metadata=(("x-request-id", "trace-42"),))
         with pytest.raises(grpc.RpcError):
             server.client.generate_offers(customer_id="NOPE", metadata=(("x-request-id", "trace-43"),))
     lines = {r.request_id: r.getMessage() for r in caplog.records if r.name == "tradeup.access"}
@@ -408,7 +420,7 @@ def test_a_bug_is_internal_with_a_generic_message_and_a_logged_traceback(server,
 
     monkeypatch.setattr(server.app.offers, "generate", broken)  # a fault injected into our own code
     with pytest.raises(grpc.RpcError) as err:
-        server.client.generate_offers(customer_id="C0001", metadata=(("x-request-id", "bug-1"),))
+        server.client.generate_offers(customer_id=STORED, metadata=(("x-request-id", "bug-1"),))
     assert err.value.code() == grpc.StatusCode.INTERNAL
     assert err.value.details() == "internal server error (request id bug-1)"  # nothing internal leaks
     (record,) = [r for r in caplog.records if r.name == "tradeup.errors"]
