@@ -69,6 +69,13 @@ def customer_with_offers(at_least: int = 1) -> str:
     return customer_where(f"{at_least} offers or more", lambda r: len(r["offers"]) >= at_least)
 
 
+def customers_with_offers(count: int) -> list[str]:
+    """The first `count` customers that have offers; a set with fewer fails, saying so."""
+    found = [r["customer_id"] for r in offers() if r["offers"]][:count]
+    assert len(found) == count, f"the vector set {GOLDEN_DIR} has fewer than {count} customers with offers"
+    return found
+
+
 def spread(records: list[dict], count: int = 10) -> list[dict]:
     """Up to `count` records spread evenly over the set, whatever its size."""
     return records[::max(1, len(records) // count)][:count]

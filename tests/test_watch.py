@@ -29,6 +29,9 @@ from server.services.watch import RESYNC
 ROOT = Path(__file__).resolve().parents[1]
 COUNTS = ("customer_id", "cars_evaluated", "total_offers", "refresh_count", "upgrade_count", "max_upgrade_count")
 QUIET_SECONDS = 1.5  # how long a message that must not come is waited for
+# Watched customers, chosen from the vector set by what the tests need of them (any set of the format).
+A, C, D = golden.customers_with_offers(3)
+B = golden.customer_where("offers at 36 or 48 months", lambda r: any(o["term"] in (36, 48) for o in r["offers"]))
 
 
 def wait_for(condition, timeout: float = 60.0, interval: float = 0.05):
@@ -130,14 +133,14 @@ def test_each_watcher_receives_exactly_its_changes_on_two_servers(watch_database
     repository = open_repository(make_settings(watch_database))
     watches = []
     try:
-        profile = {**{k: v for k, v in golden.customers()["C0003"].items()
+        profile = {**{k: v for k, v in golden.customers()[C].items()
                       if k in pb.CustomerProfile.DESCRIPTOR.fields_by_name}, "customer_id": "inline"}
-        a1 = Watch(first.client, customer_id="C0001")
-        a2 = Watch(second.client, customer_id="C0001")  # the same customer on the other process
-        a3 = Watch(second.client, customer_id="C0001")  # shares the pricing of a2
-        b = Watch(second.client, customer_id="C0002", max_offers=10, terms=[36, 48])
+        a1 = Watch(first.client, customer_id=A)
+        a2 = Watch(second.client, customer_id=A)  # the same customer on the other process
+        a3 = Watch(second.client, customer_id=A)  # shares the pricing of a2
+        b = Watch(second.client, customer_id=B, max_offers=10, terms=[36, 48])
         c = Watch(first.client, profile=profile, tiers=["upgrade"])
-        d = Watch(first.client, customer_id="C0004", max_cars=5)  # cars after its fifth concern it not
+        d = Watch(first.client, customer_id=D, max_cars=5)  # cars after its fifth concern it not
         watches = [a1, a2, a3, b, c, d]
         cars = {car.car_id: car for car in golden.cars()}
 
@@ -147,26 +150,26 @@ def test_each_watcher_receives_exactly_its_changes_on_two_servers(watch_database
             assert {id(w) for w in must_reach} <= reached
 
         # A car no one can be offered (cheaper than every customer's car): nothing at all.
-        repository.put_cars([dataclasses.replace(cars["INV00001"], car_id="ZZ-CHEAP", regular_price=1000.0,
+        repository.put_cars([dataclasses.replace(next(iter(cars.values())), car_id="ZZ-CHEAP", regular_price=1000.0,
                                                  year=1990)])
         applied(servers, repository)
         for watch in watches:
             watch.quiet()
-        # Sold: the best car of C0001. The next message of its watchers is this change's, not the last.
+        # Sold: the best car of A. The next message of its watchers is this change's, not the last.
         repository.set_car_available(a1.live.offers()[0].car_id, False)
         step(pb.WATCH_REASON_INVENTORY, must_reach=(a1, a2, a3))
-        # Added: a twin of C0002's best car under a new id (it ranks right after it).
+        # Added: a twin of B's best car under a new id (it ranks right after it).
         best = cars[b.live.offers()[0].car_id]
         repository.put_cars([dataclasses.replace(best, car_id="ZZ-NEW")])
         step(pb.WATCH_REASON_INVENTORY, must_reach=(b,))
-        # Repriced: C0002's best car 5 % cheaper (other answers may move too: whatever they get is checked).
+        # Repriced: B's best car 5 % cheaper (other answers may move too: whatever they get is checked).
         repository.put_cars([dataclasses.replace(best, regular_price=best.price * 0.95, promotion_price=None)])
         step(pb.WATCH_REASON_INVENTORY, must_reach=(b,))
         # A business parameter, through the other server's admin service.
         second.client.update_business_parameters({"fees": {"service_fee_pct": 0.03}})
         step(pb.WATCH_REASON_CONFIGURATION, must_reach=(a1, a2, a3, b))
         # The stored customer's own record.
-        customer = next(x for x in golden.domain_customers() if x.customer_id == "C0001")
+        customer = next(x for x in golden.domain_customers() if x.customer_id == A)
         repository.put_customers([dataclasses.replace(customer,
                                                       current_monthly_payment=customer.current_monthly_payment * 1.1)])
         wait_for(lambda: a1.messages.qsize() and a2.messages.qsize() and a3.messages.qsize())
@@ -188,7 +191,7 @@ def test_redis_push_reaches_the_watchers_of_the_other_server(redis_server, tmp_p
     servers = [start_server(environ, TRADEUP_REDIS_URL=redis_server.url, TRADEUP_CHANGE_POLL_SECONDS=60)
                for _ in range(2)]
     first, second = servers
-    watch = Watch(second.client, customer_id="C0001", max_offers=20)
+    watch = Watch(second.client, customer_id=A, max_offers=20)
     try:
         first.client.update_business_parameters({"fees": {"service_fee_pct": 0.025}})
         message = watch.next(timeout=30)
@@ -210,7 +213,7 @@ def test_a_reader_that_falls_behind_gets_one_fresh_answer(tmp_path):
     load_golden(environ)
     server = start_server(environ, TRADEUP_CHANGE_POLL_SECONDS=0.2, TRADEUP_WATCH_QUEUE_MESSAGES=2)
     watch = server.app.watch
-    watcher = watch.open(OfferQuery(customer=CustomerRef(customer_id="C0001")), lambda: None)
+    watcher = watch.open(OfferQuery(customer=CustomerRef(customer_id=A)), lambda: None)
     try:
         group = watcher.group
         for k, fee in enumerate((0.03, 0.035, 0.025, 0.045)):  # four updates for a mailbox of two
@@ -218,7 +221,7 @@ def test_a_reader_that_falls_behind_gets_one_fresh_answer(tmp_path):
             wait_for(lambda: group.answer.result.config_version == server.app.settings.current.version)
         update = watcher.next(0)
         assert update.reason == RESYNC and update.full and update.answer is group.answer
-        fresh = server.client.generate_offers(customer_id="C0001")
+        fresh = server.client.generate_offers(customer_id=A)
         assert [(o.car_id, o.term, o.monthly_payment) for o in offers_of(fresh)] == \
             [(o.car_id, o.term, o.monthly_payment) for o in update.answer.offers().values()]
         assert watcher.next(0) is None  # nothing more queued
@@ -234,7 +237,7 @@ def test_a_client_that_does_not_read_gets_resync_over_grpc(tmp_path):
     # A small HTTP/2 window: the server's send blocks until this client reads.
     slow = OfferClient(server.target, options=[("grpc.http2.lookahead_bytes", 1024), ("grpc.http2.bdp_probe", 0)])
     try:
-        stream = slow.watch_offers(customer_id="C0001", timeout=300)
+        stream = slow.watch_offers(customer_id=A, timeout=300)
         wait_for(lambda: server.app.watch.status()["watch_groups"] == 1)
         (group,) = server.app.watch._groups.values()
         for fee in (0.03, 0.035, 0.025, 0.045, 0.02):  # five updates for a mailbox of two
@@ -249,7 +252,7 @@ def test_a_client_that_does_not_read_gets_resync_over_grpc(tmp_path):
                 break
         assert reasons[0] == pb.WATCH_REASON_INITIAL and reasons[-1] == pb.WATCH_REASON_RESYNC
         assert len(reasons) <= 4  # at most the two queued before it overflowed, never all five
-        assert offers_of(server.client.generate_offers(customer_id="C0001")) == live.offers()
+        assert offers_of(server.client.generate_offers(customer_id=A)) == live.offers()
         stream.cancel()
     finally:
         slow.close()
@@ -263,20 +266,20 @@ def test_limits_deadline_cancellation_and_bad_requests(tmp_path):
     server = start_server(environ, TRADEUP_MAX_WATCHERS=2, TRADEUP_MAX_WORKERS=1)
     client = server.client
     try:
-        held = [Watch(client, customer_id=f"C000{k}") for k in (1, 2)]
+        held = [Watch(client, customer_id=customer) for customer in (A, B)]
         assert server.app.watch.status()["watchers"] == 2
         with pytest.raises(grpc.RpcError) as err:
-            next(iter(client.watch_offers(customer_id="C0003", timeout=30)))
+            next(iter(client.watch_offers(customer_id=C, timeout=30)))
         assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        assert offers_of(client.generate_offers(customer_id="C0003"))  # served beside two streams
+        assert offers_of(client.generate_offers(customer_id=C))  # served beside two streams
         held[0].close()
         wait_for(lambda: server.app.watch.status()["watchers"] == 1)
         with pytest.raises(grpc.RpcError) as err:
-            list(client.watch_offers(customer_id="C0003", timeout=1.0))
+            list(client.watch_offers(customer_id=C, timeout=1.0))
         assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         wait_for(lambda: server.app.watch.status() == {"watchers": 1, "watch_groups": 1})
         for request, code, field in (({"customer_id": "NOPE"}, grpc.StatusCode.NOT_FOUND, "customer_id"),
-                                     ({"customer_id": "C0001", "max_cars": 100000}, grpc.StatusCode.INVALID_ARGUMENT,
+                                     ({"customer_id": A, "max_cars": 100000}, grpc.StatusCode.INVALID_ARGUMENT,
                                       "options.max_cars")):
             with pytest.raises(grpc.RpcError) as err:
                 next(iter(client.watch_offers(timeout=30, **request)))
@@ -292,10 +295,10 @@ def test_the_rate_limit_applies_at_the_start_of_a_watch(tmp_path):
     load_golden(environ)
     server = start_server(environ, TRADEUP_RATE_LIMIT_PER_SECOND=0.001, TRADEUP_RATE_LIMIT_BURST=1)
     try:
-        watch = server.client.watch_offers(customer_id="C0001", timeout=60)
+        watch = server.client.watch_offers(customer_id=A, timeout=60)
         assert next(watch).reason == pb.WATCH_REASON_INITIAL
         with pytest.raises(grpc.RpcError) as err:
-            next(iter(server.client.watch_offers(customer_id="C0001", timeout=30)))
+            next(iter(server.client.watch_offers(customer_id=A, timeout=30)))
         assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         watch.cancel()
     finally:
@@ -328,12 +331,12 @@ def test_cli_watch_prints_one_json_line_per_message_off_a_terminal(tmp_path):
     environ = database_environ("sqlite", None, tmp_path)
     load_golden(environ)
     server = start_server(environ, TRADEUP_CHANGE_POLL_SECONDS=0.2)
-    process = subprocess.Popen([sys.executable, "-m", "client", "--target", server.target, "watch", "C0001",
+    process = subprocess.Popen([sys.executable, "-m", "client", "--target", server.target, "watch", A,
                                 "--max-offers", "3", "--seconds", "60"], cwd=ROOT, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
     try:
         first = json.loads(process.stdout.readline())
-        assert first["reason"] == "WATCH_REASON_INITIAL" and first["summary"]["customer_id"] == "C0001"
+        assert first["reason"] == "WATCH_REASON_INITIAL" and first["summary"]["customer_id"] == A
         assert sum(len(g.get("offers", [])) for g in first["answer"]["groups"]) == 3
         server.client.update_business_parameters({"fees": {"service_fee_pct": 0.03}})
         update = json.loads(process.stdout.readline())
@@ -354,9 +357,9 @@ def test_watch_streams_leave_the_concurrent_call_limit_to_the_other_calls(tmp_pa
     load_golden(environ)
     server = start_server(environ, TRADEUP_MAX_CONCURRENT_RPCS=1, TRADEUP_MAX_WATCHERS=3)
     try:
-        held = [server.client.watch_offers(customer_id=f"C000{k}") for k in (1, 2, 3)]
+        held = [server.client.watch_offers(customer_id=customer) for customer in (A, B, C)]
         assert all(next(stream).reason == pb.WATCH_REASON_INITIAL for stream in held)
-        assert offers_of(server.client.generate_offers(customer_id="C0004"))  # the one ordinary slot is free
+        assert offers_of(server.client.generate_offers(customer_id=D))  # the one ordinary slot is free
         for stream in held:
             stream.cancel()
         wait_for(lambda: server.app.watch.status()["watchers"] == 0)
@@ -371,7 +374,7 @@ def test_a_car_change_is_evaluated_only_for_the_watchers_it_can_concern(tmp_path
     service = server.app.watch
     streams = []
     try:
-        for request in ({"customer_id": "C0001"}, {"customer_id": "C0001", "max_cars": 5}):
+        for request in ({"customer_id": A}, {"customer_id": A, "max_cars": 5}):
             streams.append(server.client.watch_offers(**request))
             next(streams[-1])
         groups = {g.query.max_cars: g for g in service._groups.values()}
