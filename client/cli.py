@@ -5,6 +5,7 @@ import argparse
 import json
 import os
 import sys
+import threading
 from datetime import datetime
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -85,7 +86,7 @@ def _offer_table(offers: Sequence[pb.Offer]) -> list[str]:
 
 def _summary_line(summary: pb.OfferSummary) -> str:
     t = summary.timing
-    return (f"Customer {summary.customer_id}: {summary.cars_evaluated} cars evaluated, {summary.total_offers} offers "
+    return (f"Customer {summary.customer_id or '(inline profile)'}: {summary.cars_evaluated} cars evaluated, {summary.total_offers} offers "
             f"(Refresh {summary.refresh_count}, Upgrade {summary.upgrade_count}, Max Upgrade "
             f"{summary.max_upgrade_count}); server {t.total_ms:.1f} ms (database {t.database_ms:.1f}, "
             f"engine {t.engine_ms:.1f})")
@@ -162,7 +163,8 @@ def cmd_bulk(client: OfferClient, args) -> int:
             errors += 1
         progress.clear()
         if args.json:
-            print(json_format.MessageToJson(item, preserving_proto_field_name=True, indent=None))
+            line = json_format.MessageToDict(item, preserving_proto_field_name=True)
+            print(json.dumps({"index": item.index, **line}))  # index 0 too: every line has the same keys
         elif item.WhichOneof("result") == "error":
             print(f"{item.customer_id or '#' + str(item.index)}: {item.error.code} {item.error.message}")
         else:
@@ -273,7 +275,7 @@ def cmd_set_params(client: OfferClient, args) -> int:
     if args.json:
         print(json.dumps(business, indent=1, sort_keys=True))
         return 0
-    print("business parameters updated:")
+    print("business parameters now in effect (`history` shows which of them changed):")
     for path in _leaves(changes):
         print(f"  {path} = {json.dumps(_at(business, path))}")
     return 0
@@ -314,7 +316,11 @@ def cmd_watch(client: OfferClient, args) -> int:
         print("watch: give a customer id or --profile", file=sys.stderr)
         return 2
     stream = client.watch_offers(**_customer(args), overrides=_overrides(args), tiers=args.tiers or (),
-                                 max_offers=args.max_offers, same_region=args.same_region, timeout=args.seconds)
+                                 max_offers=args.max_offers, same_region=args.same_region)
+    if args.seconds is not None:  # ended by the client, not by a deadline the server would count as an error
+        stopper = threading.Timer(args.seconds, stream.cancel)
+        stopper.daemon = True
+        stopper.start()
     redraw = sys.stdout.isatty() and not args.json
     live = LiveOffers()
     try:
@@ -337,7 +343,7 @@ def cmd_watch(client: OfferClient, args) -> int:
     except KeyboardInterrupt:
         stream.cancel()
     except grpc.RpcError as err:
-        if err.code() != grpc.StatusCode.DEADLINE_EXCEEDED:  # --seconds elapsed: a normal end
+        if err.code() != grpc.StatusCode.CANCELLED:  # --seconds elapsed: a normal end
             raise
     return 0
 
@@ -379,7 +385,7 @@ def _add_customer(parser: argparse.ArgumentParser, overrides: bool = True) -> No
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tradeup", description="Client of the Trade-Up Engine gRPC service")
+    parser = _Parser(prog="tradeup", description="Client of the Trade-Up Engine gRPC service")
     _add_connection(parser, defaults=True)
     connection = argparse.ArgumentParser(add_help=False)
     _add_connection(connection, defaults=False)
@@ -449,6 +455,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Parser(argparse.ArgumentParser):
+    """Command-line mistakes end with one line (and exit status 2), not the whole usage."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def main(argv: Iterable[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "customer", None) is None and getattr(args, "profile", None) is None \
@@ -469,6 +482,8 @@ def main(argv: Iterable[str] | None = None) -> int:
     except UsageError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: a normal way to stop `health --watch` and the like
+        return 130
     except BrokenPipeError:  # output piped into `head` and the like
         sys.stderr.close()
         return 0

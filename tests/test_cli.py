@@ -45,6 +45,8 @@ def test_bulk_subsidy_amortization_health(server):
     assert bulk.returncode == 1  # one customer failed
     assert f"{customer}: {len(golden.offers_of(customer)['offers'])} offers" in bulk.stdout
     assert "NOPE: NOT_FOUND" in bulk.stdout and "2/2 customers, 1 errors" in bulk.stderr
+    lines = [json.loads(line) for line in run_cli(server, "bulk", customer, "NOPE", "--json").stdout.splitlines()]
+    assert [line["index"] for line in lines] == [0, 1]  # index 0 as well: every line has the same keys
     pair = golden.stored_subsidies()[0]
     car, result = pair["car"]["car_id"], pair["result"]
     outcome = "VIABLE" if result["viable"] else result["failure_reason"].upper()
@@ -156,10 +158,11 @@ def test_config_prints_whole_numbers_as_integers(server):
     assert not re.search(r'"(port|max_workers|metrics_port|pool_max_connections)": \d+\.0\b', result.stdout)
 
 
-def test_set_params_prints_what_changed(server):
+def test_set_params_prints_the_values_now_in_effect(server):
     result = run_cli(server, "set-params", '{"fees": {"service_fee_pct": 0.035, "cac_bonus": 500}}')
     assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines() == ["business parameters updated:", "  fees.service_fee_pct = 0.035",
+    assert result.stdout.splitlines() == ["business parameters now in effect (`history` shows which of them changed):",
+                                          "  fees.service_fee_pct = 0.035",
                                           "  fees.cac_bonus = 500.0"]
     everything = json.loads(run_cli(server, "set-params", '{"iva_rate": 0.16}', "--json").stdout)
     assert everything["fees"]["service_fee_pct"] == 0.035 and everything["iva_rate"] == 0.16
@@ -199,9 +202,15 @@ def test_set_params_then_history(server):
     assert history.returncode == 0, history.stderr
     lines = history.stdout.splitlines()
     assert lines[0] == "1 configuration changes, newest first"
-    assert " UTC  ana  business.fees.cac_bonus: null -> 250.0" in lines[1]
+    assert " UTC  ana  business.fees.cac_bonus: 0.0 -> 250.0" in lines[1]
     assert json.loads(run_cli(server, "history", "--json").stdout)[0]["changed_by"] == "ana"
     sources = run_cli(server, "config", "--sources").stdout.splitlines()
     assert sources[0].startswith("configuration version ")
     assert [line.split() for line in sources if "fees.cac_bonus" in line or "server.port " in line] == [
         ["business.fees.cac_bonus", "database"], ["server.port", "environment"]]
+
+
+def test_command_line_mistakes_end_in_one_line(server):
+    result = run_cli(server, "offers", "X", "--bogus")
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.splitlines() == ["tradeup: error: unrecognized arguments: --bogus (see tradeup --help)"]

@@ -457,11 +457,12 @@ class Repository:
         return self._run("config_overrides", lambda cursor: self._transaction(cursor, read), timeout)
 
     def write_config(self, changed_by: str,
-                     decide: Callable[[dict[str, Any]], Mapping[str, Any]]) -> tuple[int, dict[str, Any]]:
+                     decide: Callable[[dict[str, Any]], Mapping[str, tuple[Any, Any]]]) -> tuple[int, dict[str, Any]]:
         """Change configuration overrides atomically. `decide(current overrides)` returns the
-        keys to write (validated by the caller against the current overrides, read under the
-        lock); each is stored with its previous value and logged in config_history under one
-        new version. Returns (version, overrides now stored); the version moves only on change."""
+        keys to write, each as (value in effect before, new value), validated by the caller
+        against the current overrides read under the lock; each is stored with the value it
+        replaces and logged in config_history under one new version. Returns (version,
+        overrides now stored); the version moves only on change."""
         def write(cursor):
             cursor.execute(LOCK_CONFIG[self.backend])
             version = int(cursor.fetchone()[0])
@@ -472,9 +473,8 @@ class Repository:
                 return version, stored
             version += 1
             now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")
-            for key, value in changes.items():
-                old = json.dumps(stored[key]) if key in stored else None
-                new = json.dumps(value)
+            for key, (previous, value) in changes.items():
+                old, new = json.dumps(previous), json.dumps(value)
                 cursor.execute(self._sql(DELETE_OVERRIDE), (key,))
                 cursor.execute(self._sql(PUT_OVERRIDE), (key, new, version, now, changed_by, old))
                 cursor.execute(self._sql(ADD_HISTORY), (version, key, old, new, now, changed_by))

@@ -68,7 +68,7 @@ class AdminService:
             for path in requested:
                 if path not in after:
                     raise InvalidArgument("is not a business parameter", "changes." + path.removeprefix("business."))
-            return {path: value for path, value in after.items() if before.get(path) != value}
+            return {path: (before.get(path), value) for path, value in after.items() if before.get(path) != value}
 
         try:
             version, _ = self.repository.write_config(changed_by[:128], decide)
