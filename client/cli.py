@@ -45,15 +45,20 @@ class UsageError(Exception):
     """A mistake on the command line: printed without a traceback, exit status 2."""
 
 
+def _json_object(text: str, what: str, expected: str) -> dict:
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise UsageError(f"{what}: invalid JSON: {err}") from None
+    if not isinstance(document, dict):
+        raise UsageError(f"{what}: give {expected}")
+    return document
+
+
 def _customer(args) -> dict:
     if not args.profile:
         return {"customer_id": args.customer}
-    try:
-        profile = json.loads(args.profile)
-    except json.JSONDecodeError as err:
-        raise UsageError(f"--profile: invalid JSON: {err}") from None
-    if not isinstance(profile, dict):
-        raise UsageError("--profile: must be a JSON object of CustomerProfile fields")
+    profile = _json_object(args.profile, "--profile", "a JSON object of CustomerProfile fields")
     unknown = sorted(set(profile) - set(PROFILE_FIELDS))
     if unknown:
         raise UsageError(f"--profile: unknown field {unknown[0]!r} (fields: {', '.join(PROFILE_FIELDS)})")
@@ -265,12 +270,7 @@ def _at(document, path: str):
 
 
 def cmd_set_params(client: OfferClient, args) -> int:
-    try:
-        changes = json.loads(args.changes)
-    except json.JSONDecodeError as err:
-        raise UsageError(f"set-params: invalid JSON: {err}") from None
-    if not isinstance(changes, dict):
-        raise UsageError('set-params: give a JSON object, e.g. \'{"fees": {"service_fee_pct": 0.035}}\'')
+    changes = _json_object(args.changes, "set-params", 'a JSON object, e.g. \'{"fees": {"service_fee_pct": 0.035}}\'')
     business = client.update_business_parameters(changes, changed_by=args.by)
     if args.json:
         print(json.dumps(business, indent=1, sort_keys=True))

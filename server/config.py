@@ -54,7 +54,7 @@ class ServerSettings:
     max_bulk_customers: int = key(10000, "TRADEUP_MAX_BULK_CUSTOMERS",
                                   "requests on one GenerateOffersBulk stream", minimum=1, maximum=1000000)
     max_watchers: int = key(1000, "TRADEUP_MAX_WATCHERS",
-                            "WatchOffers streams per process, on threads of their own (not counted in max_workers "
+                            "WatchOffers streams per process, each on a server thread (not counted in max_workers "
                             "or max_concurrent_rpcs); more get RESOURCE_EXHAUSTED", minimum=0, maximum=100000)
     watch_queue_messages: int = key(16, "TRADEUP_WATCH_QUEUE_MESSAGES",
                                     "changes a WatchOffers reader may fall behind by before it gets one fresh "

@@ -287,19 +287,22 @@ def test_admin_status_and_invalidation(server):
     assert server.client.generate_offers(customer_id=STORED).summary.inventory_version == status.inventory_version
 
 
+def hold_a_call(client, customer: str, release: threading.Event):
+    """A GenerateOffersBulk call that has answered once and stays open until `release` is set."""
+    def requests():
+        yield pb.GenerateOffersBulkRequest(customer_id=customer)
+        release.wait(10)
+    stream = client.offers.GenerateOffersBulk(requests(), timeout=20)
+    next(stream)
+    return stream
+
+
 def test_too_many_concurrent_calls_are_refused(golden_database, tmp_path):
     from conftest import start_server
-    running = start_server(golden_database[1],
-                           TRADEUP_MAX_CONCURRENT_RPCS=1)
+    running = start_server(golden_database[1], TRADEUP_MAX_CONCURRENT_RPCS=1)
     release = threading.Event()
-
-    def held_requests():  # keeps one bulk call open until released
-        yield pb.GenerateOffersBulkRequest(customer_id=STORED)
-        release.wait(10)
-
     try:
-        stream = running.client.offers.GenerateOffersBulk(held_requests(), timeout=20)
-        next(stream)
+        stream = hold_a_call(running.client, STORED, release)
         with pytest.raises(grpc.RpcError) as err:
             running.client.offers.GenerateOffers(pb.GenerateOffersRequest(customer_id=STORED), timeout=5)
         assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -313,18 +316,11 @@ def test_too_many_concurrent_calls_are_refused(golden_database, tmp_path):
 
 def test_a_call_waits_for_a_worker_no_longer_than_its_deadline(golden_database, tmp_path):
     from conftest import start_server
-    running = start_server({**golden_database[1]},
-                           TRADEUP_MAX_WORKERS=1)
+    running = start_server(golden_database[1], TRADEUP_MAX_WORKERS=1)
     release = threading.Event()
     customer = golden.customer_with_offers()
-
-    def held_requests():  # keeps the only worker busy until released
-        yield pb.GenerateOffersBulkRequest(customer_id=customer)
-        release.wait(10)
-
     try:
-        stream = running.client.offers.GenerateOffersBulk(held_requests(), timeout=20)
-        next(stream)
+        stream = hold_a_call(running.client, customer, release)  # the only worker is busy until released
         with pytest.raises(grpc.RpcError) as err:
             running.client.offers.GenerateOffers(pb.GenerateOffersRequest(customer_id=customer), timeout=0.5)
         assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED

@@ -117,6 +117,14 @@ def watch_database(request, tmp_path):
     load_golden(environ)
 
 
+@pytest.fixture
+def environ(tmp_path):
+    """An embedded database of its own holding the vector set."""
+    environ = database_environ("sqlite", None, tmp_path)
+    load_golden(environ)
+    return environ
+
+
 def applied(servers, repository) -> None:
     """Wait until every server applied what the database holds now."""
     state = repository.change_state()
@@ -184,9 +192,7 @@ def test_each_watcher_receives_exactly_its_changes_on_two_servers(watch_database
             server.stop()
 
 
-def test_redis_push_reaches_the_watchers_of_the_other_server(redis_server, tmp_path):
-    environ = database_environ("sqlite", None, tmp_path)
-    load_golden(environ)
+def test_redis_push_reaches_the_watchers_of_the_other_server(redis_server, environ):
     # Polling once a minute: the update can only come this fast through Redis.
     servers = [start_server(environ, TRADEUP_REDIS_URL=redis_server.url, TRADEUP_CHANGE_POLL_SECONDS=60)
                for _ in range(2)]
@@ -208,9 +214,7 @@ def test_redis_push_reaches_the_watchers_of_the_other_server(redis_server, tmp_p
             server.stop()
 
 
-def test_a_reader_that_falls_behind_gets_one_fresh_answer(tmp_path):
-    environ = database_environ("sqlite", None, tmp_path)
-    load_golden(environ)
+def test_a_reader_that_falls_behind_gets_one_fresh_answer(environ):
     server = start_server(environ, TRADEUP_CHANGE_POLL_SECONDS=0.2, TRADEUP_WATCH_QUEUE_MESSAGES=2)
     watch = server.app.watch
     watcher = watch.open(OfferQuery(customer=CustomerRef(customer_id=A)), lambda: None)
@@ -230,9 +234,7 @@ def test_a_reader_that_falls_behind_gets_one_fresh_answer(tmp_path):
         server.stop()
 
 
-def test_a_client_that_does_not_read_gets_resync_over_grpc(tmp_path):
-    environ = database_environ("sqlite", None, tmp_path)
-    load_golden(environ)
+def test_a_client_that_does_not_read_gets_resync_over_grpc(environ):
     server = start_server(environ, TRADEUP_CHANGE_POLL_SECONDS=0.2, TRADEUP_WATCH_QUEUE_MESSAGES=2)
     # A small HTTP/2 window: the server's send blocks until this client reads.
     slow = OfferClient(server.target, options=[("grpc.http2.lookahead_bytes", 1024), ("grpc.http2.bdp_probe", 0)])
@@ -259,9 +261,7 @@ def test_a_client_that_does_not_read_gets_resync_over_grpc(tmp_path):
         server.stop()
 
 
-def test_limits_deadline_cancellation_and_bad_requests(tmp_path):
-    environ = database_environ("sqlite", None, tmp_path)
-    load_golden(environ)
+def test_limits_deadline_cancellation_and_bad_requests(environ):
     # One worker thread for ordinary calls: the watch streams must not take it.
     server = start_server(environ, TRADEUP_MAX_WATCHERS=2, TRADEUP_MAX_WORKERS=1)
     client = server.client
@@ -290,9 +290,7 @@ def test_limits_deadline_cancellation_and_bad_requests(tmp_path):
         server.stop()
 
 
-def test_the_rate_limit_applies_at_the_start_of_a_watch(tmp_path):
-    environ = database_environ("sqlite", None, tmp_path)
-    load_golden(environ)
+def test_the_rate_limit_applies_at_the_start_of_a_watch(environ):
     server = start_server(environ, TRADEUP_RATE_LIMIT_PER_SECOND=0.001, TRADEUP_RATE_LIMIT_BURST=1)
     try:
         watch = server.client.watch_offers(customer_id=A, timeout=60)
@@ -327,9 +325,7 @@ def test_sigterm_sends_ending_then_unavailable(tmp_path):
             process.kill()
 
 
-def test_cli_watch_prints_one_json_line_per_message_off_a_terminal(tmp_path):
-    environ = database_environ("sqlite", None, tmp_path)
-    load_golden(environ)
+def test_cli_watch_prints_one_json_line_per_message_off_a_terminal(environ):
     server = start_server(environ, TRADEUP_CHANGE_POLL_SECONDS=0.2)
     process = subprocess.Popen([sys.executable, "-m", "client", "--target", server.target, "watch", A,
                                 "--max-offers", "3", "--seconds", "60"], cwd=ROOT, stdout=subprocess.PIPE,
@@ -352,9 +348,7 @@ def test_cli_watch_prints_one_json_line_per_message_off_a_terminal(tmp_path):
         server.stop()
 
 
-def test_watch_streams_leave_the_concurrent_call_limit_to_the_other_calls(tmp_path):
-    environ = database_environ("sqlite", None, tmp_path)
-    load_golden(environ)
+def test_watch_streams_leave_the_concurrent_call_limit_to_the_other_calls(environ):
     server = start_server(environ, TRADEUP_MAX_CONCURRENT_RPCS=1, TRADEUP_MAX_WATCHERS=3)
     try:
         held = [server.client.watch_offers(customer_id=customer) for customer in (A, B, C)]
@@ -367,9 +361,7 @@ def test_watch_streams_leave_the_concurrent_call_limit_to_the_other_calls(tmp_pa
         server.stop()
 
 
-def test_a_car_change_is_evaluated_only_for_the_watchers_it_can_concern(tmp_path):
-    environ = database_environ("sqlite", None, tmp_path)
-    load_golden(environ)
+def test_a_car_change_is_evaluated_only_for_the_watchers_it_can_concern(environ):
     server = start_server(environ)
     service = server.app.watch
     streams = []
