@@ -18,17 +18,16 @@ from .data.inventory import InventoryCache
 from .data.redislink import RedisLink
 from .data.repository import Repository
 from .metrics import Metrics
-from .rpc.interceptors import Admission, ServiceInterceptor
-from .rpc.server import PROBE_TIMEOUT, HealthMonitor, create_server, rpc_threads
+from .rpc.server import PROBE_TIMEOUT, HealthMonitor, admission, call_interceptors, create_server, rpc_threads
 from .rpc.servicers import AdminServicer, OfferServicer
 from .services.admin import AdminService
 from .services.changefeed import ChangeFeed
 from .services.offers import OfferService
 from .services.ratelimit import SharedTokenBuckets, TokenBuckets
 from .services.watch import WatchService
+from .services.workers import Workers
 
 log = logging.getLogger("tradeup.server")
-WATCH_METHOD = "/tradeup.v1.OfferService/WatchOffers"
 
 
 def open_repository(settings: Settings) -> Repository:
@@ -70,7 +69,8 @@ class Application:
         self.redis = RedisLink(settings.redis) if settings.redis.url else None
         self.changes = ChangeFeed(self.repository, self.settings, self.inventory, settings.cache.change_poll_seconds,
                                   self.redis)
-        self.offers = OfferService(self.settings, self.repository, self.inventory, self.engine,
+        s = settings.server
+        self.offers = OfferService(self.settings, self.repository, self.inventory, self.engine, Workers(s.max_workers),
                                    on_priced=lambda r: self.metrics.offers_priced(
                                        r.offers.tier_counts, r.offers.rejected, r.offers.cars_evaluated,
                                        r.engine_ms / 1e3))
@@ -82,7 +82,6 @@ class Application:
                                   lambda: bool(self.monitor.reachable), self.changes)
         self.metrics.watch_status(self.admin.status)
         self.metrics_port = 0
-        s = settings.server
         if not (s.log_customer_ids or s.log_hash_key):
             log.warning("server.log_hash_key is not set: customer ids are left out of the logs "
                         "(set TRADEUP_LOG_HASH_KEY, the same on every replica, to log their keyed hash)")
@@ -91,15 +90,16 @@ class Application:
             limiter = TokenBuckets(s.rate_limit_per_second, s.rate_limit_burst)
             if self.redis is not None:
                 limiter = SharedTokenBuckets(s.rate_limit_per_second, s.rate_limit_burst, self.redis, limiter)
-        self.interceptor = ServiceInterceptor(self.metrics, s.log_customer_ids, limiter, s.rate_limit_key,
-                                              s.log_hash_key)
         self.watch = WatchService(self.offers, self.changes, s.max_watchers, s.watch_queue_messages,
-                                  s.watch_customer_poll_seconds)
-        self.admission = Admission(s.max_workers, s.max_concurrent_rpcs, frozenset({WATCH_METHOD}))
+                                  s.watch_customer_poll_seconds, s.default_deadline_seconds)
+        self.ready = threading.Event()  # the database prepared and followed: service calls are admitted
+        self.admission = admission(settings, self.ready)
         self._rpc_pool = futures.ThreadPoolExecutor(max_workers=rpc_threads(settings), thread_name_prefix="rpc")
         self.server, self.port = create_server(
-            settings, OfferServicer(self.offers, s.stream_batch_size, s.max_bulk_customers, self.watch),
-            AdminServicer(self.admin), self.health, self.interceptor, self.admission, self._rpc_pool, address)
+            settings, OfferServicer(self.offers, s.stream_batch_size, s.max_bulk_customers, self.watch,
+                                    s.default_deadline_seconds),
+            AdminServicer(self.admin), self.health, call_interceptors(settings, self.metrics, self.admission, limiter),
+            self._rpc_pool, address)
         self._prepared = False
         self._following = False  # the change feed runs (started by the first database check)
         self._prepare_lock = threading.Lock()
@@ -140,6 +140,7 @@ class Application:
             self.changes.start()
             self.watch.start()
             self._following = True
+            self.ready.set()
 
     def start(self, wait_ready: float | None = 10.0) -> None:
         """Listen at once; the database is checked (and prepared) by the health monitor's thread,

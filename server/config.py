@@ -39,12 +39,24 @@ class ServerSettings:
                          "server processes sharing the port (SO_REUSEPORT), each with its own threads",
                          minimum=1, maximum=64)
     max_workers: int = key(8, "TRADEUP_MAX_WORKERS",
-                           "service calls doing work at once, per process (more contend for the GIL); "
-                           "the others wait for a worker within their deadline, health never waits",
+                           "calls pricing at once, per process (more contend for the GIL); the others wait "
+                           "for a worker within their deadline; idle streams, health and probes hold none",
                            minimum=1, maximum=1024)
     max_concurrent_rpcs: int = key(64, "TRADEUP_MAX_CONCURRENT_RPCS",
-                                   "service calls admitted at once, working or waiting for a worker; "
-                                   "more get RESOURCE_EXHAUSTED", minimum=1, maximum=100000)
+                                   "unary service calls admitted at once, working or waiting for a worker, per "
+                                   "process; more get RESOURCE_EXHAUSTED", minimum=1, maximum=100000)
+    max_streams: int = key(512, "TRADEUP_MAX_STREAMS",
+                           "StreamOffers, GenerateOffersBulk and FindMinimumSubsidy streams open at once, per "
+                           "process, each on a server thread; an open stream holds a worker only while it prices; "
+                           "more get RESOURCE_EXHAUSTED", minimum=1, maximum=100000)
+    max_streams_per_caller: int = key(256, "TRADEUP_MAX_STREAMS_PER_CALLER",
+                                      "streams (WatchOffers included) one caller may hold open at once, per process; "
+                                      "the caller is the rate_limit_key metadata, else the peer address; more get "
+                                      "RESOURCE_EXHAUSTED", minimum=1, maximum=100000)
+    default_deadline_seconds: float = key(30.0, "TRADEUP_DEFAULT_DEADLINE_SECONDS",
+                                          "deadline of a call that sets none (of each customer of a bulk stream "
+                                          "and each pricing of a watch): every wait inside it is bounded by it",
+                                          minimum=0.1, maximum=86400)
     max_message_bytes: int = key(16 * 1024 * 1024, "TRADEUP_MAX_MESSAGE_BYTES",
                                  "largest request or response message", minimum=1024, maximum=1 << 30)
     grace_seconds: float = key(10.0, "TRADEUP_GRACE_SECONDS",
@@ -54,7 +66,7 @@ class ServerSettings:
     max_bulk_customers: int = key(10000, "TRADEUP_MAX_BULK_CUSTOMERS",
                                   "requests on one GenerateOffersBulk stream", minimum=1, maximum=1000000)
     max_watchers: int = key(1000, "TRADEUP_MAX_WATCHERS",
-                            "WatchOffers streams per process, each on a server thread (not counted in max_workers "
+                            "WatchOffers streams per process, each on a server thread (not counted in max_streams "
                             "or max_concurrent_rpcs); more get RESOURCE_EXHAUSTED", minimum=0, maximum=100000)
     watch_queue_messages: int = key(16, "TRADEUP_WATCH_QUEUE_MESSAGES",
                                     "changes a WatchOffers reader may fall behind by before it gets one fresh "

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -40,3 +42,14 @@ class Car:
     @property
     def has_promotion(self) -> bool:
         return self.price != self.regular_price
+
+
+@dataclass(frozen=True)
+class ConfigChange:
+    """One row of the configuration history; values are JSON-decoded (None: no value)."""
+    version: int
+    key: str
+    old: Any
+    new: Any
+    changed_at: datetime
+    changed_by: str

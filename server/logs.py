@@ -2,12 +2,16 @@
 the logs may show of a customer id."""
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import hmac
 import json
 import logging
 import sys
 import time
+
+# The id of the call being served ("-" outside calls), on every log record.
+request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 
 # Attributes every LogRecord has; anything else on a record was passed as `extra` and is logged.
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "request_id"}
@@ -24,8 +28,22 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+def install_request_id_records() -> None:
+    """Give every log record a `request_id`: the id of the call being served ("-" outside calls)."""
+    factory = logging.getLogRecordFactory()
+    if getattr(factory, "adds_request_id", False):
+        return
+
+    def with_request_id(*args, **kwargs) -> logging.LogRecord:
+        record = factory(*args, **kwargs)
+        record.request_id = request_id_var.get()
+        return record
+
+    with_request_id.adds_request_id = True
+    logging.setLogRecordFactory(with_request_id)
+
+
 def configure_logging(level: str, fmt: str = "json") -> None:
-    from .rpc.interceptors import install_request_id_records  # the interceptors log through here too
     install_request_id_records()
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(

@@ -4,6 +4,7 @@ back by itself. Also pool exhaustion. (The embedded SQLite file cannot be taken 
 server, so outage tests run on MariaDB only.)"""
 from __future__ import annotations
 
+import logging
 import threading
 import time
 
@@ -13,6 +14,7 @@ import pytest
 import golden_data as golden
 from conftest import free_port, load_golden, make_settings, start_server
 from mariadb import MariaDBServer, binaries_available
+from server.deadline import Deadline
 from server.app import open_repository
 from server.errors import Unavailable
 
@@ -97,12 +99,12 @@ def test_pool_exhaustion(private_mariadb):
         holding.wait(5)
         started = time.monotonic()
         with pytest.raises(Unavailable, match="pool exhausted"):
-            repository.get_customer(customer, timeout=0.5)
+            repository.get_customer(customer, Deadline.after(0.5))
         waited = time.monotonic() - started
         assert (waited < 0.4) if not blocking else (0.4 < waited < 2.0)
         release.set()
         holder.join()
-        assert repository.get_customer(customer, timeout=0.5).customer_id == customer
+        assert repository.get_customer(customer, Deadline.after(0.5)).customer_id == customer
         assert repository.breaker.state == "closed"  # a full pool is not an outage
         repository.database.close()
 
@@ -127,12 +129,12 @@ def test_a_connection_that_died_in_the_pool_is_replaced(private_mariadb):
         database.warm_up()
         kill_idle()
         first, last = golden.customer_ids()[0], golden.customer_ids()[-1]
-        assert repository.get_customer(first, timeout=5).customer_id == first
+        assert repository.get_customer(first, Deadline.after(5)).customer_id == first
         assert database.pool_status() == (0, 1) and repository.breaker.state == "closed"
         kill_idle()
         with pytest.raises(Unavailable):
             repository.set_car_available("no-such-car", True)
-        assert repository.get_customer(last, timeout=5).customer_id == last
+        assert repository.get_customer(last, Deadline.after(5)).customer_id == last
     finally:
         admin.close()
         database.close()
@@ -184,7 +186,6 @@ class StallingProxy:
         self.closed = True
         self.passing.set()
         self.listener.close()
-
 
 OFFER_SERVICE = "tradeup.v1.OfferService"
 
@@ -429,3 +430,25 @@ def test_outage_under_load(private_mariadb, tmp_path):
     assert health[-1][1] == "SERVING"
     assert pool_released and running_status.circuit_state == "closed"
     assert threading.active_count() <= threads_before + 2  # no threads left behind by the outage
+
+
+def test_database_errors_reach_the_log_not_the_client(private_mariadb, caplog):
+    caplog.set_level(logging.WARNING)
+    mariadb, _ = private_mariadb
+    proxy = StallingProxy(mariadb.port)
+    running = start_server({"TRADEUP_DATABASE_URL": f"mysql://faults:faults-password@127.0.0.1:{proxy.port}/faults"},
+                           TRADEUP_BREAKER_FAILURES=1000, TRADEUP_HEALTH_CHECK_SECONDS=60,
+                           TRADEUP_DATABASE_READ_TIMEOUT=0.5)
+    try:
+        customer = golden.customer_ids()[0]
+        assert running.client.generate_offers(customer_id=customer).summary.customer_id == customer
+        proxy.passing.clear()
+        with pytest.raises(grpc.RpcError) as err:
+            running.client.generate_offers(customer_id=customer, metadata=(("x-request-id", "outage-1"),))
+    finally:
+        running.stop()
+        proxy.close()
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert err.value.details() == "database unavailable"
+    logged = [r for r in caplog.records if getattr(r, "request_id", None) == "outage-1" and r.name == "tradeup.data"]
+    assert logged and "OperationalError" in logged[-1].getMessage() and "timed out" in logged[-1].getMessage()

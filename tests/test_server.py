@@ -117,12 +117,13 @@ def test_missing_customer_is_invalid_and_unknown_is_not_found(server):
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-def test_request_id_is_echoed_or_generated(server):
+def test_request_id_is_echoed_or_generated_in_the_trailers(server):
     request = pb.GenerateOffersRequest(customer_id=STORED)
     _, call = server.client.offers.GenerateOffers.with_call(request, metadata=(("x-request-id", "abc-123"),), timeout=5)
-    assert ("x-request-id", "abc-123") in call.initial_metadata()
+    assert ("x-request-id", "abc-123") in call.trailing_metadata()
+    assert "x-request-id" not in dict(call.initial_metadata())  # no headers of ours before the answer
     _, call = server.client.offers.GenerateOffers.with_call(request, timeout=5)
-    generated = dict(call.initial_metadata())["x-request-id"]
+    generated = dict(call.trailing_metadata())["x-request-id"]
     assert len(generated) == 32
 
 
@@ -287,52 +288,40 @@ def test_admin_status_and_invalidation(server):
     assert server.client.generate_offers(customer_id=STORED).summary.inventory_version == status.inventory_version
 
 
-def hold_a_call(client, customer: str, release: threading.Event):
+def hold_a_call(client, customer: str, release: threading.Event, caller: str = ""):
     """A GenerateOffersBulk call that has answered once and stays open until `release` is set."""
     def requests():
         yield pb.GenerateOffersBulkRequest(customer_id=customer)
         release.wait(10)
-    stream = client.offers.GenerateOffersBulk(requests(), timeout=20)
+    stream = client.offers.GenerateOffersBulk(requests(), timeout=20,
+                                              metadata=(("x-caller-id", caller),) if caller else None)
     next(stream)
     return stream
 
 
-def test_too_many_concurrent_calls_are_refused(golden_database, tmp_path):
+def test_streams_beyond_the_limits_are_refused_and_idle_ones_hold_no_worker(golden_database, tmp_path):
+    """An open stream waiting for its client counts against max_streams and its caller's
+    max_streams_per_caller, never against the workers: unary calls go on being served."""
     from conftest import start_server
-    running = start_server(golden_database[1], TRADEUP_MAX_CONCURRENT_RPCS=1)
+    running = start_server(golden_database[1], TRADEUP_MAX_STREAMS=2, TRADEUP_MAX_STREAMS_PER_CALLER=1,
+                           TRADEUP_MAX_WORKERS=1, TRADEUP_RATE_LIMIT_KEY="x-caller-id")
     release = threading.Event()
+    request = pb.StreamOffersRequest(customer_id=STORED)
     try:
-        stream = hold_a_call(running.client, STORED, release)
+        first = hold_a_call(running.client, STORED, release, caller="a")
         with pytest.raises(grpc.RpcError) as err:
-            running.client.offers.GenerateOffers(pb.GenerateOffersRequest(customer_id=STORED), timeout=5)
-        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        assert running.client.health(timeout=2) == "SERVING"  # probes are never refused
-        release.set()
-        assert list(stream) == []
-    finally:
-        release.set()
-        running.stop()
-
-
-def test_a_call_waits_for_a_worker_no_longer_than_its_deadline(golden_database, tmp_path):
-    from conftest import start_server
-    running = start_server(golden_database[1], TRADEUP_MAX_WORKERS=1)
-    release = threading.Event()
-    customer = golden.customer_with_offers()
-    try:
-        stream = hold_a_call(running.client, customer, release)  # the only worker is busy until released
+            list(running.client.offers.StreamOffers(request, metadata=(("x-caller-id", "a"),), timeout=5))
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "streams open" in err.value.details()
+        second = hold_a_call(running.client, STORED, release, caller="b")
         with pytest.raises(grpc.RpcError) as err:
-            running.client.offers.GenerateOffers(pb.GenerateOffersRequest(customer_id=customer), timeout=0.5)
-        assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-        assert running.client.health("tradeup.v1.OfferService", timeout=2) == "SERVING"
-        deadline = time.monotonic() + 5  # the waiting call leaves at its deadline, the held one stays
-        while running.app.admission.in_progress != 1 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert running.app.admission.in_progress == 1
+            list(running.client.offers.StreamOffers(request, metadata=(("x-caller-id", "c"),), timeout=5))
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "2 streams" in err.value.details()
+        # Both streams are idle: the only worker is free for unary calls.
+        assert running.client.generate_offers(customer_id=STORED, timeout=5).summary.customer_id == STORED
+        assert running.client.health(timeout=2) == "SERVING"
         release.set()
-        assert list(stream) == []
-        assert running.client.generate_offers(customer_id=customer, max_offers=1).summary.total_offers == \
-            len(golden.offers_of(customer)["offers"])
+        assert list(first) == [] and list(second) == []
+        assert len(list(running.client.offers.StreamOffers(request, timeout=5))) >= 1  # places given back
     finally:
         release.set()
         running.stop()

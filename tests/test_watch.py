@@ -22,6 +22,7 @@ import golden_data as golden
 from client import LiveOffers, OfferClient
 from conftest import BACKENDS, database_environ, free_port, load_golden, make_settings, start_server
 from protos.tradeup.v1 import offers_pb2 as pb
+from server.deadline import Deadline
 from server.app import open_repository
 from server.services.offers import CustomerRef, OfferQuery
 from server.services.watch import RESYNC
@@ -217,7 +218,7 @@ def test_redis_push_reaches_the_watchers_of_the_other_server(redis_server, envir
 def test_a_reader_that_falls_behind_gets_one_fresh_answer(environ):
     server = start_server(environ, TRADEUP_CHANGE_POLL_SECONDS=0.2, TRADEUP_WATCH_QUEUE_MESSAGES=2)
     watch = server.app.watch
-    watcher = watch.open(OfferQuery(customer=CustomerRef(customer_id=A)), lambda: None)
+    watcher = watch.open(OfferQuery(customer=CustomerRef(customer_id=A)), Deadline.after(10))
     try:
         group = watcher.group
         for k, fee in enumerate((0.03, 0.035, 0.025, 0.045)):  # four updates for a mailbox of two

@@ -1,5 +1,5 @@
 """Database connections: MySQL through a small pool of pymysql connections, or the embedded
-SQLite file. Both hand out DB-API cursors with `cursor(timeout)`; the SQL is in repository.py."""
+SQLite file. Both hand out DB-API cursors with `cursor(deadline)`; the SQL is in repository.py."""
 from __future__ import annotations
 
 import sqlite3
@@ -12,6 +12,7 @@ from typing import Iterator
 import pymysql
 
 from ..config import DatabaseSettings
+from ..deadline import Deadline
 from ..errors import DeadlineExceeded, Unavailable
 
 
@@ -48,27 +49,27 @@ class MySQLDatabase:
         self._probe: pymysql.connections.Connection | None = None
         self._probe_lock = threading.Lock()
 
-    def _open(self, deadline: float | None) -> pymysql.connections.Connection:
+    def _open(self, deadline: Deadline | None) -> pymysql.connections.Connection:
         params = dict(self._params)
+        cut_short = False
         if deadline is not None:
-            left = max(deadline - time.monotonic(), 0.001)
-            params["connect_timeout"] = min(params["connect_timeout"], left)
-            params["read_timeout"] = min(params["read_timeout"], left)
+            cut_short = deadline.cut_short(self.read_timeout)
+            params["connect_timeout"] = deadline.io_timeout(params["connect_timeout"])
+            params["read_timeout"] = deadline.io_timeout(params["read_timeout"])
         try:
             return pymysql.connect(**params)
         except pymysql.err.OperationalError as exc:
-            if deadline is not None and _timed_out(exc) and \
-                    params["read_timeout"] < self._params["read_timeout"]:  # the deadline cut it short
+            if cut_short and _timed_out(exc):
                 raise DeadlineExceeded("deadline exceeded connecting to the database") from exc
             raise
 
-    def _take(self, deadline: float | None) -> tuple[pymysql.connections.Connection, bool]:
+    def _take(self, deadline: Deadline | None) -> tuple[pymysql.connections.Connection, bool]:
         """A connection, and whether it comes from the pool (it may have died there)."""
         with self._lock:
             connection = self._idle.pop() if self._idle else None  # the most recently used
         if connection is not None and self._ping_on_take:
             if deadline is not None:
-                connection._read_timeout = min(self.read_timeout, max(deadline - time.monotonic(), 0.001))
+                connection._read_timeout = deadline.io_timeout(self.read_timeout)
             try:
                 connection.ping(reconnect=False)
             except pymysql.err.MySQLError:
@@ -118,10 +119,11 @@ class MySQLDatabase:
         return isinstance(exc, (pymysql.err.OperationalError, pymysql.err.InterfaceError, OSError))
 
     @contextmanager
-    def cursor(self, timeout: float | None = None) -> Iterator:
-        deadline = None if timeout is None else time.monotonic() + timeout
+    def cursor(self, deadline: Deadline | None = None) -> Iterator:
+        """A cursor on a pooled connection, every wait bounded by `deadline` (None: by the
+        configured timeouts alone, for work outside calls such as migrations and seeding)."""
         if self._slots is not None:
-            wait = None if timeout is None else max(0.0, timeout)
+            wait = (deadline or Deadline.after(self.read_timeout)).left()
             if not self._slots.acquire(blocking=self.blocking, timeout=wait if self.blocking else None):
                 raise Unavailable("database connection pool exhausted: every connection is in use")
         try:
@@ -169,7 +171,7 @@ class _Cursor:
     """A pymysql cursor on a pooled connection that waits for replies no longer than the call has
     left, and replaces a connection that died in the pool when the first statement is a read."""
 
-    def __init__(self, database: MySQLDatabase, connection, reused: bool, deadline: float | None):
+    def __init__(self, database: MySQLDatabase, connection, reused: bool, deadline: Deadline | None):
         self._database = database
         self._deadline = deadline
         self._retry = reused
@@ -179,13 +181,11 @@ class _Cursor:
     def _use(self, connection) -> None:
         self.connection = connection
         if self._deadline is not None:
-            left = self._deadline - time.monotonic()
-            if left <= 0:
-                raise DeadlineExceeded("deadline exceeded waiting for the database")
+            self._deadline.check("waiting for the database")
             # pymysql applies _read_timeout to every packet read: a stalled server frees the
             # worker at the deadline.
-            self.bounded = left < self._database.read_timeout
-            connection._read_timeout = min(left, self._database.read_timeout)
+            self.bounded = self._deadline.cut_short(self._database.read_timeout)
+            connection._read_timeout = self._deadline.io_timeout(self._database.read_timeout)
         self._cursor = connection.cursor()
 
     def execute(self, query: str, args=None):
@@ -276,7 +276,7 @@ class SQLiteDatabase:
         return connection
 
     @contextmanager
-    def cursor(self, timeout: float | None = None) -> Iterator:
+    def cursor(self, deadline: Deadline | None = None) -> Iterator:
         cursor = self._connection().cursor()
         with self._lock:
             self._in_use += 1

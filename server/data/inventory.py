@@ -21,10 +21,13 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from cachetools import TTLCache
 
+from ..deadline import Deadline
 from ..domain import Car, Customer
-from ..errors import DeadlineExceeded
 from .repository import ChangeState, Repository
 
+# The bound of a snapshot load, and of the wait for one, outside any call (the change feed,
+# invalidation); calls bring their own deadline.
+BACKGROUND_LOAD_SECONDS = 120.0
 # Ranks order cars by car_id (ties between offers); spaced so that new ids fit in between.
 RANK_SPACING = 1 << 16
 
@@ -235,9 +238,9 @@ class InventoryCache:
             self.counts[name][value is None] += 1
             return value
 
-    def _load(self, timeout: float | None) -> InventorySnapshot:
-        state = self.repository.change_state(timeout)  # before the rows: a later change is re-read
-        return InventorySnapshot(self.repository.available_cars(timeout), self._clock(), state.inventory_version,
+    def _load(self, deadline: Deadline | None) -> InventorySnapshot:
+        state = self.repository.change_state(deadline)  # before the rows: a later change is re-read
+        return InventorySnapshot(self.repository.available_cars(deadline), self._clock(), state.inventory_version,
                                  state.reload_version, state.latest_stamp)
 
     def _install(self, snapshot: InventorySnapshot | None) -> None:
@@ -252,27 +255,26 @@ class InventoryCache:
             return snapshot
         return None
 
-    def snapshot(self, timeout: float | None = None) -> InventorySnapshot:
+    def snapshot(self, deadline: Deadline | None = None) -> InventorySnapshot:
         snapshot = self.current()
         with self._lock:
             self.counts["inventory"][snapshot is None] += 1
         if snapshot is not None:
             return snapshot
         # One load at a time (the others then find it cached), waited for within the deadline.
-        started = time.monotonic()
-        if not self._load_lock.acquire(timeout=-1 if timeout is None else max(timeout, 0.0)):
-            raise DeadlineExceeded("deadline exceeded waiting for the inventory snapshot")
+        deadline = deadline or Deadline.after(BACKGROUND_LOAD_SECONDS)
+        deadline.acquire(self._load_lock, "the inventory snapshot")
         try:
             snapshot = self.current()
             if snapshot is None:
-                snapshot = self._load(None if timeout is None else timeout - (time.monotonic() - started))
+                snapshot = self._load(deadline)
                 with self._lock:
                     self._snapshot = snapshot
             return snapshot
         finally:
             self._load_lock.release()
 
-    def refresh(self, state: ChangeState, timeout: float | None = None) -> tuple[int, list[str] | None] | None:
+    def refresh(self, state: ChangeState, deadline: Deadline | None = None) -> tuple[int, list[str] | None] | None:
         """Bring the cached snapshot up to `state` (the change feed calls this on each tick):
         a full reload when one was requested, else only the rows stamped since the snapshot.
         Returns (new version, changed car ids; None after a full reload), or None if unchanged."""
@@ -290,7 +292,7 @@ class InventoryCache:
                 return None
             if moved:
                 self._recheck_until = now + self.overlap_seconds
-            changed, newest = self.repository.changed_cars(snapshot.mark, self.overlap_seconds, timeout)
+            changed, newest = self.repository.changed_cars(snapshot.mark, self.overlap_seconds, deadline)
             mark = snapshot.mark if newest is None or (snapshot.mark is not None and newest <= snapshot.mark) \
                 else newest
             following, ids = snapshot.apply(changed, snapshot.loaded_at, state.inventory_version, mark)
@@ -303,15 +305,15 @@ class InventoryCache:
             return None
 
     def prefilter_sql(self, kernel, customer: Customer, same_region: bool, limit: int,
-                      timeout: float | None = None) -> Selection:
+                      deadline: Deadline | None = None) -> Selection:
         """SPEC §2 in the database (ids only), the cars' details from the snapshot."""
-        snapshot = self.snapshot(timeout)
+        snapshot = self.snapshot(deadline)
         region = customer.region if same_region else None
         key = (float(customer.current_car_price), int(customer.current_car_year), int(customer.current_car_km),
                region, limit, id(snapshot))
         rows = self._get("prefilter", self._prefilter, key)
         if rows is None:
-            ids = self.repository.prefilter_ids(*key[:5], timeout=timeout)
+            ids = self.repository.prefilter_ids(*key[:5], deadline=deadline)
             # A car sold after the snapshot was taken is not priced until the snapshot catches up.
             row_of = snapshot.row_of
             rows = array("l", (row_of[i] for i in ids if i in row_of))

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Iterable, Mapping, Sequence, TypeVar
 
-from ..domain import Car, Customer
-from ..errors import DeadlineExceeded, Unavailable
+from ..domain import Car, ConfigChange, Customer
+from ..deadline import Deadline
+from ..errors import Unavailable
 from .breaker import CircuitBreaker
 from .database import MySQLDatabase, SQLiteDatabase
 
@@ -187,17 +188,6 @@ class ChangeState:
     latest_stamp: Any
 
 
-@dataclass(frozen=True)
-class ConfigChange:
-    """One row of the configuration history; values are JSON-decoded (None: no value)."""
-    version: int
-    key: str
-    old: Any
-    new: Any
-    changed_at: datetime
-    changed_by: str
-
-
 def _ensure(cursor, exists: str, create: str) -> None:
     """Run `create` unless `exists` counts the object already; replicas migrating at the same
     time may both try: the loser's error is ignored once the object is there."""
@@ -244,13 +234,13 @@ class Repository:
     def _sql(self, statement: str) -> str:
         return statement if self.database.placeholder == "%s" else statement.replace("%s", "?")
 
-    def _run(self, name: str, work: Callable[[Any], T], timeout: float | None) -> T:
-        if timeout is not None and timeout <= 0:
-            raise DeadlineExceeded("deadline passed before the database call")
+    def _run(self, name: str, work: Callable[[Any], T], deadline: Deadline | None) -> T:
+        if deadline is not None:
+            deadline.check("before the database call")
 
         def operation() -> T:
             started = time.perf_counter()
-            with self.database.cursor(timeout) as cursor:
+            with self.database.cursor(deadline) as cursor:
                 result = work(cursor)
             if self.on_query:
                 self.on_query(name, time.perf_counter() - started)
@@ -348,21 +338,21 @@ class Repository:
         return self._run("counts", work, None)
 
     # --- the service's queries ----------------------------------------------------------------
-    def ping(self, timeout: float | None = None) -> None:
+    def ping(self, deadline: Deadline | None = None) -> None:
         def work(cursor):
             cursor.execute(SELECT_ONE)
             cursor.fetchall()
-        self._run("ping", work, timeout)
+        self._run("ping", work, deadline)
 
-    def get_customer(self, customer_id: str, timeout: float | None = None) -> Customer | None:
+    def get_customer(self, customer_id: str, deadline: Deadline | None = None) -> Customer | None:
         """Always read fresh: customers are never cached."""
         def work(cursor):
             cursor.execute(self._sql(GET_CUSTOMER), (customer_id,))
             return cursor.fetchone()
-        row = self._run("get_customer", work, timeout)
+        row = self._run("get_customer", work, deadline)
         return None if row is None else _customer(row)
 
-    def get_customers(self, customer_ids: Sequence[str], timeout: float | None = None) -> dict[str, Customer]:
+    def get_customers(self, customer_ids: Sequence[str], deadline: Deadline | None = None) -> dict[str, Customer]:
         """The stored customers among these ids, read fresh in a few queries (watched customers)."""
         ids = list(customer_ids)
 
@@ -373,10 +363,10 @@ class Repository:
                 cursor.execute(self._sql(GET_CUSTOMERS + "(" + ", ".join(["%s"] * len(chunk)) + ")"), chunk)
                 rows += cursor.fetchall()
             return rows
-        return {row[0]: _customer(row) for row in self._run("get_customers", work, timeout)} if ids else {}
+        return {row[0]: _customer(row) for row in self._run("get_customers", work, deadline)} if ids else {}
 
     def prefilter_ids(self, min_price: float, min_year: int, max_km: int, region: str | None, limit: int,
-                      timeout: float | None = None) -> list[str]:
+                      deadline: Deadline | None = None) -> list[str]:
         """Stage 1 (SPEC §2): ids of the available cars that are logical trade-ups, in order."""
         def work(cursor):
             if region is None:
@@ -384,7 +374,7 @@ class Repository:
             else:
                 cursor.execute(self._sql(PREFILTER_SAME_REGION), (min_price, min_year, max_km, region, limit))
             return [row[0] for row in cursor.fetchall()]
-        return self._run("prefilter", work, timeout)
+        return self._run("prefilter", work, deadline)
 
     def explain_prefilter(self) -> list[dict[str, Any]]:
         """The query plan of the prefilter (MySQL's EXPLAIN or SQLite's EXPLAIN QUERY PLAN)."""
@@ -397,32 +387,32 @@ class Repository:
             return [dict(zip(names, row)) for row in cursor.fetchall()]
         return self._run("explain", work, None)
 
-    def available_cars(self, timeout: float | None = None) -> list[Car]:
+    def available_cars(self, deadline: Deadline | None = None) -> list[Car]:
         """Every available car, for the inventory snapshot."""
         def work(cursor):
             cursor.execute(AVAILABLE_CARS)
             return cursor.fetchall()
-        return [_car(r) for r in self._run("available_cars", work, timeout)]
+        return [_car(r) for r in self._run("available_cars", work, deadline)]
 
     # --- the change feed ----------------------------------------------------------------------
-    def change_state(self, timeout: float | None = None) -> ChangeState:
+    def change_state(self, deadline: Deadline | None = None) -> ChangeState:
         """The version counters and the newest inventory stamp, in one round trip."""
         def work(cursor):
             self._utc(cursor)
             cursor.execute(CHANGE_STATE)
             return cursor.fetchone()
-        row = self._run("change_state", work, timeout)
+        row = self._run("change_state", work, deadline)
         return ChangeState(int(row[0]), int(row[1]), int(row[2]), row[3], row[4])
 
-    def note_inventory_change(self, latest_stamp: Any, timeout: float | None = None) -> None:
+    def note_inventory_change(self, latest_stamp: Any, deadline: Deadline | None = None) -> None:
         """Move the inventory version for rows stamped up to `latest_stamp`, unless another
         process already did (rows written by plain SQL move it this way)."""
         def work(cursor):
             self._utc(cursor)
             cursor.execute(self._sql(NOTE_INVENTORY_CHANGE), (latest_stamp, latest_stamp))
-        self._run("note_inventory_change", work, timeout)
+        self._run("note_inventory_change", work, deadline)
 
-    def changed_cars(self, since: Any, overlap_seconds: float, timeout: float | None = None) -> tuple[list[Car], Any]:
+    def changed_cars(self, since: Any, overlap_seconds: float, deadline: Deadline | None = None) -> tuple[list[Car], Any]:
         """Cars (available or not) stamped after `since` (None: every car), and the newest stamp
         among them. MySQL stamps are times, taken before commit: re-read `overlap_seconds` back
         so a write that committed late is not missed (SQLite stamps are a sequence: no overlap)."""
@@ -435,7 +425,7 @@ class Repository:
             self._utc(cursor)
             cursor.execute(self._sql(CHANGED_CARS), (since,))
             return cursor.fetchall()
-        rows = self._run("changed_cars", work, timeout)
+        rows = self._run("changed_cars", work, deadline)
         return [_car(r) for r in rows], max((r[10] for r in rows), default=None)
 
     def request_reload(self) -> int:
@@ -447,14 +437,14 @@ class Repository:
             return int(cursor.fetchone()[0])
         return self._run("request_reload", lambda cursor: self._transaction(cursor, work, write=True), None)
 
-    def config_overrides(self, timeout: float | None = None) -> tuple[int, dict[str, Any]]:
+    def config_overrides(self, deadline: Deadline | None = None) -> tuple[int, dict[str, Any]]:
         """(configuration version, {key path: value}) read in one transaction."""
         def read(cursor):
             cursor.execute(CONFIG_VERSION)
             version = int(cursor.fetchone()[0])
             cursor.execute(CONFIG_OVERRIDES)
             return version, {key: json.loads(value) for key, value in cursor.fetchall()}
-        return self._run("config_overrides", lambda cursor: self._transaction(cursor, read), timeout)
+        return self._run("config_overrides", lambda cursor: self._transaction(cursor, read), deadline)
 
     def write_config(self, changed_by: str,
                      decide: Callable[[dict[str, Any]], Mapping[str, tuple[Any, Any]]]) -> tuple[int, dict[str, Any]]:

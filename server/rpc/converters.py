@@ -12,8 +12,7 @@ from engine_ext.constants import ALL_TIERS, TIER_MAX_UPGRADE, TIER_NAMES, TIER_R
 
 from protos.tradeup.v1 import admin_pb2, offers_pb2 as pb
 
-from ..data.repository import ConfigChange
-from ..domain import Customer
+from ..domain import ConfigChange, Customer
 from ..errors import InvalidArgument
 from ..services.offers import OVERRIDE_FIELDS, CustomerRef, OfferQuery, OfferResult
 from ..services import watch

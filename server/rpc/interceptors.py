@@ -1,6 +1,10 @@
-"""Cross-cutting behaviour of every call, in one place: the request id (x-request-id metadata,
-generated when absent, echoed back and put on every log line of the call), access logging,
-and the mapping of exceptions to status codes (a generic INTERNAL for bugs)."""
+"""The interceptors every call passes through, one job each: the request id, the access log, the
+metrics, the mapping of errors to status codes, admission and the rate limit. The order they run
+in is `server.rpc.server.interceptors`.
+
+Each wraps a method's behaviour once (`CallInterceptor.wrap`), whatever the kind of method; a
+wrapper of a streaming response is a generator that passes the messages on.
+"""
 from __future__ import annotations
 
 import contextvars
@@ -9,34 +13,155 @@ import re
 import threading
 import time
 import uuid
-from typing import Any
+from collections import Counter
+from typing import Any, Callable, Iterator
 
 import grpc
 
-from ..errors import DeadlineExceeded, ResourceExhausted, ServiceError, Unavailable
-from ..logs import customer_field
+from ..errors import ResourceExhausted, ServiceError, Unavailable
+from ..logs import customer_field, install_request_id_records, request_id_var
 from ..services.ratelimit import TokenBuckets
 
-log = logging.getLogger("tradeup.access")
+access_log = logging.getLogger("tradeup.access")
 errors_log = logging.getLogger("tradeup.errors")
-request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
-_call_details: contextvars.ContextVar[dict | None] = contextvars.ContextVar("call_details", default=None)
+
+# Probes and tooling: never rate limited or admitted, logged at DEBUG only.
+UNLIMITED_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
+_HANDLER_KINDS = {(False, False): grpc.unary_unary_rpc_method_handler,
+                  (False, True): grpc.unary_stream_rpc_method_handler,
+                  (True, False): grpc.stream_unary_rpc_method_handler,
+                  (True, True): grpc.stream_stream_rpc_method_handler}
+_GRPC_TYPES = {(False, False): "unary", (False, True): "server_stream", (True, False): "client_stream",
+               (True, True): "bidi_stream"}
+
+
+def is_probe(method: str) -> bool:
+    return method.startswith(UNLIMITED_PREFIXES)
+
+
+def add_trailer(context: grpc.ServicerContext, key: str, value: str) -> None:
+    """Add one trailing metadata entry to those already set (grpc's setter replaces them all)."""
+    context.set_trailing_metadata((*(context.trailing_metadata() or ()), (key, value)))
+
+
+def status_name(context: grpc.ServicerContext, failed: bool) -> str:
+    """How the call ended: the code it was aborted with; else CANCELLED when the client left
+    (or the behaviour raised past the error mapping, which only a departed client's call does)."""
+    code = context.code()
+    if code is not None:
+        return code.name
+    return "CANCELLED" if failed or not context.is_active() else "OK"
+
+
+def caller_of(context: grpc.ServicerContext, key: str) -> str:
+    """Who is calling: the `key` metadata when set and sent, else the peer's address (any port)."""
+    if key:
+        for name, value in context.invocation_metadata():
+            if name == key:
+                return value
+    return context.peer().rsplit(":", 1)[0]
+
+
+class CallInterceptor(grpc.ServerInterceptor):
+    """Wraps every method's behaviour once. `wrap(behavior, method, request_streaming,
+    response_streaming)` returns the new behaviour, or None to leave the method as it is."""
+
+    def wrap(self, behavior: Callable, method: str, request_streaming: bool, response_streaming: bool):
+        raise NotImplementedError
+
+    def intercept_service(self, continuation, handler_call_details):
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+        kind = (handler.request_streaming, handler.response_streaming)
+        behavior = handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
+        wrapped = self.wrap(behavior, handler_call_details.method, *kind)
+        if wrapped is None:
+            return handler
+        return _HANDLER_KINDS[kind](wrapped, handler.request_deserializer, handler.response_serializer)
+
+
+def around(response_streaming: bool, before: Callable, after: Callable, behavior: Callable) -> Callable:
+    """`behavior` with before(request, context) -> state called first and after(state, failed)
+    called last, however the call ends; `before` may replace the request (iterator)."""
+    if response_streaming:
+        def streaming(request, context):
+            request, state = before(request, context)
+            failed = True
+            try:
+                yield from behavior(request, context)
+                failed = False
+            finally:
+                after(state, failed)
+        return streaming
+
+    def unary(request, context):
+        request, state = before(request, context)
+        failed = True
+        try:
+            response = behavior(request, context)
+            failed = False
+            return response
+        finally:
+            after(state, failed)
+    return unary
+
+
+# --- the request id --------------------------------------------------------------------------------
 _VALID_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
-def install_request_id_records() -> None:
-    """Give every log record a `request_id`: the id of the call being served ("-" outside calls)."""
-    factory = logging.getLogRecordFactory()
-    if getattr(factory, "adds_request_id", False):
-        return
+class RequestIds(CallInterceptor):
+    """The caller's `x-request-id` (or a new one) on every log record of the call and back to the
+    caller in the trailers, and with the first message of a stream. Never in headers before the
+    first message: a client retries a call only while it has received no headers."""
 
-    def with_request_id(*args, **kwargs) -> logging.LogRecord:
-        record = factory(*args, **kwargs)
-        record.request_id = request_id_var.get()
-        return record
+    def __init__(self):
+        install_request_id_records()
 
-    with_request_id.adds_request_id = True
-    logging.setLogRecordFactory(with_request_id)
+    def wrap(self, behavior, method, request_streaming, response_streaming):
+        def request_id(context) -> str:
+            for key, value in context.invocation_metadata():
+                if key == "x-request-id" and _VALID_ID.match(value):
+                    return value
+            return uuid.uuid4().hex
+
+        if response_streaming:
+            def streaming(request, context):
+                value = request_id(context)
+                token = request_id_var.set(value)
+                add_trailer(context, "x-request-id", value)
+                try:
+                    messages = behavior(request, context)
+                    for first in messages:
+                        context.send_initial_metadata((("x-request-id", value),))
+                        yield first
+                        break
+                    yield from messages
+                finally:
+                    _reset(request_id_var, token)
+            return streaming
+
+        def unary(request, context):
+            value = request_id(context)
+            token = request_id_var.set(value)
+            add_trailer(context, "x-request-id", value)
+            try:
+                return behavior(request, context)
+            finally:
+                _reset(request_id_var, token)
+        return unary
+
+
+def _reset(var: contextvars.ContextVar, token: contextvars.Token) -> None:
+    try:
+        var.reset(token)
+    except ValueError:  # a stream closed from another context: nothing to restore
+        pass
+
+
+# --- the access log --------------------------------------------------------------------------------
+_call_details: contextvars.ContextVar[dict | None] = contextvars.ContextVar("call_details", default=None)
 
 
 def note_call(**details) -> None:
@@ -46,227 +171,223 @@ def note_call(**details) -> None:
         current.update(details)
 
 
-def _request_id(context: grpc.ServicerContext) -> str:
-    for key, value in context.invocation_metadata():
-        if key == "x-request-id" and _VALID_ID.match(value):
-            return value
-    return uuid.uuid4().hex
+class AccessLog(CallInterceptor):
+    """One line per call: method, status, duration and what the servicer noted (note_call).
+    Probes are logged at DEBUG: a readiness probe every few seconds is not news. Customer ids
+    are logged raw, as their HMAC under `hash_key`, or not at all (no key)."""
 
-
-# Probes and tooling are never rate limited and never wait for a worker.
-UNLIMITED_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
-_FOREVER = 1e6  # seconds: grpc reports a call without a deadline as one far in the future
-
-
-class ServiceInterceptor(grpc.ServerInterceptor):
-    def __init__(self, metrics=None, log_customer_ids: bool = False, rate_limiter: TokenBuckets | None = None,
-                 rate_limit_key: str = "", log_hash_key: str = ""):
-        """`metrics`: server.metrics.Metrics (call_started / message_received / call_finished), or None.
-        `rate_limiter`: per-caller buckets; the caller is the `rate_limit_key` metadata, else the peer.
-        Customer ids are logged raw, as their HMAC under `log_hash_key`, or not at all (no key)."""
-        install_request_id_records()
-        self.metrics = metrics
+    def __init__(self, log_customer_ids: bool = False, hash_key: str = ""):
         self.log_customer_ids = log_customer_ids
-        self.log_hash_key = log_hash_key
-        self.rate_limiter = rate_limiter
-        self.rate_limit_key = rate_limit_key
+        self.hash_key = hash_key
 
-    def _check_rate(self, method: str, context: grpc.ServicerContext) -> None:
-        if self.rate_limiter is None or method.startswith(UNLIMITED_PREFIXES):
-            return
-        caller = None
-        if self.rate_limit_key:
-            caller = next((v for k, v in context.invocation_metadata() if k == self.rate_limit_key), None)
-        if caller is None:
-            caller = context.peer().rsplit(":", 1)[0]  # the address, whatever the port
-        wait = self.rate_limiter.take(caller)
-        if wait > 0:
-            retry_ms = max(1, int(wait * 1000 + 0.999))
-            context.set_trailing_metadata((("retry-after-ms", str(retry_ms)),))
-            raise ResourceExhausted(f"rate limit exceeded for this caller: retry in {retry_ms} ms")
+    def wrap(self, behavior, method, request_streaming, response_streaming):
+        level = logging.DEBUG if is_probe(method) else logging.INFO
 
-    def intercept_service(self, continuation, handler_call_details):
-        handler = continuation(handler_call_details)
-        if handler is None:
-            return None
-        method = handler_call_details.method
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(
-                self._unary(handler.unary_unary, method, "unary"), handler.request_deserializer,
-                handler.response_serializer)
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(
-                self._streaming(handler.unary_stream, method, "server_stream"), handler.request_deserializer,
-                handler.response_serializer)
-        if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(
-                self._unary(handler.stream_unary, method, "client_stream"), handler.request_deserializer,
-                handler.response_serializer)
-        return grpc.stream_stream_rpc_method_handler(
-            self._streaming(handler.stream_stream, method, "bidi_stream"), handler.request_deserializer,
-            handler.response_serializer)
+        def before(request, context):
+            return request, (context, _call_details.set({}), time.perf_counter())
 
-    def _begin(self, method: str, grpc_type: str, context: grpc.ServicerContext) -> tuple[tuple, float]:
-        request_id = _request_id(context)
-        context.send_initial_metadata((("x-request-id", request_id),))
-        if self.metrics:
-            self.metrics.call_started(method, grpc_type)
-        return (request_id_var.set(request_id), _call_details.set({})), time.perf_counter()
+        def after(state, failed):
+            context, token, started = state
+            if access_log.isEnabledFor(level):
+                self._log(level, method, status_name(context, failed), time.perf_counter() - started,
+                          _call_details.get() or {})
+            _reset(_call_details, token)
+        return around(response_streaming, before, after, behavior)
 
-    def _counted(self, requests, method: str, grpc_type: str):
-        """The request stream of a client- or bidi-streaming call, counted for the metrics."""
-        if not self.metrics or grpc_type in ("unary", "server_stream"):
-            return requests
-
-        def counted():
-            for request in requests:
-                self.metrics.message_received(method, grpc_type)
-                yield request
-        return counted()
-
-    def _end(self, method: str, grpc_type: str, code: str, started: float, tokens: tuple,
-             messages: int | None = None) -> None:
-        elapsed = time.perf_counter() - started
-        details = dict(_call_details.get() or {})
+    def _log(self, level: int, method: str, code: str, elapsed: float, details: dict) -> None:
+        details = dict(details)
         if "customer" in details:
-            shown = customer_field(details.pop("customer"), self.log_hash_key, self.log_customer_ids)
+            shown = customer_field(details.pop("customer"), self.hash_key, self.log_customer_ids)
             if shown is not None:
                 details["customer"] = shown
-        if messages is not None:
-            details["messages"] = messages
-        log.info("%s %s %.2fms", method, code, elapsed * 1e3,
-                 extra={"method": method, "code": code, "duration_ms": round(elapsed * 1e3, 3), **details})
-        if self.metrics:
-            self.metrics.call_finished(method, grpc_type, code, elapsed, messages)
-        for var, token in zip((request_id_var, _call_details), tokens):
+        access_log.log(level, "%s %s %.2fms", method, code, elapsed * 1e3,
+                       extra={"method": method, "code": code, "duration_ms": round(elapsed * 1e3, 3), **details})
+
+
+# --- metrics ----------------------------------------------------------------------------------------
+class CallMetrics(CallInterceptor):
+    """grpc_server_* series: calls started, handled (by code), their duration, messages each way."""
+
+    def __init__(self, metrics):
+        self.metrics = metrics  # server.metrics.Metrics
+
+    def wrap(self, behavior, method, request_streaming, response_streaming):
+        grpc_type = _GRPC_TYPES[(request_streaming, response_streaming)]
+        metrics = self.metrics
+
+        def counted(requests):
+            for request in requests:
+                metrics.message_received(method, grpc_type)
+                yield request
+
+        if response_streaming:
+            def streaming(request, context):
+                metrics.call_started(method, grpc_type)
+                started, sent, failed = time.perf_counter(), 0, True
+                try:
+                    for response in behavior(counted(request) if request_streaming else request, context):
+                        sent += 1
+                        yield response
+                    failed = False
+                finally:
+                    metrics.call_finished(method, grpc_type, status_name(context, failed),
+                                          time.perf_counter() - started, sent)
+            return streaming
+
+        def before(request, context):
+            metrics.call_started(method, grpc_type)
+            return (counted(request) if request_streaming else request), (context, time.perf_counter())
+
+        def after(state, failed):
+            context, started = state
+            metrics.call_finished(method, grpc_type, status_name(context, failed), time.perf_counter() - started)
+        return around(False, before, after, behavior)
+
+
+# --- errors -----------------------------------------------------------------------------------------
+class ErrorMapping(CallInterceptor):
+    """Domain errors (server.errors) end the call with their code and message; anything else is a
+    bug: logged with its traceback, the client gets INTERNAL with the request id. A call whose
+    client already left is not answered."""
+
+    def wrap(self, behavior, method, request_streaming, response_streaming):
+        if response_streaming:
+            def streaming(request, context):
+                try:
+                    yield from behavior(request, context)
+                except Exception as exc:
+                    self._fail(context, exc)
+            return streaming
+
+        def unary(request, context):
             try:
-                var.reset(token)
-            except ValueError:  # a stream closed from another context: nothing to restore
-                pass
+                return behavior(request, context)
+            except Exception as exc:
+                self._fail(context, exc)
+        return unary
 
     @staticmethod
-    def _code_of(exc: Exception, context: grpc.ServicerContext) -> str:
+    def _fail(context: grpc.ServicerContext, exc: Exception) -> None:
+        if context.code() is not None or not context.is_active():
+            raise exc  # aborted already, or nobody to answer
         if isinstance(exc, ServiceError):
-            return exc.code
-        return "INTERNAL" if context.is_active() else "CANCELLED"
-
-    @staticmethod
-    def _fail(context: grpc.ServicerContext, exc: Exception, code: str) -> None:
-        """End the call with `code`: a domain error's own message, a generic one for bugs (logged
-        with the traceback); a call the client already left is not answered."""
-        if code == "CANCELLED":
-            raise exc
-        if isinstance(exc, ServiceError):
-            context.abort(grpc.StatusCode[code], str(exc))
+            context.abort(grpc.StatusCode[exc.code], str(exc))
         errors_log.error("unhandled error", exc_info=exc)
         context.abort(grpc.StatusCode.INTERNAL, f"internal server error (request id {request_id_var.get()})")
 
-    def _unary(self, behavior, method: str, grpc_type: str):
-        def wrapper(request: Any, context: grpc.ServicerContext):
-            tokens, started = self._begin(method, grpc_type, context)
-            code = "OK"
-            try:
-                self._check_rate(method, context)
-                return behavior(self._counted(request, method, grpc_type), context)
-            except Exception as exc:
-                code = self._code_of(exc, context)
-                self._fail(context, exc, code)
-            finally:
-                self._end(method, grpc_type, code, started, tokens)
-        return wrapper
 
-    def _streaming(self, behavior, method: str, grpc_type: str):
-        def wrapper(request: Any, context: grpc.ServicerContext):
-            tokens, started = self._begin(method, grpc_type, context)
-            code = "OK"
-            sent = 0
-            try:
-                self._check_rate(method, context)
-                for response in behavior(self._counted(request, method, grpc_type), context):
-                    sent += 1
-                    yield response
-            except Exception as exc:
-                code = self._code_of(exc, context)
-                self._fail(context, exc, code)
-            finally:
-                if code == "OK" and not context.is_active():
-                    code = "CANCELLED"
-                self._end(method, grpc_type, code, started, tokens, sent)
-        return wrapper
+# --- admission --------------------------------------------------------------------------------------
+class Admission(CallInterceptor):
+    """Which service calls get in. Until the server is `ready` (database prepared, first snapshot
+    loaded) and once it drains, none: UNAVAILABLE, which clients retry. Then at most `calls`
+    unary-response calls and `streams` streaming ones at once, and at most `per_caller_streams`
+    open streams per caller (the `caller_key` metadata, else the peer address); more get
+    RESOURCE_EXHAUSTED at once. `self_limited` methods (WatchOffers) are held to their service's
+    own limit instead of `streams`. Being admitted holds no worker: only pricing work does
+    (server.services.workers), so an idle stream costs a thread and nothing else."""
 
-
-class Admission(grpc.ServerInterceptor):
-    """Service calls take one of `workers` places for the whole call, waiting for one no longer
-    than their deadline; at most `admitted` calls are in (working or waiting), the others get
-    RESOURCE_EXHAUSTED at once. Health and reflection never take a place, so they answer while
-    every worker is busy. Once draining, new service calls end UNAVAILABLE (clients retry on
-    another replica) while the calls in progress finish. `self_limited` methods (long-lived,
-    mostly idle streams such as WatchOffers) are admitted by their own service's limit instead."""
-
-    def __init__(self, workers: int, admitted: int, self_limited: frozenset[str] = frozenset()):
-        self._workers = threading.BoundedSemaphore(workers)
-        self._self_limited = self_limited
-        self._admitted_max = admitted
-        self._admitted = 0
+    def __init__(self, calls: int, streams: int, per_caller_streams: int, ready: threading.Event,
+                 caller_key: str = "", self_limited: frozenset[str] = frozenset()):
+        self.limits = {False: calls, True: streams}
+        self.per_caller_streams = per_caller_streams
+        self.ready = ready
+        self.caller_key = caller_key
+        self.self_limited = self_limited
+        self._admitted = {False: 0, True: 0}
+        self._self_limited = 0
+        self._streams_of: Counter[str] = Counter()
         self._draining = False
         self._changed = threading.Condition()
 
     @property
     def in_progress(self) -> int:
         with self._changed:
-            return self._admitted
+            return sum(self._admitted.values()) + self._self_limited
 
-    def _enter(self, context: grpc.ServicerContext) -> None:
+    def _enter(self, context: grpc.ServicerContext, streaming: bool, self_limited: bool) -> str | None:
+        """Admit the call; returns the caller whose streams it counts against (None: unary)."""
+        caller = caller_of(context, self.caller_key) if streaming else None
         with self._changed:
             if self._draining:
                 raise Unavailable("the server is shutting down: retry on another instance")
-            if self._admitted >= self._admitted_max:
-                raise ResourceExhausted(f"more than {self._admitted_max} calls in progress: retry later")
-            self._admitted += 1
-        left = context.time_remaining()
-        if not self._workers.acquire(timeout=-1 if left is None or left > _FOREVER else left):
-            self._leave(False)
-            raise DeadlineExceeded("deadline exceeded waiting for a free worker")
+            if not self.ready.is_set():
+                raise Unavailable("the server is starting: retry shortly")
+            if not self_limited and self._admitted[streaming] >= self.limits[streaming]:
+                what = "streams" if streaming else "calls"
+                raise ResourceExhausted(f"more than {self.limits[streaming]} {what} in progress: retry later")
+            if caller is not None and self._streams_of[caller] >= self.per_caller_streams:
+                raise ResourceExhausted(f"this caller has {self.per_caller_streams} streams open already: "
+                                        "close one first")
+            if self_limited:
+                self._self_limited += 1
+            else:
+                self._admitted[streaming] += 1
+            if caller is not None:
+                self._streams_of[caller] += 1
+        return caller
 
-    def _leave(self, working: bool = True) -> None:
-        if working:
-            self._workers.release()
+    def _leave(self, streaming: bool, self_limited: bool, caller: str | None) -> None:
         with self._changed:
-            self._admitted -= 1
+            if self_limited:
+                self._self_limited -= 1
+            else:
+                self._admitted[streaming] -= 1
+            if caller is not None:
+                self._streams_of[caller] -= 1
+                if not self._streams_of[caller]:
+                    del self._streams_of[caller]
             self._changed.notify_all()
 
     def drain(self, timeout: float) -> bool:
         """Refuse new service calls; wait up to `timeout` for the ones in progress. True if none is left."""
         with self._changed:
             self._draining = True
-            return self._changed.wait_for(lambda: self._admitted == 0, timeout)
+            return self._changed.wait_for(lambda: not any(self._admitted.values()) and not self._self_limited,
+                                          timeout)
 
-    def intercept_service(self, continuation, handler_call_details):
-        handler = continuation(handler_call_details)
-        method = handler_call_details.method
-        if handler is None or method.startswith(UNLIMITED_PREFIXES) or method in self._self_limited:
-            return handler
-        if handler.unary_unary or handler.stream_unary:
-            behavior = handler.unary_unary or handler.stream_unary
+    def wrap(self, behavior, method, request_streaming, response_streaming):
+        if is_probe(method):
+            return None
+        streaming = request_streaming or response_streaming
+        self_limited = method in self.self_limited
 
-            def unary(request, context):
-                self._enter(context)
-                try:
-                    return behavior(request, context)
-                finally:
-                    self._leave()
-            wrapped = unary
-        else:
-            behavior = handler.unary_stream or handler.stream_stream
+        def before(request, context):
+            return request, self._enter(context, streaming, self_limited)
 
-            def streaming(request, context):
-                self._enter(context)
-                try:
-                    yield from behavior(request, context)
-                finally:
-                    self._leave()
-            wrapped = streaming
-        kind = {(False, False): "unary_unary", (False, True): "unary_stream", (True, False): "stream_unary",
-                (True, True): "stream_stream"}[(handler.request_streaming, handler.response_streaming)]
-        return getattr(grpc, f"{kind}_rpc_method_handler")(wrapped, handler.request_deserializer,
-                                                          handler.response_serializer)
+        def after(caller, failed):
+            self._leave(streaming, self_limited, caller)
+        return around(response_streaming, before, after, behavior)
+
+
+# --- the rate limit ---------------------------------------------------------------------------------
+class RateLimit(CallInterceptor):
+    """One token per call from the caller's bucket, and one per request message of a client
+    stream (each customer of a bulk stream counts like a unary call); none left:
+    RESOURCE_EXHAUSTED with `retry-after-ms` in the trailers."""
+
+    def __init__(self, buckets: TokenBuckets, caller_key: str = ""):
+        self.buckets = buckets
+        self.caller_key = caller_key
+
+    def _take(self, context: grpc.ServicerContext) -> None:
+        wait = self.buckets.take(caller_of(context, self.caller_key))
+        if wait > 0:
+            retry_ms = max(1, int(wait * 1000 + 0.999))
+            add_trailer(context, "retry-after-ms", str(retry_ms))
+            raise ResourceExhausted(f"rate limit exceeded for this caller: retry in {retry_ms} ms")
+
+    def wrap(self, behavior, method, request_streaming, response_streaming):
+        if is_probe(method):
+            return None
+
+        def limited(requests: Iterator[Any], context) -> Iterator[Any]:
+            for request in requests:
+                self._take(context)
+                yield request
+
+        def call(request, context):
+            if request_streaming:
+                return behavior(limited(request, context), context)
+            self._take(context)
+            return behavior(request, context)
+        return call

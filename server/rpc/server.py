@@ -15,7 +15,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from protos.tradeup.v1 import admin_pb2, admin_pb2_grpc, offers_pb2
 
 from ..config import Settings
-from .interceptors import Admission, ServiceInterceptor
+from .interceptors import AccessLog, Admission, CallMetrics, ErrorMapping, RateLimit, RequestIds
 from .servicers import PRE_ENCODED, AdminServicer, OfferServicer
 
 log = logging.getLogger("tradeup.server")
@@ -131,27 +131,46 @@ class HealthMonitor:
 
 # Threads beyond the admitted service calls: health and reflection always find one.
 PROBE_THREADS = 4
+WATCH_METHOD = "/tradeup.v1.OfferService/WatchOffers"
 
 
 def rpc_threads(settings: Settings) -> int:
-    """Threads the server needs: one per admitted service call (working or waiting for a worker,
-    see Admission), one per WatchOffers stream (blocked on a condition while idle: no CPU) and
+    """Threads the server needs: one per admitted call (unary, stream or WatchOffers: see
+    Admission; a stream blocked on its client holds its thread, nothing else) and
     PROBE_THREADS, so grpc never queues a call behind busy threads. The pool starts them on demand."""
     s = settings.server
-    return s.max_concurrent_rpcs + s.max_watchers + PROBE_THREADS
+    return s.max_concurrent_rpcs + s.max_streams + s.max_watchers + PROBE_THREADS
+
+
+def admission(settings: Settings, ready: threading.Event) -> Admission:
+    s = settings.server
+    return Admission(s.max_concurrent_rpcs, s.max_streams, s.max_streams_per_caller, ready, s.rate_limit_key,
+                     frozenset({WATCH_METHOD}))
+
+
+def call_interceptors(settings: Settings, metrics, admitting: Admission, rate_limiter=None) -> list:
+    """The interceptors of every call, outermost first: the request id is on every record the
+    others log; the access log and metrics see the status the error mapping gives; admission
+    (readiness, draining, limits) comes before the rate limit so a refused call spends no token."""
+    s = settings.server
+    chain = [RequestIds(), AccessLog(s.log_customer_ids, s.log_hash_key), CallMetrics(metrics), ErrorMapping(),
+             admitting]
+    if rate_limiter is not None:
+        chain.append(RateLimit(rate_limiter, s.rate_limit_key))
+    return chain
 
 
 def create_server(settings: Settings, offer_servicer: OfferServicer, admin_servicer: AdminServicer,
-                  health_servicer: health.HealthServicer, interceptor: ServiceInterceptor, admission: Admission,
+                  health_servicer: health.HealthServicer, interceptors: list,
                   executor: futures.ThreadPoolExecutor, address: str | None = None) -> tuple[grpc.Server, int]:
     """A server ready to start, serving on `executor`'s threads (rpc_threads of them; the caller
     shuts it down after stopping the server: grpc does not), and the port it bound."""
     s = settings.server
     server = grpc.server(
         executor,
-        interceptors=[interceptor, admission],
+        interceptors=interceptors,
         # No limit of grpc's own: it would refuse health checks too. Admission refuses service
-        # calls beyond max_concurrent_rpcs at once, so PROBE_THREADS threads stay free for probes.
+        # calls beyond its limits at once, so PROBE_THREADS threads stay free for probes.
         options=[("grpc.max_receive_message_length", s.max_message_bytes),
                  ("grpc.max_send_message_length", s.max_message_bytes),
                  # Several worker processes may share the port (server.processes).

@@ -8,9 +8,10 @@ from typing import Iterator
 
 from protos.tradeup.v1 import admin_pb2, admin_pb2_grpc, offers_pb2 as pb, offers_pb2_grpc
 
+from ..deadline import Deadline
 from ..errors import InvalidArgument, ServiceError
 from ..services.admin import AdminService
-from ..services.offers import OfferService, check_deadline
+from ..services.offers import OfferService
 from ..services.watch import WatchService
 from . import converters
 from .interceptors import note_call
@@ -21,19 +22,27 @@ PRE_ENCODED = frozenset({"GenerateOffers", "StreamOffers", "GenerateOffersBulk",
 
 
 class OfferServicer(offers_pb2_grpc.OfferServiceServicer):
-    def __init__(self, service: OfferService, batch_size: int, max_bulk: int, watch: WatchService):
+    """`default_deadline`: seconds, for a call without a deadline (and for each customer of a
+    bulk stream without one)."""
+
+    def __init__(self, service: OfferService, batch_size: int, max_bulk: int, watch: WatchService,
+                 default_deadline: float):
         self.service = service
         self.watch = watch
         self.batch_size = batch_size
         self.max_bulk = max_bulk
+        self.default_deadline = default_deadline
+
+    def _deadline(self, context) -> Deadline:
+        return Deadline.of_call(context, self.default_deadline)
 
     def GenerateOffers(self, request: pb.GenerateOffersRequest, context) -> bytes:
-        result = self.service.generate(converters.offer_query(request), context.time_remaining)
+        result = self.service.generate(converters.offer_query(request), self._deadline(context))
         note_call(customer=result.customer.customer_id, offers=result.returned)
         return converters.generate_response(result)
 
     def StreamOffers(self, request: pb.StreamOffersRequest, context) -> Iterator[bytes]:
-        result = self.service.generate(converters.offer_query(request), context.time_remaining)
+        result = self.service.generate(converters.offer_query(request), self._deadline(context))
         note_call(customer=result.customer.customer_id, offers=result.returned)
         # Batches, not one message per offer: Python gRPC pays a real cost per streamed message.
         for first in range(0, max(result.returned, 1), self.batch_size):
@@ -47,8 +56,8 @@ class OfferServicer(offers_pb2_grpc.OfferServiceServicer):
                 raise InvalidArgument(f"at most {self.max_bulk} customers per stream", "requests")
             customer_id = request.customer_id if request.WhichOneof("customer") == "customer_id" \
                 else request.profile.customer_id
-            try:
-                result = self.service.generate(converters.offer_query(request), context.time_remaining)
+            try:  # each customer's own deadline: a stream may stay open longer than one call's default
+                result = self.service.generate(converters.offer_query(request), self._deadline(context))
             except ServiceError as exc:
                 if exc.code in ("UNAVAILABLE", "DEADLINE_EXCEEDED"):
                     raise  # the whole call is affected, not this customer
@@ -60,24 +69,14 @@ class OfferServicer(offers_pb2_grpc.OfferServiceServicer):
             yield response
 
     def FindMinimumSubsidy(self, request: pb.FindMinimumSubsidyRequest, context):
-        service = self.service
-        query = converters.subsidy_query(request)
-        settings = service.settings_now()  # one configuration version for the whole call
-        params = service.params_for(query, settings)
-        customer = service.load_customer(query.customer, context.time_remaining, settings)
-        selection = service.subsidy_cars(customer, list(request.car_ids), query.same_region, query.max_cars,
-                                         context.time_remaining, settings)
-        note_call(customer=customer.customer_id, cars=len(selection.car_ids))
-        total, viable = len(selection.car_ids), 0
-        for first in range(0, max(total, 1), self.batch_size):
-            if first:  # stop working on a call whose deadline passed or whose client left
-                check_deadline(context.time_remaining, "during the subsidy search")
-                if not context.is_active():
-                    return
-            last = min(first + self.batch_size, total)
-            results = service.minimum_subsidy(customer, selection, params, first, last)
+        searched = viable = 0
+        for customer, results, total in self.service.find_minimum_subsidy(
+                converters.subsidy_query(request), list(request.car_ids), self._deadline(context), self.batch_size,
+                context.is_active):
+            searched += len(results)
             viable += sum(r.viable for r in results)
-            done = last == total
+            note_call(customer=customer.customer_id, cars=total)
+            done = searched == total
             yield pb.FindMinimumSubsidyResponse(results=converters.subsidy_to_pb(results),
                                                 viable_count=viable if done else 0,
                                                 cars_searched=total if done else 0)
@@ -86,16 +85,16 @@ class OfferServicer(offers_pb2_grpc.OfferServiceServicer):
         ref = converters.customer_ref(request)
         offers, rows = self.service.amortization(ref, request.car_id, request.term,
                                                  converters.overrides_to_domain(request.overrides),
-                                                 context.time_remaining)
+                                                 self._deadline(context))
         note_call(customer=ref.customer_id or ref.profile.customer_id)
         return converters.amortization_response(offers, rows)
 
     def WatchOffers(self, request: pb.WatchOffersRequest, context) -> Iterator[bytes]:
-        watcher = self.watch.open(converters.offer_query(request), context.time_remaining)
+        watcher = self.watch.open(converters.offer_query(request), self._deadline(context))
         try:
             context.add_callback(watcher.cancel)  # wakes the stream when the client leaves
             note_call(customer=watcher.initial.answer.result.customer.customer_id)
-            for update in self.watch.stream(watcher, context.time_remaining, context.is_active):
+            for update in self.watch.stream(watcher, Deadline.of_stream(context), context.is_active):
                 yield converters.watch_response(update)
         finally:
             self.watch.close(watcher)

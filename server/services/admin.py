@@ -7,7 +7,8 @@ from typing import Any, Callable, Mapping
 
 from ..config import SettingsStore, flatten
 from ..data.inventory import InventoryCache
-from ..data.repository import ConfigChange, Repository
+from ..data.repository import Repository
+from ..domain import ConfigChange
 from ..errors import ConfigError, FailedPrecondition, InvalidArgument, PermissionDenied, Unauthenticated
 from .changefeed import CONFIG, ChangeFeed
 

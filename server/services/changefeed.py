@@ -22,6 +22,7 @@ from ..config import SettingsStore
 from ..data.inventory import InventoryCache
 from ..data.redislink import RedisLink
 from ..data.repository import ChangeState, Repository
+from ..deadline import Deadline
 from ..errors import ConfigError
 
 log = logging.getLogger("tradeup.changes")
@@ -96,16 +97,17 @@ class ChangeFeed:
     def tick(self) -> bool:
         """One check of the database; False when it could not be read (tried again next tick)."""
         with self._tick_lock:
+            deadline = Deadline.after(self.timeout)
             try:
-                state = self.repository.change_state(self.timeout)
+                state = self.repository.change_state(deadline)
                 if state.latest_stamp is not None and (state.inventory_mark is None
                                                        or state.latest_stamp > state.inventory_mark):
                     # Rows stamped by a writer that did not move the version (plain SQL): move it once.
-                    self.repository.note_inventory_change(state.latest_stamp, self.timeout)
-                    state = self.repository.change_state(self.timeout)
+                    self.repository.note_inventory_change(state.latest_stamp, deadline)
+                    state = self.repository.change_state(deadline)
                     self._publish(INVENTORY, state.inventory_version)
-                self._follow_config(state)
-                self._follow_inventory(state)
+                self._follow_config(state, deadline)
+                self._follow_inventory(state, deadline)
             except Exception as exc:  # the database is down or slow: health reports it; retry
                 if not self._failing:
                     log.warning("change feed cannot read the database (%s); retrying every %.2fs", exc, self.interval)
@@ -116,10 +118,10 @@ class ChangeFeed:
                 self._failing = False
             return True
 
-    def _follow_config(self, state: ChangeState) -> None:
+    def _follow_config(self, state: ChangeState, deadline: Deadline) -> None:
         if state.config_version == self.settings.current.version or state.config_version == self._rejected_version:
             return
-        version, overrides = self.repository.config_overrides(self.timeout)
+        version, overrides = self.repository.config_overrides(deadline)
         try:
             self.settings.apply(version, overrides)
         except ConfigError as exc:  # written around the admin service: keep the settings in effect
@@ -130,8 +132,8 @@ class ChangeFeed:
         log.info("configuration version %d applied", version, extra={"config_version": version})
         self._notify(Change(CONFIG, version))
 
-    def _follow_inventory(self, state: ChangeState) -> None:
-        applied = self.inventory.refresh(state, self.timeout)
+    def _follow_inventory(self, state: ChangeState, deadline: Deadline) -> None:
+        applied = self.inventory.refresh(state, deadline)
         if applied is not None:
             version, car_ids = applied
             self._notify(Change(INVENTORY, version, None if car_ids is None else tuple(car_ids)))

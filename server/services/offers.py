@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field, replace
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 from engine_ext import (ALL_TIERS, CustomerTerms, Engine, EngineInputError, OfferSet, PricingParams, ScheduleRow,
                         SubsidyResult)
@@ -17,20 +17,14 @@ from engine_ext.constants import REJECT_DOWN_PAYMENT_NOT_MET, REJECT_LOAN_NOT_PO
 from ..config import Settings, SettingsStore
 from ..data.inventory import InventoryCache, Selection
 from ..data.repository import Repository
+from ..deadline import Deadline
 from ..domain import Customer
-from ..errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, NotFound
+from ..errors import FailedPrecondition, InvalidArgument, NotFound
+from .workers import Workers
 
 MAX_ID_LENGTH = 64
 OVERRIDE_FIELDS = ("service_fee_pct", "cxa_pct", "cac_bonus", "kavak_total_amount", "insurance_amount",
                    "interest_rate")
-
-# Time left on the call in seconds (None: no deadline).
-Remaining = Callable[[], "float | None"]
-
-
-def no_deadline() -> None:
-    return None
-
 
 @dataclass(frozen=True)
 class CustomerRef:
@@ -67,13 +61,6 @@ class OfferResult:
         return (time.perf_counter() - self.started) * 1e3
 
 
-def check_deadline(remaining: Remaining, stage: str) -> float | None:
-    left = remaining()
-    if left is not None and left <= 0:
-        raise DeadlineExceeded(f"deadline exceeded {stage}")
-    return left
-
-
 def validate_customer(customer: Customer, inline: bool, table_rows: int) -> None:
     """A customer the engine can price; inline mistakes are the caller's, stored ones are not."""
     error = InvalidArgument if inline else FailedPrecondition
@@ -102,20 +89,17 @@ def validate_customer(customer: Customer, inline: bool, table_rows: int) -> None
 
 class OfferService:
     def __init__(self, settings: SettingsStore, repository: Repository, inventory: InventoryCache, engine: Engine,
-                 on_priced: Callable[["OfferResult"], None] | None = None):
+                 workers: Workers, on_priced: Callable[["OfferResult"], None] | None = None):
         self.settings = settings
         self.repository = repository
         self.inventory = inventory
         self.engine = engine
+        self.workers = workers  # each operation's work holds a place (see Workers)
         self.on_priced = on_priced  # every priced request, e.g. for metrics
 
     # --- building blocks ----------------------------------------------------------------------
     # Each takes the settings of the call (read once per call: one configuration version).
-    def settings_now(self) -> Settings:
-        return self.settings.current
-
-    def load_customer(self, ref: CustomerRef, remaining: Remaining = no_deadline,
-                      settings: Settings | None = None) -> Customer:
+    def load_customer(self, ref: CustomerRef, deadline: Deadline, settings: Settings | None = None) -> Customer:
         business = (settings or self.settings.current).business
         if ref.profile is not None:
             profile = ref.profile
@@ -128,7 +112,8 @@ class OfferService:
             raise InvalidArgument("is required (or give an inline profile)", "customer_id")
         if len(customer_id) > MAX_ID_LENGTH or not customer_id.isprintable():
             raise InvalidArgument(f"must be at most {MAX_ID_LENGTH} printable characters", "customer_id")
-        customer = self.repository.get_customer(customer_id, check_deadline(remaining, "before the customer lookup"))
+        deadline.check("before the customer lookup")
+        customer = self.repository.get_customer(customer_id, deadline)
         if customer is None:
             raise NotFound(f"no customer {customer_id!r}", "customer_id")
         validate_customer(customer, inline=False, table_rows=len(business.down_payment_rows))
@@ -144,16 +129,16 @@ class OfferService:
                     "terms[]": "options.terms"}.get(exc.field, f"overrides.{exc.field.removeprefix('fees.')}")
             raise InvalidArgument(exc.reason, name) from None
 
-    def prefilter(self, customer: Customer, same_region: bool, max_cars: int,
-                  remaining: Remaining = no_deadline, settings: Settings | None = None) -> Selection:
+    def prefilter(self, customer: Customer, same_region: bool, max_cars: int, deadline: Deadline,
+                  settings: Settings | None = None) -> Selection:
         settings = (settings or self.settings.current).prefilter
         if max_cars > settings.max_limit:
             raise InvalidArgument(f"must be at most {settings.max_limit}, got {max_cars}", "options.max_cars")
         limit = max_cars or settings.default_limit
-        timeout = check_deadline(remaining, "before the prefilter")
+        deadline.check("before the prefilter")
         if settings.mode == "sql":
-            return self.inventory.prefilter_sql(self.engine.kernel, customer, same_region, limit, timeout)
-        return self.inventory.snapshot(timeout).match(self.engine.kernel, customer, same_region, limit)
+            return self.inventory.prefilter_sql(self.engine.kernel, customer, same_region, limit, deadline)
+        return self.inventory.snapshot(deadline).match(self.engine.kernel, customer, same_region, limit)
 
     @staticmethod
     def terms_of(customer: Customer) -> CustomerTerms:
@@ -162,17 +147,22 @@ class OfferService:
                                           customer.risk_profile_index)
 
     # --- the operations -----------------------------------------------------------------------
-    def generate(self, query: OfferQuery, remaining: Remaining = no_deadline) -> OfferResult:
+    def generate(self, query: OfferQuery, deadline: Deadline) -> OfferResult:
         started = time.perf_counter()
         tiers = tuple(sorted(set(query.tiers))) or ALL_TIERS
         if any(t not in ALL_TIERS for t in tiers):
             raise InvalidArgument("must be TIER_REFRESH, TIER_UPGRADE or TIER_MAX_UPGRADE", "options.tiers")
         settings = self.settings.current
         params = self.params_for(query, settings)
-        customer = self.load_customer(query.customer, remaining, settings)
-        selection = self.prefilter(customer, query.same_region, query.max_cars, remaining, settings)
+        with self.workers.place(deadline):
+            return self._generate(query, deadline, started, tiers, settings, params)
+
+    def _generate(self, query: OfferQuery, deadline: Deadline, started: float, tiers: tuple[int, ...],
+                  settings: Settings, params: PricingParams) -> OfferResult:
+        customer = self.load_customer(query.customer, deadline, settings)
+        selection = self.prefilter(customer, query.same_region, query.max_cars, deadline, settings)
         priced = time.perf_counter()
-        check_deadline(remaining, "before pricing")
+        deadline.check("before pricing")
         try:
             offers = self.engine.price(self.terms_of(customer), selection.car_ids, selection.prices, params,
                                        tiers=tiers, car_rank=selection.ranks)
@@ -188,15 +178,16 @@ class OfferService:
         return result
 
     def subsidy_cars(self, customer: Customer, car_ids: Sequence[str], same_region: bool, max_cars: int,
-                     remaining: Remaining = no_deadline, settings: Settings | None = None) -> Selection:
+                     deadline: Deadline, settings: Settings | None = None) -> Selection:
         """The cars to search: the given ids (validated against the inventory), else the prefilter."""
         settings = settings or self.settings.current
         if not car_ids:
-            return self.prefilter(customer, same_region, max_cars, remaining, settings)
+            return self.prefilter(customer, same_region, max_cars, deadline, settings)
         limit = settings.prefilter.max_limit
         if len(car_ids) > limit:
             raise InvalidArgument(f"at most {limit} cars, got {len(car_ids)}", "car_ids")
-        snapshot = self.inventory.snapshot(check_deadline(remaining, "before the inventory lookup"))
+        deadline.check("before the inventory lookup")
+        snapshot = self.inventory.snapshot(deadline)
         rows = []
         for k, car_id in enumerate(car_ids):
             row = snapshot.row_of.get(car_id)
@@ -205,9 +196,28 @@ class OfferService:
             rows.append(row)
         return snapshot.select(self.engine.kernel, rows)
 
-    def minimum_subsidy(self, customer: Customer, selection: Selection, params: PricingParams,
-                        first: int, last: int) -> list[SubsidyResult]:
-        """Search cars [first, last) of the selection (callers stream in batches)."""
+    def find_minimum_subsidy(self, query: OfferQuery, car_ids: Sequence[str], deadline: Deadline, batch_size: int,
+                             is_active: Callable[[], bool]) -> Iterator[tuple[Customer, list[SubsidyResult], int]]:
+        """The minimum-subsidy search over the given cars (else the prefilter's), in batches of
+        `batch_size` cars: (customer, the batch's results, cars searched in all). Each batch
+        holds a worker place only while it computes; a call whose client left stops."""
+        settings = self.settings.current  # one configuration version for the whole call
+        params = self.params_for(query, settings)
+        with self.workers.place(deadline):
+            customer = self.load_customer(query.customer, deadline, settings)
+            selection = self.subsidy_cars(customer, car_ids, query.same_region, query.max_cars, deadline, settings)
+        total = len(selection.car_ids)
+        for first in range(0, max(total, 1), batch_size):
+            if first and not is_active():
+                return
+            with self.workers.place(deadline):
+                deadline.check("during the subsidy search")
+                results = self._minimum_subsidy(customer, selection, params, first, min(first + batch_size, total))
+            yield customer, results, total
+
+    def _minimum_subsidy(self, customer: Customer, selection: Selection, params: PricingParams,
+                         first: int, last: int) -> list[SubsidyResult]:
+        """Search cars [first, last) of the selection."""
         try:
             return self.engine.minimum_subsidy(self.terms_of(customer), selection.car_ids[first:last],
                                                selection.prices[first:last], params)
@@ -215,7 +225,7 @@ class OfferService:
             raise FailedPrecondition(exc.reason, exc.field) from None
 
     def amortization(self, ref: CustomerRef, car_id: str, term: int, overrides: dict,
-                     remaining: Remaining = no_deadline) -> tuple[OfferSet, list[ScheduleRow]]:
+                     deadline: Deadline) -> tuple[OfferSet, list[ScheduleRow]]:
         """The offer (priced, whatever its tier) and the schedule of one (customer, car, term)."""
         if not car_id:
             raise InvalidArgument("is required", "car_id")
@@ -225,9 +235,14 @@ class OfferService:
             params.check_terms([term], "term")
         except EngineInputError as exc:
             raise InvalidArgument(exc.reason, "term") from None
-        customer = self.load_customer(ref, remaining, settings)
+        with self.workers.place(deadline):
+            return self._amortization(ref, car_id, term, deadline, settings, params)
+
+    def _amortization(self, ref: CustomerRef, car_id: str, term: int, deadline: Deadline, settings: Settings,
+                      params: PricingParams) -> tuple[OfferSet, list[ScheduleRow]]:
+        customer = self.load_customer(ref, deadline, settings)
         try:
-            selection = self.subsidy_cars(customer, [car_id], False, 0, remaining, settings)
+            selection = self.subsidy_cars(customer, [car_id], False, 0, deadline, settings)
         except NotFound as exc:
             raise NotFound(str(exc).split(": ", 1)[-1], "car_id") from None  # this request's field
         params = params.with_overrides(terms=[term])

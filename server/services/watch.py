@@ -32,7 +32,8 @@ from ..data.inventory import InventorySnapshot, _order as prefilter_order
 from ..domain import Car, Customer
 from ..errors import ResourceExhausted, ServiceError, Unavailable
 from .changefeed import CONFIG, Change, ChangeFeed
-from .offers import CustomerRef, OfferQuery, OfferResult, OfferService, Remaining, check_deadline
+from ..deadline import Deadline
+from .offers import CustomerRef, OfferQuery, OfferResult, OfferService
 
 log = logging.getLogger("tradeup.watch")
 
@@ -200,8 +201,10 @@ def group_key(query: OfferQuery) -> tuple:
 
 class WatchService:
     def __init__(self, offers: OfferService, feed: ChangeFeed, max_watchers: int, queue_limit: int,
-                 customer_poll_seconds: float):
+                 customer_poll_seconds: float, reprice_seconds: float):
+        """`reprice_seconds`: the deadline of each re-pricing and customer poll."""
         self.offers = offers
+        self.reprice_seconds = reprice_seconds
         self.feed = feed
         self.max_watchers = max_watchers
         self.queue_limit = queue_limit
@@ -217,7 +220,7 @@ class WatchService:
         self._thread = threading.Thread(target=self._run, name="watch", daemon=True)
 
     # --- streams ------------------------------------------------------------------------------
-    def open(self, query: OfferQuery, remaining: Remaining) -> Watcher:
+    def open(self, query: OfferQuery, deadline: Deadline) -> Watcher:
         """A watcher with its INITIAL update; raises as GenerateOffers would for a bad request."""
         key = group_key(query)
         with self._lock:
@@ -230,7 +233,7 @@ class WatchService:
             with self._lock:
                 watcher = self._join(self._groups.get(key))
             if watcher is None:
-                result = self.offers.generate(query, remaining)  # validates; outside the lock
+                result = self.offers.generate(query, deadline)  # validates; outside the lock
                 with self._lock:
                     group = self._groups.get(key)
                     if group is None:
@@ -280,15 +283,16 @@ class WatchService:
                 del self._groups[group.key]
                 self._index = None
 
-    def stream(self, watcher: Watcher, remaining: Remaining, is_active) -> Iterator[Update]:
-        """INITIAL, then every update until the deadline, cancellation or shutdown (ENDING, after
-        which the caller ends the call UNAVAILABLE)."""
+    def stream(self, watcher: Watcher, ends: Deadline | None, is_active) -> Iterator[Update]:
+        """INITIAL, then every update until `ends` (None: for good), cancellation or shutdown
+        (ENDING, after which the caller ends the call UNAVAILABLE)."""
         yield watcher.initial
         while True:
-            left = remaining()  # huge without a deadline; a capped wait also re-checks the call
-            update = watcher.next(None if left is None else min(left, MAX_WAIT_SECONDS))
+            # Waits are capped, so a stream without a deadline also re-checks its call.
+            update = watcher.next(MAX_WAIT_SECONDS if ends is None else min(ends.left(), MAX_WAIT_SECONDS))
             if update is None:
-                check_deadline(remaining, "while watching")
+                if ends is not None:
+                    ends.check("while watching")
                 if not is_active():
                     return
                 continue
@@ -385,7 +389,7 @@ class WatchService:
             if group.stored and reason != CUSTOMER:  # the record as last read (re-read by the poll)
                 query = replace(query, customer=CustomerRef(profile=group.customer))
             try:
-                answer = self._answer(group.query, self.offers.generate(query))
+                answer = self._answer(group.query, self.offers.generate(query, Deadline.after(self.reprice_seconds)))
             except ServiceError as exc:
                 if exc.code in ("NOT_FOUND", "FAILED_PRECONDITION", "INVALID_ARGUMENT"):
                     self._end_group(group, exc)  # the customer was deleted or can no longer be priced
@@ -413,7 +417,7 @@ class WatchService:
             return
         try:
             fresh = self.offers.repository.get_customers({g.customer.customer_id for g in groups},
-                                                         timeout=min(self.customer_poll_seconds, 2.0))
+                                                         Deadline.after(min(self.customer_poll_seconds, 2.0)))
         except ServiceError as exc:
             log.warning("watch: cannot re-read the watched customers (%s)", exc)
             return

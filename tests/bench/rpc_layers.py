@@ -18,15 +18,17 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from protos.tradeup.v1 import offers_pb2
 from server.app import Application
 from server.config import load_settings
+from server.deadline import Deadline
 from server.logs import configure_logging
 from server.rpc import converters
 from server.rpc.server import _pass_through
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
+DEFAULT_DEADLINE = 30.0  # seconds, as the server's default
 
 
-def generate(app: Application, request, remaining) -> bytes:
-    return converters.generate_response(app.offers.generate(converters.offer_query(request), remaining))
+def generate(app: Application, request, deadline: Deadline) -> bytes:
+    return converters.generate_response(app.offers.generate(converters.offer_query(request), deadline))
 
 
 def offer_handler(behavior) -> grpc.GenericRpcHandler:
@@ -39,7 +41,7 @@ def offer_handler(behavior) -> grpc.GenericRpcHandler:
 def serve_sync(app: Application, address: str, workers: int) -> None:
     server = grpc.server(futures.ThreadPoolExecutor(workers))
     server.add_generic_rpc_handlers((offer_handler(lambda request, context: generate(
-        app, request, context.time_remaining)),))
+        app, request, Deadline.of_call(context, DEFAULT_DEADLINE))),))
     servicer = health.HealthServicer()
     servicer.set("", SERVING)
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
@@ -54,10 +56,8 @@ async def serve_aio(app: Application, address: str, workers: int) -> None:
     loop = asyncio.get_running_loop()
 
     async def generate_offers(request, context) -> bytes:
-        left = context.time_remaining()
-        deadline = None if left is None else time.monotonic() + left
-        remaining = (lambda: None) if deadline is None else (lambda: deadline - time.monotonic())
-        return await asyncio.wait_for(loop.run_in_executor(pool, generate, app, request, remaining), left)
+        deadline = Deadline.of_call(context, DEFAULT_DEADLINE)
+        return await asyncio.wait_for(loop.run_in_executor(pool, generate, app, request, deadline), deadline.left())
 
     server = grpc.aio.server()
     server.add_generic_rpc_handlers((offer_handler(generate_offers),))
