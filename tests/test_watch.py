@@ -310,7 +310,7 @@ def test_sigterm_sends_ending_then_unavailable(tmp_path):
     process = subprocess.Popen([sys.executable, "-m", "server"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.DEVNULL, text=True)
     try:
-        assert f"listening on localhost:{port}" in process.stdout.readline()
+        assert f"listening on 127.0.0.1:{port}" in process.stdout.readline()
         with OfferClient(f"127.0.0.1:{port}", timeout=30) as client:
             watch = Watch(client, customer_id="C00042")
             process.send_signal(signal.SIGTERM)
