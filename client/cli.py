@@ -6,7 +6,6 @@ import json
 import math
 import os
 import sys
-import threading
 from datetime import datetime
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -476,13 +475,12 @@ def main(argv: Iterable[str] | None = None) -> int:
     read = lambda path: Path(path).read_bytes() if path else None  # noqa: E731
     client = OfferClient(args.target, timeout=args.timeout, admin_token=args.token, tls=args.tls,
                          root_certificates=read(args.ca), certificate_chain=read(args.cert), private_key=read(args.key))
-    connected = threading.Event()  # UNAVAILABLE from a server we reached is the server's answer
-    client.channel.subscribe(lambda state: state == grpc.ChannelConnectivity.READY and connected.set())
     try:
         with client:
             return args.run(client, args)
     except grpc.RpcError as err:
-        if err.code() == grpc.StatusCode.UNAVAILABLE and not connected.is_set():
+        # The server answers every call with x-request-id first: without it, the call never reached it.
+        if err.code() == grpc.StatusCode.UNAVAILABLE and not err.initial_metadata():
             print(f"cannot reach the server at {args.target} (is the server running? start it with make run)",
                   file=sys.stderr)
             return 1

@@ -243,6 +243,13 @@ def test_no_server_listening_is_one_line(tmp_path):
         assert result.returncode == 1 and result.stdout == ""
         assert result.stderr.splitlines() == [
             f"cannot reach the server at {target} (is the server running? start it with make run)"]
+    # UNAVAILABLE from a server that answers (its database cannot be opened: a directory) keeps its reason.
+    running = start_server({"TRADEUP_SQLITE_PATH": str(tmp_path)})
+    try:
+        result = run_cli(running, "offers", "C00001")
+        assert result.returncode == 1 and result.stderr.startswith("error: UNAVAILABLE: database"), result.stderr
+    finally:
+        running.stop()
 
 
 def test_banner_names_the_address_bound():
