@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
-import threading
 from datetime import datetime
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -15,7 +15,7 @@ from google.protobuf import json_format
 
 from protos.tradeup.v1 import offers_pb2 as pb
 
-from .library import TIERS, LiveOffers, OfferClient
+from .library import TIERS, LiveOffers, OfferClient, for_seconds
 
 TIER_TITLES = {pb.TIER_REFRESH: "Refresh", pb.TIER_UPGRADE: "Upgrade", pb.TIER_MAX_UPGRADE: "Max Upgrade"}
 OVERRIDE_FLAGS = (("service_fee_pct", "--service-fee", "service fee, fraction of the price"),
@@ -79,6 +79,17 @@ def _whole(minimum: int):
             raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
         return value
     return parse
+
+
+def _seconds(text: str) -> float:
+    """An argparse type: a duration, finite and above zero."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, got {text!r}")
+    return value
 
 
 def _offer_table(offers: Sequence[pb.Offer]) -> list[str]:
@@ -229,7 +240,7 @@ HEALTH_SERVICES = ('"" (the whole server)', "tradeup.v1.OfferService", "tradeup.
 def cmd_health(client: OfferClient, args) -> int:
     try:
         if args.watch:
-            for status in client.watch_health(args.service, timeout=args.watch_seconds):
+            for status in client.watch_health(args.service, seconds=args.watch_seconds):
                 print(status, flush=True)
             return 0
         status = client.health(args.service)
@@ -317,14 +328,10 @@ def cmd_watch(client: OfferClient, args) -> int:
         return 2
     stream = client.watch_offers(**_customer(args), overrides=_overrides(args), tiers=args.tiers or (),
                                  max_offers=args.max_offers, same_region=args.same_region)
-    if args.seconds is not None:  # ended by the client, not by a deadline the server would count as an error
-        stopper = threading.Timer(args.seconds, stream.cancel)
-        stopper.daemon = True
-        stopper.start()
     redraw = sys.stdout.isatty() and not args.json
     live = LiveOffers()
     try:
-        for message in stream:
+        for message in for_seconds(stream, args.seconds):
             live.apply(message)
             if not redraw:
                 print(json.dumps(json_format.MessageToDict(message, preserving_proto_field_name=True)), flush=True)
@@ -342,9 +349,6 @@ def cmd_watch(client: OfferClient, args) -> int:
             print("\x1b[H\x1b[2J" + "\n".join(lines), flush=True)  # home, clear, draw
     except KeyboardInterrupt:
         stream.cancel()
-    except grpc.RpcError as err:
-        if err.code() != grpc.StatusCode.CANCELLED:  # --seconds elapsed: a normal end
-            raise
     return 0
 
 
@@ -355,7 +359,7 @@ def _add_watch(add) -> None:
     p.add_argument("--max-offers", type=_whole(0), default=0, help="at most this many offers (0 = all)")
     p.add_argument("--same-region", action="store_true", help="only cars in the customer's region")
     p.add_argument("--per-tier", type=_whole(0), default=5, help="offers shown per tier in the table")
-    p.add_argument("--seconds", type=float, default=None, help="stop after this long (default: until Ctrl-C)")
+    p.add_argument("--seconds", type=_seconds, default=None, help="stop after this long (default: until Ctrl-C)")
     p.add_argument("--json", action="store_true", help="one JSON line per message (also when not on a terminal)")
     p.set_defaults(run=cmd_watch)
 
@@ -365,7 +369,7 @@ def _add_connection(parser: argparse.ArgumentParser, defaults: bool) -> None:
     default = (lambda value: value) if defaults else (lambda value: argparse.SUPPRESS)  # noqa: E731
     parser.add_argument("--target", default=default(os.environ.get("TRADEUP_TARGET", "localhost:50051")),
                         help="host:port (env TRADEUP_TARGET; default localhost:50051)")
-    parser.add_argument("--timeout", type=float, default=default(10.0), help="deadline per call, seconds")
+    parser.add_argument("--timeout", type=_seconds, default=default(10.0), help="deadline per call, seconds")
     parser.add_argument("--tls", action="store_true", default=default(False),
                         help="use TLS (system roots unless --ca)")
     parser.add_argument("--ca", default=default(None), help="PEM file of the root certificate(s) to trust")
@@ -431,7 +435,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("health", help="grpc.health.v1 status (exit 0 when SERVING)")
     p.add_argument("--service", default="", help='"" (overall), tradeup.v1.OfferService, tradeup.v1.AdminService')
     p.add_argument("--watch", action="store_true", help="stream status changes")
-    p.add_argument("--watch-seconds", type=float, default=None, help="stop watching after this long")
+    p.add_argument("--watch-seconds", type=_seconds, default=None, help="stop watching after this long")
     p.set_defaults(run=cmd_health)
 
     p = add("config", help="effective configuration (admin)")
@@ -475,6 +479,11 @@ def main(argv: Iterable[str] | None = None) -> int:
         with client:
             return args.run(client, args)
     except grpc.RpcError as err:
+        # The server answers every call with x-request-id first: without it, the call never reached it.
+        if err.code() == grpc.StatusCode.UNAVAILABLE and not err.initial_metadata():
+            print(f"cannot reach the server at {args.target} (is the server running? start it with make run)",
+                  file=sys.stderr)
+            return 1
         print(f"error: {err.code().name}: {err.details() or 'no details from the server'}", file=sys.stderr)
         if err.code() == grpc.StatusCode.UNAUTHENTICATED:
             print("admin commands need the server's admin token: --token or TRADEUP_ADMIN_TOKEN", file=sys.stderr)

@@ -10,6 +10,7 @@ protobuf messages (typed by their .pyi stubs).
 from __future__ import annotations
 
 import json
+import threading
 from typing import Any, Iterable, Iterator, Sequence
 
 import grpc
@@ -133,8 +134,11 @@ class OfferClient:
         response = self.health_stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=self._timeout(timeout))
         return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
 
-    def watch_health(self, service: str = "", timeout: float | None = None) -> Iterator[str]:
-        for response in self.health_stub.Watch(health_pb2.HealthCheckRequest(service=service), timeout=timeout):
+    def watch_health(self, service: str = "", seconds: float | None = None,
+                     timeout: float | None = None) -> Iterator[str]:
+        """Each status change; for `seconds` (see for_seconds), else until the stream ends."""
+        call = self.health_stub.Watch(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
+        for response in for_seconds(call, seconds):
             yield health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
 
     # --- admin ----------------------------------------------------------------------------------
@@ -177,6 +181,31 @@ class OfferClient:
     def status(self, timeout: float | None = None) -> admin_pb2.GetStatusResponse:
         return self.admin.GetStatus(admin_pb2.GetStatusRequest(), timeout=self._timeout(timeout),
                                     metadata=self._admin_metadata())
+
+
+def for_seconds(call, seconds: float | None) -> Iterator:
+    """The messages of a streaming call until it ends or `seconds` pass (None: until it ends).
+    Time is up by cancelling the call, a normal end on both sides, where a deadline would end in
+    DEADLINE_EXCEEDED (an error for the caller and in the server's metrics)."""
+    if seconds is None:
+        yield from call
+        return
+    elapsed = threading.Event()
+
+    def stop() -> None:
+        elapsed.set()
+        call.cancel()
+
+    timer = threading.Timer(seconds, stop)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield from call
+    except grpc.RpcError as err:
+        if not (elapsed.is_set() and err.code() == grpc.StatusCode.CANCELLED):
+            raise
+    finally:
+        timer.cancel()
 
 
 def offer_order(offer: pb.Offer) -> tuple:

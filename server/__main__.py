@@ -3,12 +3,15 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
+import shutil
 import socket
 import threading
 from dataclasses import replace
 import logging
 import signal
 import sys
+from pathlib import Path
 
 from .app import Application, open_repository, seed_demo_data
 from .config import keys_markdown, load_settings
@@ -34,7 +37,7 @@ def serve_one(settings, worker: int | None = None, ready_fd: int | None = None) 
              app.repository.backend, app.engine.implementation,
              extra={"port": app.port, "metrics_port": app.metrics_port, "worker": worker})
     if ready_fd is None:
-        print(banner(app.port, 1), flush=True)
+        print(banner(settings.server.host, app.port, 1), flush=True)
     else:
         os.write(ready_fd, b"!")
         os.close(ready_fd)
@@ -43,11 +46,28 @@ def serve_one(settings, worker: int | None = None, ready_fd: int | None = None) 
     return 0
 
 
-def banner(port: int, processes: int) -> str:
-    target = f"localhost:{port}"
-    return (f"Trade-Up Engine listening on {target} ({processes} process{'es' if processes > 1 else ''}). Try:\n"
-            f"  python -m client --target {target} offers C00001\n"
-            f"  grpcurl -plaintext -d '{{\"customer_id\": \"C00001\"}}' {target} tradeup.v1.OfferService/GenerateOffers")
+def banner(host: str, port: int, processes: int) -> str:
+    """What to try first, as commands that work as printed from the directory the server was started
+    in (the checkout, with `make run`): this interpreter runs the client, the checkout's `bin/grpcurl`
+    (`make tools`) or one on the PATH calls it directly, and the address reaches the one bound: a
+    wildcard host is reached at localhost."""
+    def typed(path: str) -> str:  # relative to here when inside, as one would type it
+        relative = os.path.relpath(path)
+        return shlex.quote(path if relative.startswith("..") else relative)
+
+    if host in ("", "0.0.0.0", "::", "[::]"):
+        host = "localhost"
+    elif ":" in host and not host.startswith("["):
+        host = f"[{host}]"  # a bare IPv6 address
+    target = f"{host}:{port}"
+    lines = [f"Trade-Up Engine listening on {target} ({processes} process{'es' if processes > 1 else ''}). Try:",
+             f"  {typed(sys.executable)} -m client --target {target} offers C00001"]
+    checkout = Path(__file__).resolve().parents[1] / "bin" / "grpcurl"
+    grpcurl = str(checkout) if checkout.exists() else shutil.which("grpcurl")
+    if grpcurl:
+        lines.append(f"  {typed(grpcurl)} -plaintext -d '{{\"customer_id\": \"C00001\"}}' {target} "
+                     "tradeup.v1.OfferService/GenerateOffers")
+    return "\n".join(lines)
 
 
 def reserve_port(host: str, port: int) -> socket.socket:
@@ -97,7 +117,7 @@ def serve(settings) -> int:
     log.info("%d of %d worker processes serving on port %d", ready, processes, port,
              extra={"workers": workers, **prepared})
     if ready == processes:
-        print(banner(port, processes), flush=True)
+        print(banner(settings.server.host, port, processes), flush=True)
 
     def forward(signum, frame):
         for pid in workers:

@@ -4,18 +4,28 @@ from __future__ import annotations
 import json
 import os
 import re
+import select
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import pytest
+
 import golden_data as golden
-from conftest import start_server
+from conftest import free_port, start_server
+from server.__main__ import banner
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_cli(server, *args, token=True):
-    env = {**os.environ, "TRADEUP_TARGET": server.target}
+    return run_client(server.target, *args, token=token)
+
+
+def run_client(target, *args, token=True):
+    env = {**os.environ, "TRADEUP_TARGET": target}
     env.pop("TRADEUP_ADMIN_TOKEN", None)
     if token:
         env["TRADEUP_ADMIN_TOKEN"] = "test-admin-token"
@@ -214,3 +224,99 @@ def test_command_line_mistakes_end_in_one_line(server):
     result = run_cli(server, "offers", "X", "--bogus")
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.splitlines() == ["tradeup: error: unrecognized arguments: --bogus (see tradeup --help)"]
+
+
+@pytest.mark.parametrize("args", [("--timeout", "-1", "health"), ("--timeout", "0", "health"),
+                                  ("health", "--timeout", "nan"), ("health", "--timeout", "inf"),
+                                  ("health", "--watch", "--watch-seconds", "-1"), ("watch", "C1", "--seconds", "0")])
+def test_durations_must_be_positive_and_finite(args):
+    result = run_client(f"127.0.0.1:{free_port()}", *args)  # refused before any connection is tried
+    assert result.returncode == 2, result.stderr
+    (line,) = result.stderr.splitlines()
+    assert re.match(r"tradeup( \w+)?: error: argument --[a-z-]+: must be a number of seconds above 0", line), line
+
+
+def test_no_server_listening_is_one_line(tmp_path):
+    target = f"127.0.0.1:{free_port()}"  # nothing listens there
+    for args in (("health",), ("offers", "C00001")):
+        result = run_client(target, *args)
+        assert result.returncode == 1 and result.stdout == ""
+        assert result.stderr.splitlines() == [
+            f"cannot reach the server at {target} (is the server running? start it with make run)"]
+    # UNAVAILABLE from a server that answers (its database cannot be opened: a directory) keeps its reason.
+    running = start_server({"TRADEUP_SQLITE_PATH": str(tmp_path)})
+    try:
+        result = run_cli(running, "offers", "C00001")
+        assert result.returncode == 1 and result.stderr.startswith("error: UNAVAILABLE: database"), result.stderr
+    finally:
+        running.stop()
+
+
+def test_banner_names_the_address_bound():
+    assert banner("[::]", 50051, 1).startswith("Trade-Up Engine listening on localhost:50051 (1 process)")
+    assert banner("0.0.0.0", 50051, 2).startswith("Trade-Up Engine listening on localhost:50051 (2 processes)")
+    assert "on 127.0.0.1:7 " in banner("127.0.0.1", 7, 1) and "--target 127.0.0.1:7 " in banner("127.0.0.1", 7, 1)
+    assert "on [::1]:7 " in banner("::1", 7, 1) and "--target [::1]:7 " in banner("::1", 7, 1)
+
+
+@pytest.fixture(scope="module")
+def started_as_make_run(tmp_path_factory):
+    """`python -m server` from the checkout, as `make run` starts it (demo data seeded into an empty
+    SQLite file), on a loopback port; (the lines of its banner, the port)."""
+    workdir = tmp_path_factory.mktemp("make-run")
+    port = free_port()
+    env = {**os.environ, "PYTHONFAULTHANDLER": "1", "TRADEUP_HOST": "127.0.0.1", "TRADEUP_PORT": str(port),
+           "TRADEUP_SQLITE_PATH": str(workdir / "tradeup.db")}
+    with open(workdir / "server.log", "wb") as log:
+        process = subprocess.Popen([sys.executable, "-m", "server"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                   stderr=log)
+    try:
+        # The banner is one write, well under a pipe's atomic size: one read takes it whole.
+        ready, _, _ = select.select([process.stdout], [], [], 60)
+        assert ready, "no banner within 60 s"
+        lines = os.read(process.stdout.fileno(), 65536).decode().splitlines()
+        yield lines, port
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            code = process.wait(timeout=30)
+        finally:
+            if process.poll() is None:
+                process.kill()
+        assert code == 0, (workdir / "server.log").read_text()[-3000:]
+
+
+def banner_command(lines, program):
+    """The banner's command line whose program ends with `program`."""
+    (line,) = [line.strip() for line in lines[1:] if line.strip().split()[0].endswith(program)]
+    return line
+
+
+def run_as_printed(line):
+    return subprocess.run(line, shell=True, cwd=ROOT, capture_output=True, text=True, timeout=60)
+
+
+def test_banner_client_command_works_as_printed(started_as_make_run):
+    lines, port = started_as_make_run
+    assert lines[0].startswith(f"Trade-Up Engine listening on 127.0.0.1:{port} (1 process)")
+    result = run_as_printed(banner_command(lines, "python"))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("Customer C00001: ")
+
+
+def test_banner_grpcurl_command_works_as_printed(started_as_make_run):
+    if not (ROOT / "bin" / "grpcurl").exists():
+        pytest.skip("bin/grpcurl is absent (make tools builds it): the banner prints no grpcurl line")
+    lines, port = started_as_make_run
+    result = run_as_printed(banner_command(lines, "grpcurl"))
+    assert result.returncode == 0, result.stderr
+    response = json.loads(result.stdout)
+    assert response["summary"]["customer_id"] == "C00001" and response["groups"]
+
+
+def test_health_watch_ends_after_the_given_seconds_without_an_error(started_as_make_run):
+    started = time.monotonic()
+    result = run_client(f"127.0.0.1:{started_as_make_run[1]}", "health", "--watch", "--watch-seconds", "2")
+    assert result.returncode == 0, result.stderr  # cancelled by the client: no DEADLINE_EXCEEDED
+    assert result.stdout.splitlines() == ["SERVING"] and result.stderr == ""
+    assert 2 <= time.monotonic() - started < 15

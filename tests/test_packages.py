@@ -48,7 +48,7 @@ def test_service_alone_serves(tmp_path):
     process = subprocess.Popen([str(bin_dir / "tradeup-server")], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
     try:
-        assert f"listening on localhost:{port}" in process.stdout.readline()  # after seeding var/tradeup.db
+        assert f"listening on 127.0.0.1:{port}" in process.stdout.readline()  # after seeding var/tradeup.db
         health = subprocess.run([str(bin_dir / "tradeup"), "--target", f"127.0.0.1:{port}", "health"],
                                 cwd=tmp_path, capture_output=True, text=True, timeout=120, env=ENV)
         assert health.stdout.strip() == "SERVING", health.stderr

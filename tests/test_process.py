@@ -30,7 +30,7 @@ def test_sigterm_drains_in_flight_streams_and_exits_zero(tmp_path):
                                stderr=subprocess.PIPE, text=True)
     try:
         banner = process.stdout.readline()  # printed once serving: seeding the demo data comes first
-        assert f"listening on localhost:{port}" in banner
+        assert f"listening on 127.0.0.1:{port}" in banner
         with OfferClient(f"127.0.0.1:{port}", timeout=30) as client:
             assert client.health() == "SERVING"
             client.generate_offers(customer_id="C00001", metadata=(("x-request-id", "proc-7"),))

@@ -311,7 +311,7 @@ def test_sigterm_sends_ending_then_unavailable(tmp_path):
     process = subprocess.Popen([sys.executable, "-m", "server"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.DEVNULL, text=True)
     try:
-        assert f"listening on localhost:{port}" in process.stdout.readline()
+        assert f"listening on 127.0.0.1:{port}" in process.stdout.readline()
         with OfferClient(f"127.0.0.1:{port}", timeout=30) as client:
             watch = Watch(client, customer_id="C00042")
             process.send_signal(signal.SIGTERM)
@@ -326,11 +326,33 @@ def test_sigterm_sends_ending_then_unavailable(tmp_path):
             process.kill()
 
 
-def test_cli_watch_prints_one_json_line_per_message_off_a_terminal(environ):
+def interruptible(command: list[str], **options) -> subprocess.Popen:
+    """Popen with SIGINT at its default in the child, as in a terminal, whatever this process
+    inherited: a background job (`make test &`) ignores SIGINT, and an ignored signal stays ignored
+    across exec while a handler is reset to the default."""
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return subprocess.Popen(command, **options)
+    finally:
+        signal.signal(signal.SIGINT, inherited)
+
+
+@pytest.fixture(params=["inherited", "ignored"])
+def parent_sigint(request):
+    """This process's SIGINT disposition: as the test run inherited it, or ignored (a background job)."""
+    if request.param == "ignored":
+        inherited = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        yield
+        signal.signal(signal.SIGINT, inherited)
+    else:
+        yield
+
+
+def test_cli_watch_prints_one_json_line_per_message_off_a_terminal(environ, parent_sigint):
     server = start_server(environ, TRADEUP_CHANGE_POLL_SECONDS=0.2)
-    process = subprocess.Popen([sys.executable, "-m", "client", "--target", server.target, "watch", A,
-                                "--max-offers", "3", "--seconds", "60"], cwd=ROOT, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+    process = interruptible([sys.executable, "-m", "client", "--target", server.target, "watch", A,
+                             "--max-offers", "3", "--seconds", "60"], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
     try:
         first = json.loads(process.stdout.readline())
         assert first["reason"] == "WATCH_REASON_INITIAL" and first["summary"]["customer_id"] == A
