@@ -479,8 +479,8 @@ def main(argv: Iterable[str] | None = None) -> int:
         with client:
             return args.run(client, args)
     except grpc.RpcError as err:
-        # The server answers every call with x-request-id first: without it, the call never reached it.
-        if err.code() == grpc.StatusCode.UNAVAILABLE and not err.initial_metadata():
+        # The server ends every call with x-request-id in its trailers: without it, the call never reached it.
+        if err.code() == grpc.StatusCode.UNAVAILABLE and "x-request-id" not in dict(err.trailing_metadata() or ()):
             print(f"cannot reach the server at {args.target} (is the server running? start it with make run)",
                   file=sys.stderr)
             return 1

@@ -4,7 +4,7 @@
         response = client.generate_offers(customer_id="C00001", max_offers=10)
 
 Every call has a default deadline (overridable per call); UNAVAILABLE is retried with
-backoff by gRPC itself (service config), never other codes. Results are the generated
+backoff by gRPC itself (service config), never other codes, and a parameter change never. Results are the generated
 protobuf messages (typed by their .pyi stubs).
 """
 from __future__ import annotations
@@ -26,6 +26,10 @@ RETRY_POLICY = {
                  {"service": "grpc.health.v1.Health", "method": "Check"}],
         "retryPolicy": {"maxAttempts": 4, "initialBackoff": "0.1s", "maxBackoff": "1s",
                         "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]},
+    }, {
+        # A change of the parameters is not repeated behind the caller's back (the more specific
+        # name wins over the service's): the caller decides after reading the error.
+        "name": [{"service": "tradeup.v1.AdminService", "method": "UpdateBusinessParameters"}],
     }],
 }
 

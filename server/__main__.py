@@ -33,7 +33,7 @@ def serve_one(settings, worker: int | None = None, ready_fd: int | None = None) 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     app.start(wait_ready=None)  # listening already; the banner follows the first database check
-    log.info("Trade-Up Engine listening on localhost:%s (database: %s, engine: %s)", app.port,
+    log.info("Trade-Up Engine listening on %s:%s (database: %s, engine: %s)", reachable_host(settings.server.host), app.port,
              app.repository.backend, app.engine.implementation,
              extra={"port": app.port, "metrics_port": app.metrics_port, "worker": worker})
     if ready_fd is None:
@@ -46,6 +46,13 @@ def serve_one(settings, worker: int | None = None, ready_fd: int | None = None) 
     return 0
 
 
+def reachable_host(host: str) -> str:
+    """The host to call the server at: localhost for a wildcard, brackets around bare IPv6."""
+    if host in ("", "0.0.0.0", "::", "[::]"):
+        return "localhost"
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
 def banner(host: str, port: int, processes: int) -> str:
     """What to try first, as commands that work as printed from the directory the server was started
     in (the checkout, with `make run`): this interpreter runs the client, the checkout's `bin/grpcurl`
@@ -55,11 +62,7 @@ def banner(host: str, port: int, processes: int) -> str:
         relative = os.path.relpath(path)
         return shlex.quote(path if relative.startswith("..") else relative)
 
-    if host in ("", "0.0.0.0", "::", "[::]"):
-        host = "localhost"
-    elif ":" in host and not host.startswith("["):
-        host = f"[{host}]"  # a bare IPv6 address
-    target = f"{host}:{port}"
+    target = f"{reachable_host(host)}:{port}"
     lines = [f"Trade-Up Engine listening on {target} ({processes} process{'es' if processes > 1 else ''}). Try:",
              f"  {typed(sys.executable)} -m client --target {target} offers C00001"]
     checkout = Path(__file__).resolve().parents[1] / "bin" / "grpcurl"
