@@ -14,8 +14,9 @@ import pytest
 import golden_data as golden
 from conftest import free_port, load_golden, make_settings, start_server
 from mariadb import MariaDBServer, binaries_available
-from server.deadline import Deadline
+from protos.tradeup.v1 import offers_pb2, offers_pb2_grpc
 from server.app import open_repository
+from server.deadline import Deadline
 from server.errors import Unavailable
 
 
@@ -452,3 +453,59 @@ def test_database_errors_reach_the_log_not_the_client(private_mariadb, caplog):
     assert err.value.details() == "database unavailable"
     logged = [r for r in caplog.records if getattr(r, "request_id", None) == "outage-1" and r.name == "tradeup.data"]
     assert logged and "OperationalError" in logged[-1].getMessage() and "timed out" in logged[-1].getMessage()
+
+
+def test_calls_without_a_deadline_against_a_stalled_database(private_mariadb):
+    """No deadline from the caller: a call waits for a busy worker and is answered once the
+    database answers again; against a database that stays stalled every RPC ends
+    DEADLINE_EXCEEDED at the server's default deadline, not in a hang."""
+    mariadb, _ = private_mariadb
+    proxy = StallingProxy(mariadb.port)
+    running = start_server({"TRADEUP_DATABASE_URL": f"mysql://faults:faults-password@127.0.0.1:{proxy.port}/faults"},
+                           TRADEUP_DATABASE_READ_TIMEOUT=30, TRADEUP_DATABASE_CONNECT_TIMEOUT=30,
+                           TRADEUP_HEALTH_CHECK_SECONDS=60, TRADEUP_MAX_WORKERS=1, TRADEUP_DEFAULT_DEADLINE_SECONDS=2)
+    channel = grpc.insecure_channel(running.target)
+    stub = offers_pb2_grpc.OfferServiceStub(channel)
+    customer = golden.customer_with_offers()
+    offers = len(golden.offers_of(customer)["offers"])
+    offer = golden.offers_of(customer)["offers"][0]
+    request = offers_pb2.GenerateOffersRequest(customer_id=customer)
+    try:
+        assert stub.GenerateOffers(request).summary.total_offers == offers
+        # The only worker waits on a stalled read; a second call waits for the worker.
+        proxy.passing.clear()
+        results: list = []
+        callers = [threading.Thread(target=lambda: results.append(stub.GenerateOffers(request))) for _ in range(2)]
+        for caller in callers:
+            caller.start()
+        assert wait_for(lambda: running.app.admission.in_progress == 2, 5)
+        time.sleep(0.5)
+        proxy.passing.set()
+        for caller in callers:
+            caller.join(10)
+        assert [r.summary.total_offers for r in results] == [offers, offers]
+        # Stalled for good: each RPC ends at the default deadline (2 s), none hangs.
+        proxy.passing.clear()
+        calls = {
+            "GenerateOffers": lambda: stub.GenerateOffers(request),
+            "StreamOffers": lambda: list(stub.StreamOffers(offers_pb2.StreamOffersRequest(customer_id=customer))),
+            "GenerateOffersBulk": lambda: list(stub.GenerateOffersBulk(
+                iter([offers_pb2.GenerateOffersBulkRequest(customer_id=customer)]))),
+            "FindMinimumSubsidy": lambda: list(stub.FindMinimumSubsidy(
+                offers_pb2.FindMinimumSubsidyRequest(customer_id=customer))),
+            "GetAmortizationTable": lambda: stub.GetAmortizationTable(offers_pb2.GetAmortizationTableRequest(
+                customer_id=customer, car_id=offer["car_id"], term=offer["term"])),
+            "WatchOffers": lambda: next(stub.WatchOffers(offers_pb2.WatchOffersRequest(customer_id=customer))),
+        }
+        for name, call in calls.items():
+            started = time.monotonic()
+            with pytest.raises(grpc.RpcError) as err:
+                call()
+            took = time.monotonic() - started
+            assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED, (name, err.value.details())
+            assert 1.9 < took < 3.0, (name, took)
+    finally:
+        proxy.passing.set()
+        channel.close()
+        running.stop()
+        proxy.close()
