@@ -1,0 +1,171 @@
+"""Each interceptor alone, in front of a small service of its own on a real gRPC server: one job
+each (server/rpc/interceptors.py)."""
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent import futures
+
+import grpc
+import pytest
+
+from conftest import free_port
+from server.errors import InvalidArgument
+from server.metrics import Metrics
+from server.rpc.interceptors import AccessLog, Admission, CallMetrics, ErrorMapping, RateLimit, RequestIds, note_call
+from server.services.ratelimit import TokenBuckets
+
+SERVICE = "test.Echo"
+HEALTH_CHECK = "/grpc.health.v1.Health/Check"
+
+
+def echo(request: bytes, context) -> bytes:
+    if request == b"invalid":
+        raise InvalidArgument("must not be 'invalid'", "text")
+    if request == b"bug":
+        raise ZeroDivisionError("a bug")
+    note_call(customer="C-1")
+    return request
+
+
+def echo_stream(request: bytes, context):
+    for part in request.split(b","):
+        yield part
+
+
+def echo_each(requests, context):
+    for request in requests:
+        yield request
+
+
+def handlers() -> list[grpc.GenericRpcHandler]:
+    return [grpc.method_handlers_generic_handler(SERVICE, {
+        "Unary": grpc.unary_unary_rpc_method_handler(echo),
+        "Stream": grpc.unary_stream_rpc_method_handler(echo_stream),
+        "Each": grpc.stream_stream_rpc_method_handler(echo_each),
+    }), grpc.method_handlers_generic_handler("grpc.health.v1.Health", {
+        "Check": grpc.unary_unary_rpc_method_handler(echo)})]
+
+
+@pytest.fixture
+def serve():
+    """serve(*interceptors) -> a channel to a server running them in front of the echo service."""
+    running = []
+
+    def start(*interceptors):
+        server = grpc.server(futures.ThreadPoolExecutor(8), interceptors=interceptors)
+        server.add_generic_rpc_handlers(handlers())
+        port = server.add_insecure_port(f"127.0.0.1:{free_port()}")
+        server.start()
+        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        running.append((server, channel))
+        return channel
+    yield start
+    for server, channel in running:
+        channel.close()
+        server.stop(None)
+
+
+def unary(channel, path=f"/{SERVICE}/Unary"):
+    return channel.unary_unary(path)
+
+
+def test_request_ids_travel_in_trailers_and_with_a_streams_first_message(serve):
+    channel = serve(RequestIds())
+    _, call = unary(channel).with_call(b"hi", metadata=(("x-request-id", "abc-1"),), timeout=5)
+    assert dict(call.trailing_metadata())["x-request-id"] == "abc-1" and not call.initial_metadata()
+    _, call = unary(channel).with_call(b"hi", metadata=(("x-request-id", "bad id!"),), timeout=5)
+    assert len(dict(call.trailing_metadata())["x-request-id"]) == 32  # an id it cannot log is replaced
+    stream = channel.unary_stream(f"/{SERVICE}/Stream")(b"a,b", metadata=(("x-request-id", "s-1"),), timeout=5)
+    assert list(stream) == [b"a", b"b"]
+    assert ("x-request-id", "s-1") in stream.initial_metadata() and ("x-request-id", "s-1") in stream.trailing_metadata()
+
+
+def test_the_access_log_has_one_line_per_call_and_probes_at_debug(serve, caplog):
+    caplog.set_level(logging.INFO, logger="tradeup.access")
+    channel = serve(AccessLog(log_customer_ids=True))
+    unary(channel)(b"hi", timeout=5)
+    unary(channel, HEALTH_CHECK)(b"hi", timeout=5)
+    list(channel.unary_stream(f"/{SERVICE}/Stream")(b"a,b", timeout=5))
+    lines = [(r.method, r.code, getattr(r, "customer", None)) for r in caplog.records if r.name == "tradeup.access"]
+    assert lines == [(f"/{SERVICE}/Unary", "OK", "C-1"), (f"/{SERVICE}/Stream", "OK", None)]
+    caplog.set_level(logging.DEBUG, logger="tradeup.access")
+    unary(channel, HEALTH_CHECK)(b"hi", timeout=5)
+    assert caplog.records[-1].method == HEALTH_CHECK and caplog.records[-1].levelno == logging.DEBUG
+
+
+def test_call_metrics_count_calls_codes_and_messages(serve):
+    metrics = Metrics()
+    channel = serve(CallMetrics(metrics), ErrorMapping())
+    unary(channel)(b"hi", timeout=5)
+    with pytest.raises(grpc.RpcError):
+        unary(channel)(b"invalid", timeout=5)
+    list(channel.stream_stream(f"/{SERVICE}/Each")(iter([b"x", b"y", b"z"]), timeout=5))
+
+    def sample(name, **labels):
+        return metrics.registry.get_sample_value(name, {"grpc_service": SERVICE, **labels})
+    assert sample("grpc_server_handled_total", grpc_type="unary", grpc_method="Unary", grpc_code="OK") == 1
+    assert sample("grpc_server_handled_total", grpc_type="unary", grpc_method="Unary",
+                  grpc_code="INVALID_ARGUMENT") == 1
+    assert sample("grpc_server_msg_received_total", grpc_type="bidi_stream", grpc_method="Each") == 3
+    assert sample("grpc_server_msg_sent_total", grpc_type="bidi_stream", grpc_method="Each") == 3
+
+
+def test_errors_map_to_their_codes_and_bugs_to_internal(serve, caplog):
+    channel = serve(RequestIds(), ErrorMapping())
+    with pytest.raises(grpc.RpcError) as err:
+        unary(channel)(b"invalid", timeout=5)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and err.value.details() == "text: must not be 'invalid'"
+    with pytest.raises(grpc.RpcError) as err:
+        unary(channel)(b"bug", metadata=(("x-request-id", "bug-7"),), timeout=5)
+    assert err.value.code() == grpc.StatusCode.INTERNAL
+    assert err.value.details() == "internal server error (request id bug-7)"  # no exception text leaks
+    assert any(r.name == "tradeup.errors" and r.exc_info and r.request_id == "bug-7" for r in caplog.records)
+
+
+def test_admission_refuses_until_ready_beyond_limits_and_while_draining(serve):
+    ready = threading.Event()
+    admission = Admission(calls=1, streams=2, per_caller_streams=1, ready=ready, caller_key="x-caller-id")
+    channel = serve(ErrorMapping(), admission)
+    with pytest.raises(grpc.RpcError) as err:
+        unary(channel)(b"hi", timeout=5)
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE and "starting" in err.value.details()
+    assert unary(channel, HEALTH_CHECK)(b"hi", timeout=5) == b"hi"  # probes are never held back
+    ready.set()
+    release = threading.Event()
+
+    def held():
+        yield b"first"
+        release.wait(10)
+    each = channel.stream_stream(f"/{SERVICE}/Each")
+    first = each(held(), metadata=(("x-caller-id", "a"),), timeout=10)
+    assert next(first) == b"first"
+    with pytest.raises(grpc.RpcError) as err:  # a second stream of the same caller
+        list(each(iter([b"x"]), metadata=(("x-caller-id", "a"),), timeout=5))
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "1 streams open" in err.value.details()
+    second = each(held(), metadata=(("x-caller-id", "b"),), timeout=10)
+    assert next(second) == b"first"
+    with pytest.raises(grpc.RpcError) as err:  # a third caller's, beyond the process's stream limit
+        list(each(iter([b"x"]), metadata=(("x-caller-id", "c"),), timeout=5))
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "2 streams in progress" in err.value.details()
+    assert unary(channel)(b"hi", timeout=5) == b"hi"  # open streams take no place of a unary call
+    release.set()
+    assert list(first) == [] and list(second) == []
+    assert admission.in_progress == 0
+    assert admission.drain(1)
+    with pytest.raises(grpc.RpcError) as err:
+        unary(channel)(b"hi", timeout=5)
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE and "shutting down" in err.value.details()
+
+
+def test_the_rate_limit_takes_a_token_per_call_and_per_streamed_request(serve):
+    channel = serve(ErrorMapping(), RateLimit(TokenBuckets(rate=0.001, burst=3)))
+    assert unary(channel)(b"hi", timeout=5) == b"hi"
+    answered = []
+    with pytest.raises(grpc.RpcError) as err:
+        for message in channel.stream_stream(f"/{SERVICE}/Each")(iter([b"1", b"2", b"3"]), timeout=5):
+            answered.append(message)
+    assert answered == [b"1", b"2"]
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert int(dict(err.value.trailing_metadata())["retry-after-ms"]) > 0
+    assert unary(channel, HEALTH_CHECK)(b"hi", timeout=5) == b"hi"  # probes are never limited
