@@ -27,6 +27,13 @@ if _version_not_supported:
 
 class OfferServiceStub:
     """Prices the cars a customer could trade up to (SPEC §2-§3).
+    Every call: a call without a deadline gets the server's default (server.default_deadline_seconds,
+    30 s); UNAVAILABLE while the server starts, drains or loses its database (retry: no headers are
+    sent before the answer, so gRPC retry policies apply); RESOURCE_EXHAUSTED beyond the server's
+    call and stream limits (server.max_concurrent_rpcs, server.max_streams,
+    server.max_streams_per_caller) or the caller's rate limit (`retry-after-ms` trailer, in
+    milliseconds); the `x-request-id` of the call (the caller's, else a generated one) comes back
+    in the trailers, and with a stream's first message.
     """
 
     def __init__(self, channel):
@@ -69,6 +76,13 @@ class OfferServiceStub:
 
 class OfferServiceServicer:
     """Prices the cars a customer could trade up to (SPEC §2-§3).
+    Every call: a call without a deadline gets the server's default (server.default_deadline_seconds,
+    30 s); UNAVAILABLE while the server starts, drains or loses its database (retry: no headers are
+    sent before the answer, so gRPC retry policies apply); RESOURCE_EXHAUSTED beyond the server's
+    call and stream limits (server.max_concurrent_rpcs, server.max_streams,
+    server.max_streams_per_caller) or the caller's rate limit (`retry-after-ms` trailer, in
+    milliseconds); the `x-request-id` of the call (the caller's, else a generated one) comes back
+    in the trailers, and with a stream's first message.
     """
 
     def StreamOffers(self, request, context):
@@ -166,6 +180,13 @@ def add_OfferServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class OfferService:
     """Prices the cars a customer could trade up to (SPEC §2-§3).
+    Every call: a call without a deadline gets the server's default (server.default_deadline_seconds,
+    30 s); UNAVAILABLE while the server starts, drains or loses its database (retry: no headers are
+    sent before the answer, so gRPC retry policies apply); RESOURCE_EXHAUSTED beyond the server's
+    call and stream limits (server.max_concurrent_rpcs, server.max_streams,
+    server.max_streams_per_caller) or the caller's rate limit (`retry-after-ms` trailer, in
+    milliseconds); the `x-request-id` of the call (the caller's, else a generated one) comes back
+    in the trailers, and with a stream's first message.
     """
 
     @staticmethod
