@@ -18,7 +18,7 @@ from .data.inventory import InventoryCache
 from .data.redislink import RedisLink
 from .data.repository import Repository
 from .metrics import Metrics
-from .rpc.server import PROBE_TIMEOUT, HealthMonitor, admission, call_interceptors, create_server, rpc_threads
+from .rpc.server import PROBE_TIMEOUT, CallInterceptors, HealthMonitor, create_server, rpc_threads
 from .rpc.servicers import AdminServicer, OfferServicer
 from .services.admin import AdminService
 from .services.changefeed import ChangeFeed
@@ -93,12 +93,13 @@ class Application:
         self.watch = WatchService(self.offers, self.changes, s.max_watchers, s.watch_queue_messages,
                                   s.watch_customer_poll_seconds, s.default_deadline_seconds)
         self.ready = threading.Event()  # the database prepared and followed: service calls are admitted
-        self.admission = admission(settings, self.ready)
+        self.calls = CallInterceptors(settings, self.metrics, self.ready, limiter)
+        self.admission = self.calls.admission
         self._rpc_pool = futures.ThreadPoolExecutor(max_workers=rpc_threads(settings), thread_name_prefix="rpc")
         self.server, self.port = create_server(
             settings, OfferServicer(self.offers, s.stream_batch_size, s.max_bulk_customers, self.watch,
                                     s.default_deadline_seconds),
-            AdminServicer(self.admin), self.health, call_interceptors(settings, self.metrics, self.admission, limiter),
+            AdminServicer(self.admin), self.health, self.calls.chain,
             self._rpc_pool, address)
         self._prepared = False
         self._following = False  # the change feed runs (started by the first database check)
@@ -169,6 +170,7 @@ class Application:
         self.admission.drain(grace)
         self.server.stop(max(0.0, until - time.monotonic())).wait()
         self._rpc_pool.shutdown(wait=True)
+        self.calls.close()
         self._health_pool.shutdown(wait=True)
         self.changes.stop()
         self.metrics.close()

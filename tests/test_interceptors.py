@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from concurrent import futures
 
 import grpc
@@ -12,7 +13,8 @@ import pytest
 from conftest import free_port
 from server.errors import InvalidArgument
 from server.metrics import Metrics
-from server.rpc.interceptors import AccessLog, Admission, CallMetrics, ErrorMapping, RateLimit, RequestIds, note_call
+from server.rpc.interceptors import (AccessLog, Admission, CallMetrics, DefaultDeadline, ErrorMapping, RateLimit,
+                                     RequestIds, note_call)
 from server.services.ratelimit import TokenBuckets
 
 SERVICE = "test.Echo"
@@ -33,6 +35,11 @@ def echo_stream(request: bytes, context):
         yield part
 
 
+def flood(request: bytes, context):
+    for _ in range(10_000):  # far more than a reader that stopped reading takes in
+        yield b"x" * 100_000
+
+
 def echo_each(requests, context):
     for request in requests:
         yield request
@@ -42,6 +49,7 @@ def handlers() -> list[grpc.GenericRpcHandler]:
     return [grpc.method_handlers_generic_handler(SERVICE, {
         "Unary": grpc.unary_unary_rpc_method_handler(echo),
         "Stream": grpc.unary_stream_rpc_method_handler(echo_stream),
+        "Flood": grpc.unary_stream_rpc_method_handler(flood),
         "Each": grpc.stream_stream_rpc_method_handler(echo_each),
     }), grpc.method_handlers_generic_handler("grpc.health.v1.Health", {
         "Check": grpc.unary_unary_rpc_method_handler(echo)})]
@@ -169,3 +177,64 @@ def test_the_rate_limit_takes_a_token_per_call_and_per_streamed_request(serve):
     assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert int(dict(err.value.trailing_metadata())["retry-after-ms"]) > 0
     assert unary(channel, HEALTH_CHECK)(b"hi", timeout=5) == b"hi"  # probes are never limited
+
+
+def test_a_request_that_does_not_decode_is_invalid_argument(serve):
+    from protos.tradeup.v1 import offers_pb2 as pb
+    server_handlers = [grpc.method_handlers_generic_handler(SERVICE, {
+        "Typed": grpc.unary_unary_rpc_method_handler(lambda request, context: request.SerializeToString(),
+                                                     request_deserializer=pb.GenerateOffersRequest.FromString),
+        "TypedEach": grpc.stream_stream_rpc_method_handler(
+            lambda requests, context: (r.customer_id.encode() for r in requests),
+            request_deserializer=pb.GenerateOffersRequest.FromString)})]
+    server = grpc.server(futures.ThreadPoolExecutor(4), interceptors=[ErrorMapping()], handlers=server_handlers)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            good = pb.GenerateOffersRequest(customer_id="C1").SerializeToString()
+            assert unary(channel, f"/{SERVICE}/Typed")(good, timeout=5) == good
+            with pytest.raises(grpc.RpcError) as err:
+                unary(channel, f"/{SERVICE}/Typed")(b"\xff\xff\xff garbage", timeout=5)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert err.value.details().startswith("request: not a valid message")
+            each = channel.stream_stream(f"/{SERVICE}/TypedEach")
+            answered = []
+            with pytest.raises(grpc.RpcError) as err:
+                for message in each(iter([good, b"\xff\xff\xff garbage"]), timeout=5):
+                    answered.append(message)
+            assert answered == [b"C1"] and err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    finally:
+        server.stop(None)
+
+
+def test_a_stream_without_a_deadline_is_cancelled_at_the_default(serve):
+    default = DefaultDeadline(0.5, exempt=frozenset({f"/{SERVICE}/Each"}))
+    release = threading.Event()
+
+    def idle():
+        yield b"first"
+        release.wait(10)
+    try:
+        channel = serve(default)
+        # A reader that stopped: no deadline of its own, cancelled by the server at 0.5 s.
+        blocked = channel.unary_stream(f"/{SERVICE}/Flood")(b"")
+        next(blocked)
+        started = time.monotonic()
+        with pytest.raises(grpc.RpcError) as err:
+            time.sleep(1)
+            list(blocked)
+        assert err.value.code() == grpc.StatusCode.CANCELLED
+        # The caller's own deadline is the caller's; an exempt stream stays open.
+        own = channel.unary_stream(f"/{SERVICE}/Stream")(b"a,b", timeout=5)
+        assert list(own) == [b"a", b"b"]
+        exempt = channel.stream_stream(f"/{SERVICE}/Each")(idle())
+        assert next(exempt) == b"first"
+        time.sleep(0.8)
+        assert exempt.is_active()
+        release.set()
+        exempt.cancel()
+        assert time.monotonic() - started < 3
+    finally:
+        release.set()
+        default.close()

@@ -8,6 +8,7 @@ wrapper of a streaming response is a generator that passes the messages on.
 from __future__ import annotations
 
 import contextvars
+import heapq
 import logging
 import re
 import threading
@@ -18,7 +19,8 @@ from typing import Any, Callable, Iterator
 
 import grpc
 
-from ..errors import ResourceExhausted, ServiceError, Unavailable
+from ..deadline import Deadline
+from ..errors import InvalidArgument, ResourceExhausted, ServiceError, Unavailable
 from ..logs import customer_field, install_request_id_records, request_id_var
 from ..services.ratelimit import TokenBuckets
 
@@ -64,10 +66,14 @@ def caller_of(context: grpc.ServicerContext, key: str) -> str:
 
 class CallInterceptor(grpc.ServerInterceptor):
     """Wraps every method's behaviour once. `wrap(behavior, method, request_streaming,
-    response_streaming)` returns the new behaviour, or None to leave the method as it is."""
+    response_streaming)` returns the new behaviour, or None to leave the method as it is;
+    `decoder(deserializer)` may replace the request deserializer."""
 
     def wrap(self, behavior: Callable, method: str, request_streaming: bool, response_streaming: bool):
         raise NotImplementedError
+
+    def decoder(self, deserializer: Callable | None) -> Callable | None:
+        return deserializer
 
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
@@ -76,9 +82,10 @@ class CallInterceptor(grpc.ServerInterceptor):
         kind = (handler.request_streaming, handler.response_streaming)
         behavior = handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
         wrapped = self.wrap(behavior, handler_call_details.method, *kind)
-        if wrapped is None:
+        decoder = self.decoder(handler.request_deserializer)
+        if wrapped is None and decoder is handler.request_deserializer:
             return handler
-        return _HANDLER_KINDS[kind](wrapped, handler.request_deserializer, handler.response_serializer)
+        return _HANDLER_KINDS[kind](wrapped or behavior, decoder, handler.response_serializer)
 
 
 def around(response_streaming: bool, before: Callable, after: Callable, behavior: Callable) -> Callable:
@@ -245,23 +252,48 @@ class CallMetrics(CallInterceptor):
 
 
 # --- errors -----------------------------------------------------------------------------------------
+class Undecodable:
+    """A request whose bytes are not a message of the method's type (gRPC itself would answer
+    INTERNAL): the error mapping answers INVALID_ARGUMENT instead."""
+
+    def __init__(self, error: Exception):
+        self.error = error
+
+
 class ErrorMapping(CallInterceptor):
-    """Domain errors (server.errors) end the call with their code and message; anything else is a
-    bug: logged with its traceback, the client gets INTERNAL with the request id. A call whose
-    client already left is not answered."""
+    """Domain errors (server.errors) end the call with their code and message, and a request that
+    does not decode ends INVALID_ARGUMENT; anything else is a bug: logged with its traceback, the
+    client gets INTERNAL with the request id. A call whose client already left is not answered."""
+
+    def decoder(self, deserializer):
+        if deserializer is None:
+            return None
+
+        def decode(data: bytes):
+            try:
+                return deserializer(data)
+            except Exception as exc:  # protobuf's DecodeError, or any other parse failure
+                return Undecodable(exc)
+        return decode
 
     def wrap(self, behavior, method, request_streaming, response_streaming):
+        def decoded(request):
+            if not request_streaming:
+                _check_decoded(request)
+                return request
+            return (_check_decoded(message) for message in request)
+
         if response_streaming:
             def streaming(request, context):
                 try:
-                    yield from behavior(request, context)
+                    yield from behavior(decoded(request), context)
                 except Exception as exc:
                     self._fail(context, exc)
             return streaming
 
         def unary(request, context):
             try:
-                return behavior(request, context)
+                return behavior(decoded(request), context)
             except Exception as exc:
                 self._fail(context, exc)
         return unary
@@ -274,6 +306,71 @@ class ErrorMapping(CallInterceptor):
             context.abort(grpc.StatusCode[exc.code], str(exc))
         errors_log.error("unhandled error", exc_info=exc)
         context.abort(grpc.StatusCode.INTERNAL, f"internal server error (request id {request_id_var.get()})")
+
+
+def _check_decoded(request):
+    if isinstance(request, Undecodable):
+        raise InvalidArgument(f"not a valid message of the method's request type ({request.error})", "request")
+    return request
+
+
+# --- the default deadline ---------------------------------------------------------------------------
+class DefaultDeadline(CallInterceptor):
+    """A stream without a deadline is cancelled at the server's default one (`seconds` after it
+    began), so a client that stopped reading or sending does not hold its thread for good. Unary
+    calls need nothing here: every wait inside them is bounded by the same default
+    (server.deadline). `exempt` streams are meant to stay open (WatchOffers). One thread cancels
+    them all, in deadline order."""
+
+    def __init__(self, seconds: float, exempt: frozenset[str] = frozenset()):
+        self.seconds = seconds
+        self.exempt = exempt
+        self._due: list[tuple[float, int, grpc.ServicerContext]] = []  # a heap
+        self._count = 0
+        self._changed = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def wrap(self, behavior, method, request_streaming, response_streaming):
+        if not (request_streaming or response_streaming) or is_probe(method) or method in self.exempt:
+            return None
+
+        def before(request, context):
+            if Deadline.of_stream(context) is None:
+                self._add(time.monotonic() + self.seconds, context)
+            return request, None
+        return around(response_streaming, before, lambda state, failed: None, behavior)
+
+    def _add(self, at: float, context: grpc.ServicerContext) -> None:
+        with self._changed:
+            if self._thread is None and not self._closed:
+                self._thread = threading.Thread(target=self._run, name="default-deadline", daemon=True)
+                self._thread.start()
+            self._count += 1
+            heapq.heappush(self._due, (at, self._count, context))
+            self._changed.notify()
+
+    def _run(self) -> None:
+        with self._changed:
+            while not self._closed:
+                if not self._due:
+                    self._changed.wait()
+                    continue
+                at, _, context = self._due[0]
+                left = at - time.monotonic()
+                if left > 0:
+                    self._changed.wait(left)
+                    continue
+                heapq.heappop(self._due)
+                if context.is_active():
+                    context.cancel()
+
+    def close(self) -> None:
+        with self._changed:
+            self._closed = True
+            self._changed.notify()
+        if self._thread is not None:
+            self._thread.join(timeout=1)
 
 
 # --- admission --------------------------------------------------------------------------------------

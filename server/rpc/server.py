@@ -15,7 +15,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from protos.tradeup.v1 import admin_pb2, admin_pb2_grpc, offers_pb2
 
 from ..config import Settings
-from .interceptors import AccessLog, Admission, CallMetrics, ErrorMapping, RateLimit, RequestIds
+from .interceptors import AccessLog, Admission, CallMetrics, DefaultDeadline, ErrorMapping, RateLimit, RequestIds
 from .servicers import PRE_ENCODED, AdminServicer, OfferServicer
 
 log = logging.getLogger("tradeup.server")
@@ -142,22 +142,24 @@ def rpc_threads(settings: Settings) -> int:
     return s.max_concurrent_rpcs + s.max_streams + s.max_watchers + PROBE_THREADS
 
 
-def admission(settings: Settings, ready: threading.Event) -> Admission:
-    s = settings.server
-    return Admission(s.max_concurrent_rpcs, s.max_streams, s.max_streams_per_caller, ready, s.rate_limit_key,
-                     frozenset({WATCH_METHOD}))
+class CallInterceptors:
+    """The interceptors of every call, in the order they run (`chain`, outermost first): the
+    request id is on every record the others log; the access log and metrics see the status the
+    error mapping gives; admission (readiness, draining, limits) comes before the rate limit so
+    a refused call spends no token."""
 
+    def __init__(self, settings: Settings, metrics, ready: threading.Event, rate_limiter=None):
+        s = settings.server
+        self.admission = Admission(s.max_concurrent_rpcs, s.max_streams, s.max_streams_per_caller, ready,
+                                   s.rate_limit_key, frozenset({WATCH_METHOD}))
+        self.default_deadline = DefaultDeadline(s.default_deadline_seconds, frozenset({WATCH_METHOD}))
+        self.chain = [RequestIds(), AccessLog(s.log_customer_ids, s.log_hash_key), CallMetrics(metrics),
+                      ErrorMapping(), self.admission, self.default_deadline]
+        if rate_limiter is not None:
+            self.chain.append(RateLimit(rate_limiter, s.rate_limit_key))
 
-def call_interceptors(settings: Settings, metrics, admitting: Admission, rate_limiter=None) -> list:
-    """The interceptors of every call, outermost first: the request id is on every record the
-    others log; the access log and metrics see the status the error mapping gives; admission
-    (readiness, draining, limits) comes before the rate limit so a refused call spends no token."""
-    s = settings.server
-    chain = [RequestIds(), AccessLog(s.log_customer_ids, s.log_hash_key), CallMetrics(metrics), ErrorMapping(),
-             admitting]
-    if rate_limiter is not None:
-        chain.append(RateLimit(rate_limiter, s.rate_limit_key))
-    return chain
+    def close(self) -> None:
+        self.default_deadline.close()
 
 
 def create_server(settings: Settings, offer_servicer: OfferServicer, admin_servicer: AdminServicer,

@@ -22,8 +22,7 @@ PRE_ENCODED = frozenset({"GenerateOffers", "StreamOffers", "GenerateOffersBulk",
 
 
 class OfferServicer(offers_pb2_grpc.OfferServiceServicer):
-    """`default_deadline`: seconds, for a call without a deadline (and for each customer of a
-    bulk stream without one)."""
+    """`default_deadline`: seconds, the deadline of a call that has none."""
 
     def __init__(self, service: OfferService, batch_size: int, max_bulk: int, watch: WatchService,
                  default_deadline: float):
@@ -51,13 +50,14 @@ class OfferServicer(offers_pb2_grpc.OfferServiceServicer):
 
     def GenerateOffersBulk(self, requests, context) -> Iterator[bytes]:
         offers = 0
+        deadline = self._deadline(context)
         for index, request in enumerate(requests):
             if index >= self.max_bulk:
                 raise InvalidArgument(f"at most {self.max_bulk} customers per stream", "requests")
             customer_id = request.customer_id if request.WhichOneof("customer") == "customer_id" \
                 else request.profile.customer_id
-            try:  # each customer's own deadline: a stream may stay open longer than one call's default
-                result = self.service.generate(converters.offer_query(request), self._deadline(context))
+            try:
+                result = self.service.generate(converters.offer_query(request), deadline)
             except ServiceError as exc:
                 if exc.code in ("UNAVAILABLE", "DEADLINE_EXCEEDED"):
                     raise  # the whole call is affected, not this customer
