@@ -110,8 +110,11 @@ class World:
     crashes: list[str] = field(default_factory=list)
     actions: Counter = field(default_factory=Counter)
 
-    def car_changed(self, car_id: str, before: float | None, after: float | None, at: float) -> None:
+    car_changes: dict[str, str] = field(default_factory=dict)  # car -> its last change: sold, repriced, deleted
+
+    def car_changed(self, car_id: str, change: str, before: float | None, after: float | None, at: float) -> None:
         self.car_states.setdefault(car_id, [(-math.inf, before)]).append((at, after))
+        self.car_changes[car_id] = change
 
     def states_between(self, car_id: str, start: float, end: float) -> list[float | None]:
         """The states of the car in effect at some moment of [start, end]."""
@@ -686,7 +689,7 @@ class Chaos:
         candidates = sorted({car for car, _ in self.ledger.offered} - gone)
         return rng.choice(candidates) if candidates else None
 
-    def _change_car(self, rng, statement: str) -> None:
+    def _change_car(self, rng, change: str, statement: str) -> None:
         car_id = self.victim(rng)
         if car_id is None:
             return
@@ -697,17 +700,17 @@ class Chaos:
             cursor.execute("SELECT price, available FROM inventory WHERE car_id = %s", (car_id,))
             row = cursor.fetchone()
         after = float(row[0]) if row and row[1] else None
-        self.world.car_changed(car_id, float(price) if available else None, after, time.monotonic())
+        self.world.car_changed(car_id, change, float(price) if available else None, after, time.monotonic())
 
     def chaos_sell(self, rng, round_: int) -> None:
-        self._change_car(rng, "UPDATE inventory SET available = 0 WHERE car_id = %s")
+        self._change_car(rng, "sold", "UPDATE inventory SET available = 0 WHERE car_id = %s")
 
     def chaos_reprice(self, rng, round_: int) -> None:
-        self._change_car(rng, "UPDATE inventory SET regular_price = regular_price + 997, promotion_price = NULL "
+        self._change_car(rng, "repriced", "UPDATE inventory SET regular_price = regular_price + 997, promotion_price = NULL "
                               "WHERE car_id = %s")
 
     def chaos_delete(self, rng, round_: int) -> None:
-        self._change_car(rng, "DELETE FROM inventory WHERE car_id = %s")
+        self._change_car(rng, "deleted", "DELETE FROM inventory WHERE car_id = %s")
 
     def chaos_mariadb_restart(self, rng, round_: int) -> None:
         began = time.monotonic()
@@ -785,8 +788,9 @@ class Report:
     def failures(self) -> list[str]:
         return [f"{what}: {detail}" for what, passed, detail in self.checks if not passed]
 
-    def _check(self, what: str, offenders: list[str], figures: str = "") -> None:
-        detail = figures if not offenders else f"{len(offenders)}; " + "; ".join(offenders[:3])
+    def _check(self, what: str, offenders: list[str], figures: str = "", summary: str = "") -> None:
+        """`figures` are shown when it passes; `summary` and the first offenders when it fails."""
+        detail = figures if not offenders else f"{len(offenders)}{summary}; " + "; ".join(offenders[:3])
         self.checks.append((what, not offenders, detail))
 
     def _at(self, moment: float) -> str:
@@ -803,20 +807,27 @@ class Report:
         crashes += [f"{name} exited with {code}" for name, code in world.exits if code != 0]
         self._check("server crashes and non-zero exits", crashes,
                     f"0 ({len(world.exits)} SIGTERM stops, all exit 0)")
-        late = sorted(((c.ended - c.started) - chaos.watchdog.limit(c), c) for c in self.calls
-                      if c.ended - c.started > chaos.watchdog.limit(c))
-        worst = max(((c.ended - c.started) - chaos.watchdog.limit(c) + LATE_MARGIN for c in self.calls), default=0)
+        # A DEADLINE_EXCEEDED at a deadline the caller set comes from the caller's own gRPC timer:
+        # no answer of the server's can arrive after it, so its lateness is the harness's own
+        # scheduling on a loaded machine and is shown apart, not judged.
+        timer = [c for c in self.calls if c.deadline is not None and c.code == "DEADLINE_EXCEEDED"
+                 and c.ended - c.started <= c.deadline + HANG_SLACK]
+        judged = [c for c in self.calls if c not in timer]
+        overrun = {id(c): (c.ended - c.started) - chaos.watchdog.limit(c) + LATE_MARGIN for c in self.calls}
+        late = sorted((c for c in judged if overrun[id(c)] > LATE_MARGIN), key=lambda c: -overrun[id(c)])
         self._check(f"calls ended later than deadline + {LATE_MARGIN * 1e3:.0f} ms (default deadline "
                     f"{chaos.default_deadline:.0f} s)",
                     [f"{c.rpc} {'no deadline' if c.deadline is None else f'deadline {c.deadline} s'} took "
-                     f"{c.ended - c.started:.2f} s ({c.code}{', ' + c.note if c.note else ''})" for _, c in reversed(late)],
-                    f"0 (closest: {worst * 1e3:+.0f} ms from the deadline)")
+                     f"{c.ended - c.started:.2f} s ({c.code}{', ' + c.note if c.note else ''})" for c in late],
+                    f"0 (closest {max((overrun[id(c)] for c in judged), default=0) * 1e3:+.0f} ms; {len(timer)} "
+                    f"ended by the caller's own deadline timer, at most "
+                    f"{max((overrun[id(c)] for c in timer), default=0) * 1e3:+.0f} ms)")
         unhealthy = [f"{h['target']} {h['failed']} failed, {h['late']} late of {h['probes']} (max {h['max_ms']:.0f} ms; "
                      + ", ".join(f"{self._at(at)} {what}" for at, what in h["examples"][:3]) + ")"
                      for h in self.health if h["failed"] or h["late"]]
         self._check(f"health Check('') not SERVING within {HEALTH_BUDGET * 1e3:.0f} ms", unhealthy,
                     ", ".join(f"{h['probes']} probes max {h['max_ms']:.0f} ms" for h in self.health))
-        stale_cars, stale_config = [], []
+        stale_cars, stale_config, stale_by = [], [], Counter()
         for c in self.calls:
             if not c.code.startswith("OK"):
                 continue
@@ -830,13 +841,16 @@ class Report:
                 states = world.states_between(car_id, c.started - chaos.feed_bound, c.ended)
                 if not any(s is not None and (price is None or math.isclose(s, price, rel_tol=1e-9)) for s in states):
                     changed = [at for at, _ in world.car_states[car_id][1:] if at <= c.started][-1:]
-                    age = f"{c.started - changed[0]:.1f} s after the change" if changed else ""
+                    age = f"{c.started - changed[0]:.1f} s before the call" if changed else ""
+                    stale_by[world.car_changes[car_id]] += 1
                     stale_cars.append(f"{self._at(c.started)} {c.rpc} offered {car_id} at "
-                                      f"{'?' if price is None else f'{price:,.2f}'} ({age}; now "
+                                      f"{'?' if price is None else f'{price:,.2f}'} ({world.car_changes[car_id]} "
+                                      f"{age}; now "
                                       f"{'gone' if states[-1] is None else f'{states[-1]:,.2f}'})")
         changes = len(world.car_states)
         self._check(f"OK answers with a car changed more than {chaos.feed_bound:.1f} s before", stale_cars,
-                    f"0 ({changes} cars changed)")
+                    f"0 ({changes} cars changed)",
+                    " (" + ", ".join(f"{n} of cars {what}" for what, n in sorted(stale_by.items())) + ")")
         self._check(f"OK answers without a parameter acknowledged {PARAMETER_BOUND:.0f} s before", stale_config,
                     f"0 ({len(world.config_acks)} changes)")
         outages = [(a, b) for what, a, b in world.windows if what == "MariaDB"]
