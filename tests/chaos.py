@@ -893,7 +893,7 @@ class Report:
                   "", "checks:"]
         width = max(len(what) for what, _, _ in self.checks) + 2
         lines += [f"  {'PASS' if passed else 'FAIL'}  {what.ljust(width)} {detail}" for what, passed, detail in self.checks]
-        lines.append(f"{sum(p for _, p, _ in self.checks)} passed, {sum(not p for _, p, _ in self.checks)} failed")
+        lines.append(f"{sum(not p for _, p, _ in self.checks)} of {len(self.checks)} checks failed")
         return "\n".join(lines)
 
 
