@@ -15,7 +15,7 @@ HEALTH_PROBE_VERSION := v0.4.62
 BUF := tools/buf/node_modules/.bin/buf
 
 .PHONY: install build-deps system-deps build protos run migrate seed test test-python bench bench-engine bench-db \
-	bench-growth bench-server bench-fleet bench-watch loadtest soak tools buf constraints clean
+	bench-growth bench-server bench-fleet bench-watch loadtest soak chaos tools buf constraints clean
 
 # What building needs, from Debian's packages when missing: a C compiler, the Python headers
 # and venv (Debian splits both out of python3).
@@ -103,6 +103,13 @@ MINUTES ?= 10
 soak: system-deps build
 	@[ -x $(BIN)/ghz ] || $(MAKE) tools
 	PATH="/usr/sbin:$$PATH" $(PYTHON) -m tests.bench.soak --minutes $(MINUTES)
+
+# Two instances x 2 processes on MariaDB and Redis under every kind of caller while the database
+# restarts, Redis dies, an instance is stopped and cars and parameters change; CHAOS_SECONDS=600
+# by default. Prints status codes per RPC and the checks; fails when one fails.
+CHAOS_SECONDS ?= 600
+chaos: system-deps build
+	PATH="/usr/sbin:$$PATH" $(PYTHON) -m tests.chaos --seconds $(CHAOS_SECONDS)
 
 # Every RPC on SQLite and MariaDB, 1 and 2 processes, with ghz and h2load: req/s, p50/p99, errors,
 # server CPU per call and the share of the health rate. BENCH_SECONDS per cell (3 by default).

@@ -78,6 +78,11 @@ class MariaDBServer:
                 self.process.wait()
             self.process = None
 
+    def restart(self, timeout: float = 30.0) -> None:
+        """Stop, then start again on the same data directory and port (as an operator would)."""
+        self.stop()
+        self.start(timeout)
+
     def create_database(self, database: str, user: str, password: str) -> None:
         with pymysql.connect(host="127.0.0.1", port=self.port, user="root", autocommit=True) as conn:
             cur = conn.cursor()
