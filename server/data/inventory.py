@@ -35,7 +35,7 @@ RANK_SPACING = 1 << 16
 # Never object ids, which a new snapshot may inherit from an expired one.
 _GENERATIONS = itertools.count(1)
 
-Listener = Callable[[int, tuple[str, ...] | None], None]  # (version, car ids changed; None: loaded in full)
+SnapshotListener = Callable[[int, tuple[str, ...] | None], None]  # (version, car ids changed; None: loaded in full)
 
 
 def _order(car: Car) -> tuple:
@@ -213,7 +213,9 @@ class InventorySnapshot:
             self._checksums = (counts, sums)  # the same values whichever thread computes them
         return self._checksums
 
-    def _carry_checksums(self, ids: Sequence[str], latest: Mapping[str, Car]):
+    def _carry_checksums(self, ids: Sequence[str], latest: Mapping[str, Car]
+                         ) -> tuple[list[int], list[int]] | None:
+        """The checksums once the cars `ids` are replaced by their `latest` rows (None: not computed yet)."""
         if self._checksums is None:
             return None
         counts, sums = list(self._checksums[0]), list(self._checksums[1])
@@ -226,6 +228,7 @@ class InventorySnapshot:
         return counts, sums
 
     def cars_in(self, buckets: set[int]) -> list[Car]:
+        """Its cars in these reconciliation buckets."""
         return [car for car in self.by_id.values() if car_bucket(car.car_id) in buckets]
 
     def _next(self, loaded_at: float, version: int, mark: Any) -> "InventorySnapshot":
@@ -266,10 +269,10 @@ class InventoryCache:
         self._lock = threading.Lock()
         self._load_lock = threading.Lock()
         self._recheck_until = 0.0  # re-read recent rows until then (writes that commit late)
-        self._listener: Listener | None = None
+        self._listener: SnapshotListener | None = None
         self.counts = {"inventory": [0, 0], "prefilter": [0, 0]}  # cache -> [hits, misses]
 
-    def listen(self, listener: Listener) -> None:
+    def listen(self, listener: SnapshotListener) -> None:
         """Call listener(version, car ids changed or None) after each snapshot installed with a
         change: by the change feed, by reconciliation, or loaded on the request path (TTL)."""
         self._listener = listener

@@ -193,8 +193,10 @@ INVENTORY_CHECKSUM = {backend: f"SELECT COUNT(*), SUM({checksum}) FROM inventory
 BUCKET_CHECKSUMS = {backend: f"SELECT {_BUCKET}, COUNT(*), SUM({checksum}) FROM inventory WHERE available = 1 "
                              "GROUP BY 1" for backend, checksum in _CHECKSUM.items()}
 CARS_IN_BUCKETS = f"SELECT {_CAR_COLUMNS} FROM inventory WHERE available = 1 AND {_BUCKET} IN "  # + (%s, ...)
-# Moves the inventory version once for a difference found, unless another process moved it already.
-MOVE_INVENTORY_VERSION = ("UPDATE change_versions SET inventory_version = inventory_version + 1 "
+# Moves the inventory version once for a difference found, unless another process moved it already
+# (and, as BUMP_INVENTORY, covers the stamps so far: no process moves it again for those rows).
+MOVE_INVENTORY_VERSION = ("UPDATE change_versions SET inventory_version = inventory_version + 1, "
+                          "inventory_mark = (SELECT MAX(updated_at) FROM inventory) "
                           "WHERE id = 1 AND inventory_version = %s")
 
 
