@@ -166,6 +166,11 @@ class CacheSettings:
     change_overlap_seconds: float = key(2.0, "TRADEUP_CHANGE_OVERLAP_SECONDS",
                                         "changed cars are re-read this far back, for writes that commit late "
                                         "(MySQL)", minimum=0, maximum=3600)
+    reconcile_seconds: float = key(15.0, "TRADEUP_RECONCILE_SECONDS",
+                                   "how often each process compares its inventory snapshot with the database "
+                                   "(count and checksum per bucket of car ids) and applies what the change feed "
+                                   "missed: rows deleted by plain SQL, writes that committed after the overlap",
+                                   minimum=0.05, maximum=86400)
 
 
 @dataclass(frozen=True)

@@ -247,7 +247,8 @@ def test_no_server_listening_is_one_line(tmp_path):
     running = start_server({"TRADEUP_SQLITE_PATH": str(tmp_path)})
     try:
         result = run_cli(running, "offers", "C00001")
-        assert result.returncode == 1 and result.stderr.startswith("error: UNAVAILABLE: database"), result.stderr
+        assert result.returncode == 1 and result.stderr.startswith("error: UNAVAILABLE: the server is starting"), \
+                result.stderr
     finally:
         running.stop()
 

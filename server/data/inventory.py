@@ -5,31 +5,40 @@ desc, price desc, car_id asc), so a request matches its cars in memory with the 
 kernel instead of fetching and parsing hundreds of rows. It is built once in full, then kept
 fresh incrementally: the change feed hands it the rows changed since its version and
 `InventorySnapshot.apply` builds the next snapshot from slices of the previous one (a few
-milliseconds at 100,000 cars) while requests go on reading the old one. The TTL (default 4 h)
-stays as a safety net; InvalidateCache asks every process for a full reload. In `sql`
-prefilter mode the database stays the judge of which cars qualify and the id lists it returns
-are cached too (dropped on every inventory change).
+milliseconds at 100,000 cars) while requests go on reading the old one. What stamps cannot
+show (rows deleted by plain SQL, MySQL writes that committed late) is found by `reconcile`,
+which compares per-bucket counts and checksums with the database and re-reads only the buckets
+that differ. The TTL (default 4 h) stays as a safety net; InvalidateCache asks every process
+for a full reload. Every snapshot installed, however it came, is told to the listener (the
+change feed). In `sql` prefilter mode the database stays the judge of which cars qualify and
+the id lists it returns are cached too, keyed by the snapshot's generation.
 """
 from __future__ import annotations
 
 import bisect
+import itertools
 import threading
 import time
 from array import array
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from cachetools import TTLCache
 
 from ..deadline import Deadline
 from ..domain import Car, Customer
-from .repository import ChangeState, Repository
+from .repository import RECONCILE_BUCKETS, ChangeState, Repository, car_bucket, car_checksum
 
 # The bound of a snapshot load, and of the wait for one, outside any call (the change feed,
 # invalidation); calls bring their own deadline.
 BACKGROUND_LOAD_SECONDS = 120.0
 # Ranks order cars by car_id (ties between offers); spaced so that new ids fit in between.
 RANK_SPACING = 1 << 16
+# Names the rows of a snapshot for this process's life: prefilter results are cached under it.
+# Never object ids, which a new snapshot may inherit from an expired one.
+_GENERATIONS = itertools.count(1)
+
+SnapshotListener = Callable[[int, tuple[str, ...] | None], None]  # (version, car ids changed; None: loaded in full)
 
 
 def _order(car: Car) -> tuple:
@@ -103,15 +112,17 @@ class InventorySnapshot:
                   array("d", (c.price for c in cars)), array("l", (c.kilometers for c in cars)),
                   array("l", (region_codes.setdefault(c.region, len(region_codes)) for c in cars)),
                   array("l", (ranks.rank_of[c.car_id] for c in cars)), region_codes,
-                  {c.car_id: c for c in cars}, loaded_at, version, reload_version, mark, ranks)
+                  {c.car_id: c for c in cars}, loaded_at, version, reload_version, mark, ranks, next(_GENERATIONS))
 
     def _set(self, car_ids, years, prices, kilometers, regions, ranks, region_codes, by_id,
-             loaded_at, version, reload_version, mark, rank_table) -> None:
+             loaded_at, version, reload_version, mark, rank_table, generation, checksums=None) -> None:
         self.car_ids = car_ids
         self.years, self.prices, self.kilometers, self.regions, self.ranks = years, prices, kilometers, regions, ranks
         self.region_codes, self.by_id = region_codes, by_id
         self.loaded_at, self.version, self.reload_version, self.mark = loaded_at, version, reload_version, mark
         self.rank_table = rank_table
+        self.generation = generation  # shared only by snapshots holding the very same columns
+        self._checksums = checksums
         self.row_of = RowIndex(self)
 
     def __len__(self) -> int:
@@ -190,14 +201,45 @@ class InventorySnapshot:
                 by_id.pop(car_id, None)
         following = InventorySnapshot.__new__(InventorySnapshot)
         following._set(out_ids, *out, region_codes, by_id, loaded_at, version, self.reload_version, mark,
-                       self.rank_table)
+                       self.rank_table, next(_GENERATIONS), self._carry_checksums(ids, latest))
         return following, ids
+
+    def checksums(self) -> tuple[list[int], list[int]]:
+        """(counts, checksums) of its cars per reconciliation bucket, as the database computes
+        them: computed once (about 1 µs a car), then carried along by apply()."""
+        if self._checksums is None:
+            counts, sums = [0] * RECONCILE_BUCKETS, [0] * RECONCILE_BUCKETS
+            for car in self.by_id.values():
+                bucket = car_bucket(car.car_id)
+                counts[bucket] += 1
+                sums[bucket] += car_checksum(car)
+            self._checksums = (counts, sums)  # the same values whichever thread computes them
+        return self._checksums
+
+    def _carry_checksums(self, ids: Sequence[str], latest: Mapping[str, Car]
+                         ) -> tuple[list[int], list[int]] | None:
+        """The checksums once the cars `ids` are replaced by their `latest` rows (None: not computed yet)."""
+        if self._checksums is None:
+            return None
+        counts, sums = list(self._checksums[0]), list(self._checksums[1])
+        for car_id in ids:
+            bucket = car_bucket(car_id)
+            for car, sign in ((self.by_id.get(car_id), -1), (latest[car_id], 1)):
+                if car is not None and car.available:
+                    counts[bucket] += sign
+                    sums[bucket] += sign * car_checksum(car)
+        return counts, sums
+
+    def cars_in(self, buckets: set[int]) -> list[Car]:
+        """Its cars in these reconciliation buckets."""
+        return [car for car in self.by_id.values() if car_bucket(car.car_id) in buckets]
 
     def _next(self, loaded_at: float, version: int, mark: Any) -> "InventorySnapshot":
         """This snapshot's columns under a new version (nothing changed in them)."""
         following = InventorySnapshot.__new__(InventorySnapshot)
         following._set(self.car_ids, self.years, self.prices, self.kilometers, self.regions, self.ranks,
-                       self.region_codes, self.by_id, loaded_at, version, self.reload_version, mark, self.rank_table)
+                       self.region_codes, self.by_id, loaded_at, version, self.reload_version, mark, self.rank_table,
+                       self.generation, self._checksums)
         return following
 
     def select(self, kernel, rows: Sequence[int]) -> Selection:
@@ -230,7 +272,13 @@ class InventoryCache:
         self._lock = threading.Lock()
         self._load_lock = threading.Lock()
         self._recheck_until = 0.0  # re-read recent rows until then (writes that commit late)
+        self._listener: SnapshotListener | None = None
         self.counts = {"inventory": [0, 0], "prefilter": [0, 0]}  # cache -> [hits, misses]
+
+    def listen(self, listener: SnapshotListener) -> None:
+        """Call listener(version, car ids changed or None) after each snapshot installed with a
+        change: by the change feed, by reconciliation, or loaded on the request path (TTL)."""
+        self._listener = listener
 
     def _get(self, name: str, cache: TTLCache, key):
         with self._lock:
@@ -243,10 +291,13 @@ class InventoryCache:
         return InventorySnapshot(self.repository.available_cars(deadline), self._clock(), state.inventory_version,
                                  state.reload_version, state.latest_stamp)
 
-    def _install(self, snapshot: InventorySnapshot | None) -> None:
+    def _install(self, snapshot: InventorySnapshot, car_ids: Sequence[str] | None) -> None:
+        """Make `snapshot` current; with _load_lock held, so that listeners hear changes in order."""
         with self._lock:
             self._snapshot = snapshot
-            self._prefilter.clear()
+            self._prefilter.clear()  # entries of older generations could never be hit again
+        if self._listener is not None:
+            self._listener(snapshot.version, None if car_ids is None else tuple(car_ids))
 
     def current(self) -> InventorySnapshot | None:
         """The cached snapshot unless expired, without loading one."""
@@ -268,8 +319,7 @@ class InventoryCache:
             snapshot = self.current()
             if snapshot is None:
                 snapshot = self._load(deadline)
-                with self._lock:
-                    self._snapshot = snapshot
+                self._install(snapshot, None)
             return snapshot
         finally:
             self._load_lock.release()
@@ -284,7 +334,7 @@ class InventoryCache:
                 return None  # loaded on first use
             if state.reload_version != snapshot.reload_version:
                 snapshot = self._load(None)  # seconds at 100,000 cars: bounded by the database timeouts
-                self._install(snapshot)
+                self._install(snapshot, None)
                 return snapshot.version, None
             now = self._clock()
             moved = state.latest_stamp != snapshot.mark or state.inventory_version != snapshot.version
@@ -296,13 +346,47 @@ class InventoryCache:
             mark = snapshot.mark if newest is None or (snapshot.mark is not None and newest <= snapshot.mark) \
                 else newest
             following, ids = snapshot.apply(changed, snapshot.loaded_at, state.inventory_version, mark)
+            if not ids and following.version != snapshot.version:
+                # The version moved with no stamped row to show for it: another process reconciled
+                # (rows deleted or committed late). Find the same differences under that version.
+                following, ids = self._reconciled(following, deadline)
             if ids or following.version != snapshot.version:
-                self._install(following)
+                self._install(following, ids)
                 return following.version, ids
             with self._lock:  # same rows, same version: keep the prefilter cache
                 if self._snapshot is snapshot:
                     self._snapshot = following
             return None
+
+    def reconcile(self, deadline: Deadline | None = None) -> tuple[int, list[str]] | None:
+        """Compare the snapshot with the database and apply what the change feed missed (the
+        feed calls this every cache.reconcile_seconds). The inventory version moves once for it,
+        in whichever process finds it first. Returns (new version, car ids) or None if in step."""
+        with self._load_lock:
+            snapshot = self.current()
+            if snapshot is None:
+                return None
+            following, ids = self._reconciled(snapshot, deadline)
+            if not ids:
+                return None
+            version = self.repository.move_inventory_version(snapshot.version, deadline)
+            following = following._next(following.loaded_at, version, following.mark)
+            self._install(following, ids)
+            return version, ids
+
+    def _reconciled(self, snapshot: InventorySnapshot, deadline: Deadline | None
+                    ) -> tuple[InventorySnapshot, list[str]]:
+        """`snapshot` with the buckets it disagrees with the database on re-read (same version),
+        and the car ids that changed: one whole-inventory checksum when they agree."""
+        counts, sums = snapshot.checksums()
+        if self.repository.inventory_checksum(deadline) == (sum(counts), sum(sums)):
+            return snapshot, []
+        stored = self.repository.bucket_checksums(deadline)
+        differ = {b for b in range(RECONCILE_BUCKETS) if stored.get(b, (0, 0)) != (counts[b], sums[b])}
+        fresh = self.repository.cars_in_buckets(sorted(differ), deadline)
+        present = {car.car_id for car in fresh}
+        gone = [replace(car, available=False) for car in snapshot.cars_in(differ) if car.car_id not in present]
+        return snapshot.apply(fresh + gone, snapshot.loaded_at, snapshot.version, snapshot.mark)
 
     def prefilter_sql(self, kernel, customer: Customer, same_region: bool, limit: int,
                       deadline: Deadline | None = None) -> Selection:
@@ -310,7 +394,7 @@ class InventoryCache:
         snapshot = self.snapshot(deadline)
         region = customer.region if same_region else None
         key = (float(customer.current_car_price), int(customer.current_car_year), int(customer.current_car_km),
-               region, limit, id(snapshot))
+               region, limit, snapshot.generation)
         rows = self._get("prefilter", self._prefilter, key)
         if rows is None:
             ids = self.repository.prefilter_ids(*key[:5], deadline=deadline)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import zlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Iterable, Mapping, Sequence, TypeVar
@@ -176,6 +177,42 @@ COUNT_CUSTOMERS = "SELECT COUNT(*) FROM customers"
 DELETE_CARS = "DELETE FROM inventory"
 DELETE_CUSTOMERS = "DELETE FROM customers"
 CHANGED_CARS = f"SELECT {_CAR_COLUMNS}, updated_at FROM inventory WHERE updated_at > %s"
+
+# Reconciliation (ChangeFeed, every cache.reconcile_seconds) finds what stamps cannot show: rows
+# deleted by plain SQL, MySQL writes that committed later than the overlap window. It compares
+# the count and a checksum of the available cars' served fields (id, year, km, price, region: all
+# in the prefilter index, so the database reads the index only) with the snapshot's: first of the
+# whole inventory, then, if they differ, per bucket of car ids, and re-reads the buckets that
+# differ. `car_checksum` computes the same values in Python. SQLite has no CRC32 (the repository
+# lends it zlib's) and no CONCAT_WS before 3.44.
+RECONCILE_BUCKETS = 256
+_BUCKET = "(CRC32(car_id) & 255)"
+_CHECKSUM = {"mysql": "CRC32(CONCAT_WS('|', car_id, year, kilometers, price, region))",
+             "sqlite": "CRC32(car_id || '|' || year || '|' || kilometers || '|' || printf('%.2f', price) || '|' || region)"}
+INVENTORY_CHECKSUM = {backend: f"SELECT COUNT(*), SUM({checksum}) FROM inventory WHERE available = 1"
+                      for backend, checksum in _CHECKSUM.items()}
+BUCKET_CHECKSUMS = {backend: f"SELECT {_BUCKET}, COUNT(*), SUM({checksum}) FROM inventory WHERE available = 1 "
+                             "GROUP BY 1" for backend, checksum in _CHECKSUM.items()}
+CARS_IN_BUCKETS = f"SELECT {_CAR_COLUMNS} FROM inventory WHERE available = 1 AND {_BUCKET} IN "  # + (%s, ...)
+# Moves the inventory version once for a difference found, unless another process moved it already
+# (and, as BUMP_INVENTORY, covers the stamps so far: no process moves it again for those rows).
+MOVE_INVENTORY_VERSION = ("UPDATE change_versions SET inventory_version = inventory_version + 1, "
+                          "inventory_mark = (SELECT MAX(updated_at) FROM inventory) "
+                          "WHERE id = 1 AND inventory_version = %s")
+
+
+def car_bucket(car_id: str) -> int:
+    """The reconciliation bucket of a car, as the statements above compute it."""
+    return zlib.crc32(car_id.encode()) & 255
+
+
+def car_checksum(car: Car) -> int:
+    """The checksum of an available car's served fields, as the statements above compute it."""
+    return zlib.crc32(f"{car.car_id}|{car.year}|{car.kilometers}|{car.price:.2f}|{car.region}".encode())
+
+
+def _sqlite_crc32(text: str) -> int:
+    return zlib.crc32(text.encode())
 
 
 @dataclass(frozen=True)
@@ -427,6 +464,43 @@ class Repository:
             return cursor.fetchall()
         rows = self._run("changed_cars", work, deadline)
         return [_car(r) for r in rows], max((r[10] for r in rows), default=None)
+
+    def inventory_checksum(self, deadline: Deadline | None = None) -> tuple[int, int]:
+        """(count, checksum) of the available cars."""
+        def work(cursor):
+            self._lend_crc32(cursor)
+            cursor.execute(INVENTORY_CHECKSUM[self.backend])
+            return cursor.fetchone()
+        count, total = self._run("inventory_checksum", work, deadline)
+        return int(count), int(total or 0)
+
+    def bucket_checksums(self, deadline: Deadline | None = None) -> dict[int, tuple[int, int]]:
+        """{bucket: (count, checksum)} of the available cars (buckets without any are left out)."""
+        def work(cursor):
+            self._lend_crc32(cursor)
+            cursor.execute(BUCKET_CHECKSUMS[self.backend])
+            return cursor.fetchall()
+        return {int(b): (int(count), int(total)) for b, count, total in self._run("bucket_checksums", work, deadline)}
+
+    def cars_in_buckets(self, buckets: Sequence[int], deadline: Deadline | None = None) -> list[Car]:
+        """The available cars of these reconciliation buckets."""
+        def work(cursor):
+            self._lend_crc32(cursor)
+            cursor.execute(self._sql(CARS_IN_BUCKETS + "(" + ", ".join(["%s"] * len(buckets)) + ")"), list(buckets))
+            return cursor.fetchall()
+        return [_car(r) for r in self._run("cars_in_buckets", work, deadline)] if buckets else []
+
+    def move_inventory_version(self, seen: int, deadline: Deadline | None = None) -> int:
+        """Move the inventory version past `seen` unless it moved already; the version now."""
+        def work(cursor):
+            cursor.execute(self._sql(MOVE_INVENTORY_VERSION), (seen,))
+            cursor.execute(INVENTORY_VERSION)
+            return int(cursor.fetchone()[0])
+        return self._run("move_inventory_version", work, deadline)
+
+    def _lend_crc32(self, cursor) -> None:
+        if self.backend == "sqlite":  # per call: cheap, and every thread has its own connection
+            cursor.connection.create_function("CRC32", 1, _sqlite_crc32, deterministic=True)
 
     def request_reload(self) -> int:
         """Ask every process for a full inventory reload (InvalidateCache); the new inventory version."""

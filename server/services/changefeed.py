@@ -5,16 +5,21 @@ newest inventory stamp) every `cache.change_poll_seconds` (0.5 s): a new configu
 makes it load the overrides and swap in the new settings; new inventory stamps make it apply the
 changed rows to the snapshot; a reload request (InvalidateCache) makes it reload in full. With
 Redis, a message on the change channel wakes every process to do the same at once; without (or
-while Redis is down) the tick alone gets there within one interval.
+while Redis is down) the tick alone gets there within one interval. Every
+`cache.reconcile_seconds` (15 s) a tick also reconciles the snapshot with the database (see
+InventoryCache.reconcile): rows deleted by plain SQL and MySQL writes that committed after the
+overlap window arrive then.
 
-Subscribers inside the process hear every change applied here (`subscribe`): a `Change` says
-"configuration now at version V" or "inventory now at version V; these car ids changed"
-(`car_ids` None: reloaded in full).
+Subscribers inside the process hear every change to the snapshot, whatever made it (a tick,
+reconciliation, a reload on the request path after the TTL), and every configuration applied
+(`subscribe`): a `Change` says "configuration now at version V" or "inventory now at version V;
+these car ids changed" (`car_ids` None: reloaded in full).
 """
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -57,6 +62,9 @@ class ChangeFeed:
         self._rejected_version: int | None = None
         self._failing = False
         self._thread = threading.Thread(target=self._run, name="change-feed", daemon=True)
+        self.reconcile_interval = settings.current.cache.reconcile_seconds
+        self._next_reconcile = time.monotonic() + self.reconcile_interval
+        inventory.listen(lambda version, car_ids: self._notify(Change(INVENTORY, version, car_ids)))
 
     # --- subscribers ----------------------------------------------------------------------------
     def subscribe(self, listener: Listener) -> Callable[[], None]:
@@ -89,7 +97,7 @@ class ChangeFeed:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self._wake.wait(self.interval)
+            self._wake.wait(min(self.interval, max(self._next_reconcile - time.monotonic(), 0.0)))
             self._wake.clear()
             if not self._stop.is_set():
                 self.tick()
@@ -107,7 +115,10 @@ class ChangeFeed:
                     state = self.repository.change_state(deadline)
                     self._publish(INVENTORY, state.inventory_version)
                 self._follow_config(state, deadline)
-                self._follow_inventory(state, deadline)
+                self.inventory.refresh(state, deadline)  # the cache tells the subscribers
+                if time.monotonic() >= self._next_reconcile:
+                    self._next_reconcile = time.monotonic() + self.reconcile_interval
+                    self._reconcile(deadline)
             except Exception as exc:  # the database is down or slow: health reports it; retry
                 if not self._failing:
                     log.warning("change feed cannot read the database (%s); retrying every %.2fs", exc, self.interval)
@@ -132,11 +143,12 @@ class ChangeFeed:
         log.info("configuration version %d applied", version, extra={"config_version": version})
         self._notify(Change(CONFIG, version))
 
-    def _follow_inventory(self, state: ChangeState, deadline: Deadline) -> None:
-        applied = self.inventory.refresh(state, deadline)
+    def _reconcile(self, deadline: Deadline) -> None:
+        applied = self.inventory.reconcile(deadline)
         if applied is not None:
             version, car_ids = applied
-            self._notify(Change(INVENTORY, version, None if car_ids is None else tuple(car_ids)))
+            log.info("reconciliation applied %d cars the change feed had missed (inventory version %d)",
+                     len(car_ids), version, extra={"inventory_version": version})
 
     # --- writers in this process ----------------------------------------------------------------
     def _publish(self, kind: str, version: int) -> None:
@@ -158,8 +170,6 @@ class ChangeFeed:
             version = self.inventory.snapshot().version
         except Exception as exc:
             log.warning("inventory reload after invalidation failed (%s); the next request reloads", exc)
-            return removed, version
-        self._notify(Change(INVENTORY, version, None))
         return removed, version
 
     def status(self) -> dict[str, Any]:
