@@ -56,6 +56,7 @@ from conftest import free_port  # noqa: E402
 from mariadb import MariaDBServer, binaries_available  # noqa: E402
 from protos.tradeup.v1 import admin_pb2, offers_pb2 as pb, offers_pb2_grpc  # noqa: E402
 from redis_server import RedisServer, binary as redis_binary  # noqa: E402
+from server.data import demo  # noqa: E402
 
 ADMIN_TOKEN = "chaos-admin-token"
 PROCESSES = 2
@@ -76,6 +77,7 @@ FAILING_CODES = ("INTERNAL", "UNKNOWN")
 CHANNEL_OPTIONS = [("grpc.use_local_subchannel_pool", 1),  # a connection of its own: any worker
                    ("grpc.initial_reconnect_backoff_ms", 100), ("grpc.max_reconnect_backoff_ms", 1000),
                    ("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+DEMO_CAR = demo.demo_cars(1)[0].car_id  # a car the demo data holds
 GARBAGE = (b"\xff\xff\xff\xff\xff", b"\x0a\x10abc", b"\x12\x80")  # bad tag, short field, bad length
 
 
@@ -581,7 +583,7 @@ class Chaos:
                 pb.GenerateOffersRequest(customer_id="C99999")]),
             "GetAmortizationTable": (stub.GetAmortizationTable, [
                 pb.GetAmortizationTableRequest(customer_id="C00001", car_id="NO-SUCH-CAR", term=24),
-                pb.GetAmortizationTableRequest(customer_id="C00001", car_id="INV00001", term=13)]),
+                pb.GetAmortizationTableRequest(customer_id="C00001", car_id=DEMO_CAR, term=13)]),
         }
         kind = rng.choice(["GenerateOffers", "GetAmortizationTable", "garbage", "subsidy"])
         if kind == "garbage":

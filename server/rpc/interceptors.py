@@ -315,6 +315,11 @@ def _check_decoded(request):
 
 
 # --- the default deadline ---------------------------------------------------------------------------
+# A stream still open this long after its default deadline is cancelled: work waiting inside it
+# ends DEADLINE_EXCEEDED at the deadline itself, and keeps that status.
+CANCEL_AFTER = 0.05  # seconds
+
+
 class DefaultDeadline(CallInterceptor):
     """A stream without a deadline is cancelled at the server's default one (`seconds` after it
     began), so a client that stopped reading or sending does not hold its thread for good. Unary
@@ -337,7 +342,7 @@ class DefaultDeadline(CallInterceptor):
 
         def before(request, context):
             if Deadline.of_stream(context) is None:
-                self._add(time.monotonic() + self.seconds, context)
+                self._add(time.monotonic() + self.seconds + CANCEL_AFTER, context)
             return request, None
         return around(response_streaming, before, lambda state, failed: None, behavior)
 
