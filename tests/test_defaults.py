@@ -65,6 +65,7 @@ def test_database_errors_reach_the_log_not_the_client(tmp_path, caplog):
     running = start_server({"TRADEUP_DATABASE_URL": f"mysql://tradeup:secret@127.0.0.1:{port}/tradeup"},
                            TRADEUP_BREAKER_FAILURES=1000, TRADEUP_HEALTH_CHECK_SECONDS=60,
                            TRADEUP_DATABASE_CONNECT_TIMEOUT=0.5)
+    running.app.ready.set()  # as if it had answered at start: the call goes to the database
     try:
         with pytest.raises(grpc.RpcError) as err:
             running.client.generate_offers(customer_id=golden.customer_ids()[0],

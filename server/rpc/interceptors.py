@@ -203,8 +203,9 @@ class Admission(grpc.ServerInterceptor):
     another replica) while the calls in progress finish. `self_limited` methods (long-lived,
     mostly idle streams such as WatchOffers) are admitted by their own service's limit instead."""
 
-    def __init__(self, workers: int, admitted: int, self_limited: frozenset[str] = frozenset()):
+    def __init__(self, workers: int, admitted: int, self_limited: frozenset[str], ready: threading.Event):
         self._workers = threading.BoundedSemaphore(workers)
+        self._ready = ready  # until set (the database is prepared), service calls end UNAVAILABLE
         self._self_limited = self_limited
         self._admitted_max = admitted
         self._admitted = 0
@@ -220,6 +221,8 @@ class Admission(grpc.ServerInterceptor):
         with self._changed:
             if self._draining:
                 raise Unavailable("the server is shutting down: retry on another instance")
+            if not self._ready.is_set():
+                raise Unavailable("the server is starting: retry shortly")
             if self._admitted >= self._admitted_max:
                 raise ResourceExhausted(f"more than {self._admitted_max} calls in progress: retry later")
             self._admitted += 1
