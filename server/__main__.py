@@ -19,6 +19,7 @@ from .logs import configure_logging
 # signal handlers: importing it takes most of a second, during which a signal would kill the
 # process or end it with a traceback.
 log = logging.getLogger("tradeup.server")
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 class StopSignals:
@@ -28,16 +29,20 @@ class StopSignals:
 
     def __init__(self):
         self.requested = threading.Event()
-        self.received: signal.Signals | None = None
+        self.received: signal.Signals | None = None  # the first signal
         self.actions: list[Callable[[signal.Signals], None]] = []
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        self._lock = threading.Lock()
+        for signum in STOP_SIGNALS:
             signal.signal(signum, self._on_signal)
 
     def _on_signal(self, signum, frame) -> None:
         threading.Thread(target=self._request, args=(signal.Signals(signum),), name="stop-request").start()
 
     def _request(self, signum: signal.Signals) -> None:
-        self.received = self.received or signum
+        with self._lock:
+            if self.received is not None:  # the stop is under way (Ctrl-C reaches workers twice)
+                return
+            self.received = signum
         self.requested.set()
         for action in list(self.actions):
             action(signum)
@@ -115,20 +120,6 @@ def serve(settings, stop: StopSignals) -> int:
     server = replace(settings.server, port=port)
     ready_read, ready_write = os.pipe()
     workers = []
-    for index in range(processes):
-        metrics = server.metrics_port + index if server.metrics_port else 0
-        pid = os.fork()
-        if pid == 0:  # the worker hears signals through its copy of `stop`
-            held.close()
-            os.close(ready_read)
-            code = 1
-            try:
-                code = serve_one(replace(settings, server=replace(server, metrics_port=metrics)), stop, index,
-                                 ready_write)
-            finally:
-                os._exit(code)
-        workers.append(pid)
-    os.close(ready_write)
 
     def forward(signum: signal.Signals) -> None:
         for pid in workers:
@@ -137,8 +128,27 @@ def serve(settings, stop: StopSignals) -> int:
             except ProcessLookupError:
                 pass
 
+    # A signal waits while forking: a worker takes it with handlers of its own, the parent forwards it.
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    for index in range(processes):
+        metrics = server.metrics_port + index if server.metrics_port else 0
+        pid = os.fork()
+        if pid == 0:
+            held.close()
+            os.close(ready_read)
+            code = 1
+            try:
+                own = StopSignals()
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+                code = serve_one(replace(settings, server=replace(server, metrics_port=metrics)), own, index,
+                                 ready_write)
+            finally:
+                os._exit(code)
+        workers.append(pid)
+    os.close(ready_write)
     stop.actions.append(forward)
-    if stop.requested.is_set():  # asked while forking: some workers may not have heard it
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+    if stop.requested.is_set():  # asked before `forward` was in place
         forward(stop.received)
     ready = 0
     while ready < processes:  # one byte per worker once it serves; end of file if they all died

@@ -189,7 +189,7 @@ class Application:
 
     def _end_threads(self) -> None:
         self.metrics.close()  # its HTTP server notices within half a second
-        self.monitor.join()  # first: the monitor's check starts the change feed and the watch dispatcher
+        self.monitor.join()  # before the two it may start: the change feed and the watch dispatcher
         self.changes.stop()
         self.watch.join()
         self._rpc_pool.shutdown(wait=True, cancel_futures=True)

@@ -202,7 +202,8 @@ def test_calls_answer_unavailable_until_the_database_is_prepared_then_ok(backend
     codes = [code for _, calls in ticks for code, _ in calls]
     first_ok = codes.index(OK)
     assert set(codes[:first_ok]) == {UNAVAILABLE} and set(codes[first_ok:]) == {OK}, codes
-    starting = [status for status, calls in ticks for _, details in calls if details.startswith("the server is starting")]
+    starting = [status for status, calls in ticks for _, details in calls
+                if details.startswith("the server is starting")]
     assert set(starting) <= {"NOT_SERVING"}  # health answers while the server starts, and says so
     assert all(code == OK for status, calls in ticks if status == "SERVING" for code, _ in calls)
     if backend == "sqlite":  # loading the demo data takes several ticks: calls see it
