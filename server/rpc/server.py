@@ -68,10 +68,10 @@ class HealthMonitor:
     """Keeps grpc.health.v1 in step with the process and the database. Liveness is not readiness:
     the overall service ("") is SERVING while the process runs and not shutting down;
     tradeup.v1.OfferService is SERVING while the database answers, from the first check that
-    prepared it in full (`check_database` migrates, seeds and loads the inventory). `check` runs on a thread of
-    its own every `interval` seconds, each probe bounded by PROBE_TIMEOUT (a healthy database
-    answers in well under a millisecond), so it neither waits behind business calls nor for a
-    stalled database: a stall shows within interval + PROBE_TIMEOUT."""
+    prepared it in full (`check_database` migrates, seeds and loads the inventory). `check` runs
+    on a thread of its own every `interval` seconds, each probe bounded by PROBE_TIMEOUT (a
+    healthy database answers in well under a millisecond), so it neither waits behind business
+    calls nor for a stalled database: a stall shows within interval + PROBE_TIMEOUT."""
 
     def __init__(self, servicer: health.HealthServicer, check_database, interval: float):
         self.servicer = servicer
