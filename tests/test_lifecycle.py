@@ -356,7 +356,23 @@ def sigterm_with_a_stream_open(directory: Path, rng: random.Random, window: floa
     return "stream open", seconds
 
 
-STATES = (sigterm_while_starting, sigterm_when_idle, sigterm_under_load, sigterm_with_a_stream_open)
+def sigterm_to_worker_processes(directory: Path, rng: random.Random, window: float,
+                                template: Path) -> tuple[str, float]:
+    """Two worker processes on a fresh file: the parent seeds before forking, then forwards the signal."""
+    database = directory.parent / f"{directory.name}.db"
+    server = ServerProcess(directory, {"TRADEUP_SQLITE_PATH": str(database), "TRADEUP_PROCESSES": "2"})
+    try:
+        server.wait_handlers()
+        time.sleep(rng.uniform(0, 2 * window))
+        seconds = server.stop_cleanly("worker processes")
+    finally:
+        server.kill()
+    assert stored(database) in ((0, 0), DEMO)
+    return ("2 workers serving" if "(2 processes)" in server.stdout.read_text() else "2 workers starting"), seconds
+
+
+STATES = (sigterm_while_starting, sigterm_when_idle, sigterm_under_load, sigterm_with_a_stream_open,
+          sigterm_to_worker_processes)
 TRIALS_PER_STATE = 5
 
 
