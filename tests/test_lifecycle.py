@@ -8,6 +8,8 @@ each on a free loopback port. The moments are random: the seed is printed, and s
 of the outcomes (`pytest -rP` shows both)."""
 from __future__ import annotations
 
+import itertools
+import json
 import os
 import queue
 import random
@@ -297,30 +299,35 @@ def sigterm_when_idle(directory: Path, rng: random.Random, window: float, templa
 
 
 def sigterm_under_load(directory: Path, rng: random.Random, window: float, template: Path) -> tuple[str, float]:
-    """Three clients calling GenerateOffers: the calls begun before the signal end OK (in flight:
-    they finish) or UNAVAILABLE (not admitted once draining); so do later ones, or CANCELLED when
-    they race the server's closing of its connections."""
+    """Three clients calling GenerateOffers. Each call the server took is answered as its access
+    log says, OK (in flight: it finishes) or UNAVAILABLE (draining); the others end UNAVAILABLE,
+    or CANCELLED when they race the server's closing of its connections."""
     server = ServerProcess(directory, seeded_copy(template, directory))
-    calls: list[tuple[float, grpc.StatusCode]] = []  # (begun, code)
+    calls: dict[str, grpc.StatusCode] = {}  # request id: code
     done = threading.Event()
 
-    def load() -> None:
+    def load(client: int) -> None:
         with fail_fast_channel(server.target) as channel:
             stub = offers_pb2_grpc.OfferServiceStub(channel)
-            while not done.is_set():
-                begun = time.monotonic()
-                calls.append((begun, offers_call(stub, f"C{rng.randrange(1, 5001):05d}", 5.0)[0]))
-                if calls[-1][1] != OK:  # as the client library's retry policy: back off
-                    done.wait(0.1)
+            for k in itertools.count():
+                if done.is_set():
+                    return
+                request_id = f"load-{client}-{k}"
+                try:
+                    stub.GenerateOffers(offers_pb2.GenerateOffersRequest(customer_id=f"C{rng.randrange(1, 5001):05d}"),
+                                        timeout=5.0, metadata=(("x-request-id", request_id),))
+                    calls[request_id] = OK
+                except grpc.RpcError as err:
+                    calls[request_id] = err.code()
+                    done.wait(0.1)  # as the client library's retry policy: back off
 
     try:
         server.wait_serving()
-        clients = [threading.Thread(target=load) for _ in range(3)]
+        clients = [threading.Thread(target=load, args=(k,)) for k in range(3)]
         for client in clients:
             client.start()
         try:
             time.sleep(rng.uniform(0.1, 0.5))
-            signalled = time.monotonic()
             seconds = server.stop_cleanly("under load")
         finally:
             done.set()
@@ -328,10 +335,12 @@ def sigterm_under_load(directory: Path, rng: random.Random, window: float, templ
                 client.join(10)
     finally:
         server.kill()
-    before = Counter(code for begun, code in calls if begun < signalled)
-    after = Counter(code for begun, code in calls if begun >= signalled)
-    assert before[OK] and set(before) <= {OK, UNAVAILABLE} and set(after) <= {OK, UNAVAILABLE, CANCELLED}, \
-        (before, after)
+    logged = [json.loads(line) for line in server.log().splitlines() if line.startswith("{")]
+    answered = {line["request_id"]: line["code"] for line in logged
+                if line.get("method") == "/tradeup.v1.OfferService/GenerateOffers"}
+    assert "OK" in answered.values() and set(answered.values()) <= {"OK", "UNAVAILABLE"}, Counter(answered.values())
+    assert all(code.name == answered[request_id] for request_id, code in calls.items() if request_id in answered)
+    assert {code for request_id, code in calls.items() if request_id not in answered} <= {UNAVAILABLE, CANCELLED}
     return "under load", seconds
 
 
