@@ -28,6 +28,7 @@ from .services.watch import WatchService
 from .services.workers import Workers
 
 log = logging.getLogger("tradeup.server")
+STOP_SLACK = 0.5  # seconds after the grace period for the background threads to end
 
 
 def open_repository(settings: Settings) -> Repository:
@@ -35,20 +36,17 @@ def open_repository(settings: Settings) -> Repository:
     return Repository(open_database(d), CircuitBreaker(d.breaker_failures, d.breaker_reset_seconds))
 
 
-def seed_demo_data(repository: Repository, cars: int = 4000, customers: int = 5000) -> None:
-    repository.put_cars(demo.demo_cars(cars))
-    repository.put_customers(demo.demo_customers(customers))
-
-
-def prepare_database(repository: Repository, seed_demo: bool) -> None:
-    """Migrate, and seed an empty embedded database with the demo data when asked to. A MySQL
-    database is never filled with fake data at start: `python -m server seed` does that on request."""
+def prepare_database(repository: Repository, seed_demo: bool, stop: threading.Event | None = None) -> None:
+    """Migrate, and seed an empty embedded database with the demo data when asked to: in one
+    transaction, which `stop` rolls back (the next start loads it then). A MySQL database is never
+    filled with fake data at start: `python -m server seed` does that on request."""
     repository.migrate()
     if repository.counts() != (0, 0):
         return
     if seed_demo and repository.backend == "sqlite":
         log.info("empty database: loading the demo data")
-        seed_demo_data(repository)
+        if repository.seed(demo.demo_cars(), demo.demo_customers(), only_if_empty=True, stop=stop):
+            log.info("demo data loaded")
     else:
         log.warning("the database holds no cars and no customers (demo data: `python -m server seed`)")
 
@@ -92,7 +90,9 @@ class Application:
                 limiter = SharedTokenBuckets(s.rate_limit_per_second, s.rate_limit_burst, self.redis, limiter)
         self.watch = WatchService(self.offers, self.changes, s.max_watchers, s.watch_queue_messages,
                                   s.watch_customer_poll_seconds, s.default_deadline_seconds)
-        self.ready = threading.Event()  # the database prepared and followed: service calls are admitted
+        # Set once the database is prepared and followed: service calls end UNAVAILABLE until then.
+        self.ready = threading.Event()
+        self.stopping = threading.Event()  # a preparation in progress gives up (a seed rolls back)
         self.calls = CallInterceptors(settings, self.metrics, self.ready, limiter)
         self.admission = self.calls.admission
         self._rpc_pool = futures.ThreadPoolExecutor(max_workers=rpc_threads(settings), thread_name_prefix="rpc")
@@ -102,18 +102,18 @@ class Application:
             AdminServicer(self.admin), self.health, self.calls.chain,
             self._rpc_pool, address)
         self._prepared = False
-        self._following = False  # the change feed runs (started by the first database check)
         self._prepare_lock = threading.Lock()
         self.stopped = threading.Event()
         self._stop_lock = threading.Lock()
+        self._threads_ended = False
 
     @staticmethod
-    def prepare_shared(settings: Settings) -> dict:
+    def prepare_shared(settings: Settings, stop: threading.Event) -> dict:
         """Migrate and seed before worker processes fork (no gRPC object may exist yet)."""
         repository = open_repository(settings)
         try:
             repository.database.ping(PROBE_TIMEOUT)  # a stalled database fails fast (the workers retry)
-            prepare_database(repository, settings.database.seed_demo_data)
+            prepare_database(repository, settings.database.seed_demo_data, stop)
             cars, customers = repository.counts()
             return {"cars": cars, "customers": customers}
         finally:
@@ -124,56 +124,75 @@ class Application:
         with self._prepare_lock:
             if self._prepared:
                 return
-            prepare_database(self.repository, self.settings.current.database.seed_demo_data)
+            prepare_database(self.repository, self.settings.current.database.seed_demo_data, self.stopping)
             self.repository.database.warm_up()
             self._prepared = True
 
     def _check_database(self, timeout: float) -> None:
         """The health monitor's probe: the database answers within `timeout` (through the breaker,
-        whose probe it may be). The first answer also migrates, seeds and loads the inventory."""
+        whose probe it may be). Until one succeeds in full, each also migrates, seeds, loads the
+        inventory and starts following the database, then the server is ready."""
         database = self.repository.database
         self.repository.breaker.call(lambda: database.ping(timeout), database.is_failure)
-        if not self._prepared:
-            self.prepare_database()
-        if not self._following:
-            self.inventory.snapshot()
-            # The database's configuration and inventory versions apply before OfferService serves.
-            self.changes.start()
-            self.watch.start()
-            self._following = True
-            self.ready.set()
+        if self.ready.is_set():
+            return
+        self.prepare_database()
+        self.inventory.snapshot()
+        # The database's configuration and inventory versions apply before OfferService serves.
+        self.changes.start()
+        self.watch.start()
+        self.ready.set()
 
     def start(self, wait_ready: float | None = 10.0) -> None:
         """Listen at once; the database is checked (and prepared) by the health monitor's thread,
         and OfferService is NOT_SERVING until it answers. Waits up to `wait_ready` seconds (None:
         for as long as it takes) for that first check, which a stalled database fails within the
         probe's timeout."""
-        self.server.start()
-        self.monitor.start()
-        s = self.settings.current.server
-        if s.metrics_port:
-            self.metrics_port = self.metrics.serve(s.metrics_host, s.metrics_port)
+        with self._stop_lock:  # not while stopping, nor after
+            if self.stopping.is_set():
+                return
+            self.server.start()
+            self.monitor.start()
+            s = self.settings.current.server
+            if s.metrics_port:
+                self.metrics_port = self.metrics.serve(s.metrics_host, s.metrics_port)
         self.monitor.first_check.wait(wait_ready)
 
-    def stop(self, grace: float | None = None) -> None:
+    def stop(self, grace: float | None = None) -> bool:
         """Health NOT_SERVING; new service calls end UNAVAILABLE while those in progress get up to
-        `grace` seconds to finish; then the server stops."""
+        `grace` seconds to finish; then the server stops and the background threads end. True when
+        they all did within STOP_SLACK seconds after the grace (else one is stuck on a stalled
+        database: it is left behind, with the connections, for the process's exit to end)."""
         with self._stop_lock:  # a second caller waits for the first to finish
             if not self.stopped.is_set():
                 self._stop(grace)
+            return self._threads_ended
 
     def _stop(self, grace: float | None) -> None:
+        self.stopping.set()
         self.monitor.begin_shutdown()
         grace = self.settings.current.server.grace_seconds if grace is None else grace
         until = time.monotonic() + grace
         self.watch.shutdown()  # WatchOffers streams end now (ENDING, then UNAVAILABLE), not at the grace
         self.admission.drain(grace)
         self.server.stop(max(0.0, until - time.monotonic())).wait()
-        self._rpc_pool.shutdown(wait=True)
+        # Joined on a thread of their own, so that a thread stuck on the database holds up no one.
+        ending = threading.Thread(target=self._end_threads, name="stop", daemon=True)
+        ending.start()
+        ending.join(max(0.0, until + STOP_SLACK - time.monotonic()))
+        self._threads_ended = not ending.is_alive()
+        if self._threads_ended:
+            self.repository.database.close()  # never under a thread still using a connection
+        else:
+            log.warning("a background thread is still waiting for the database: not waiting for it")
+        self.stopped.set()
+
+    def _end_threads(self) -> None:
+        self.metrics.close()  # its HTTP server notices within half a second
+        self.monitor.join()  # before the two it may start: the change feed and the watch dispatcher
+        self.changes.stop()
+        self.watch.join()
+        self._rpc_pool.shutdown(wait=True, cancel_futures=True)
         self.calls.close()
         self._health_pool.shutdown(wait=True)
-        self.changes.stop()
-        self.metrics.close()
         self.engine.close()
-        self.repository.database.close()
-        self.stopped.set()

@@ -1,6 +1,7 @@
 """Deterministic demo data: about 4,000 cars and 5,000 customers shaped like the lender's
 (12 brands, model years 2015-2024, prices ~200k-700k MXN, customers mostly A1/A2 paying
-~3.5k-10k MXN a month on a 2011-2021 car). `python -m server.data.demo` loads it."""
+~3.5k-10k MXN a month on a 2011-2021 car). `python -m server seed` loads it (in one transaction),
+as does the first start on an empty embedded database."""
 from __future__ import annotations
 
 import random

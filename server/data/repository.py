@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 import zlib
 from dataclasses import dataclass
@@ -174,6 +175,9 @@ PREFILTER_SAME_REGION = f"SELECT car_id FROM inventory {_PREFILTER_WHERE} AND re
 EXPLAIN_PREFILTER = "EXPLAIN " + PREFILTER
 COUNT_CARS = "SELECT COUNT(*) FROM inventory"
 COUNT_CUSTOMERS = "SELECT COUNT(*) FROM customers"
+HOLDS_DATA = "SELECT EXISTS (SELECT 1 FROM inventory) OR EXISTS (SELECT 1 FROM customers)"
+# Rows per statement of a seed: between two, a stop request rolls the whole seed back.
+SEED_CHUNK_ROWS = 500
 DELETE_CARS = "DELETE FROM inventory"
 DELETE_CUSTOMERS = "DELETE FROM customers"
 CHANGED_CARS = f"SELECT {_CAR_COLUMNS}, updated_at FROM inventory WHERE updated_at > %s"
@@ -251,6 +255,24 @@ def _customer(row) -> Customer:
                     risk_profile_name=row[6], risk_profile_index=int(row[7]), region=row[8] or "")
 
 
+def _car_rows(cars: Iterable[Car]) -> list[tuple]:
+    return [(c.car_id, c.brand, c.model, c.year, c.kilometers, c.regular_price, c.promotion_price,
+             c.region, c.color, int(c.available)) for c in cars]
+
+
+def _customer_rows(customers: Iterable[Customer]) -> list[tuple]:
+    return [(c.customer_id, c.current_monthly_payment, c.outstanding_balance, c.current_car_price,
+             c.current_car_year, c.current_car_km, c.risk_profile_name, c.risk_profile_index, c.region)
+            for c in customers]
+
+
+def _delete_all(cursor) -> None:
+    cursor.execute(DELETE_CARS)
+    cursor.execute(DELETE_CUSTOMERS)
+    for statement in REQUEST_RELOAD:  # deleted rows carry no stamp: every process reloads
+        cursor.execute(statement)
+
+
 def _utc(value) -> datetime:
     if isinstance(value, str):
         value = datetime.fromisoformat(value)
@@ -319,7 +341,10 @@ class Repository:
             if backend == "sqlite":
                 for statement in SQLITE_STAMP_TRIGGERS:
                     cursor.execute(statement)
-        self._run("migrate", work, None)
+        if backend == "sqlite":  # its DDL is transactional: an interrupted migration leaves nothing behind
+            self._run("migrate", lambda cursor: self._transaction(cursor, work, write=True), None)
+        else:  # MySQL commits each DDL statement: every step above is idempotent, a rerun completes it
+            self._run("migrate", work, None)
 
     def _utc(self, cursor) -> None:
         if self.backend == "mysql":
@@ -336,20 +361,42 @@ class Repository:
         return result
 
     def put_customers(self, customers: Iterable[Customer]) -> None:
-        rows = [(c.customer_id, c.current_monthly_payment, c.outstanding_balance, c.current_car_price,
-                 c.current_car_year, c.current_car_km, c.risk_profile_name, c.risk_profile_index, c.region)
-                for c in customers]
+        rows = _customer_rows(customers)
         self._run("put_customers", lambda cursor: cursor.executemany(self._sql(PUT_CUSTOMER), rows), None)
 
     def put_cars(self, cars: Iterable[Car]) -> None:
         """Insert or replace cars (new stock, repricing); the inventory version moves."""
-        rows = [(c.car_id, c.brand, c.model, c.year, c.kilometers, c.regular_price, c.promotion_price,
-                 c.region, c.color, int(c.available)) for c in cars]
+        rows = _car_rows(cars)
 
         def work(cursor):
             cursor.executemany(self._sql(PUT_CAR), rows)
             cursor.execute(BUMP_INVENTORY)
         self._run("put_cars", work, None)
+
+    def seed(self, cars: Iterable[Car], customers: Iterable[Customer], replace: bool = False,
+             only_if_empty: bool = False, stop: threading.Event | None = None) -> bool:
+        """Write cars and customers in one transaction: whatever ends it early (`stop` set, checked
+        every SEED_CHUNK_ROWS rows; a signal; a kill) leaves none of them. `replace`: delete every
+        car and customer first; `only_if_empty`: write nothing unless the database holds no car and
+        no customer (decided inside the transaction: concurrent seeders load it once). Returns
+        whether it wrote; the inventory version moves when it did."""
+        statements = [(self._sql(PUT_CAR), _car_rows(cars)), (self._sql(PUT_CUSTOMER), _customer_rows(customers))]
+
+        def work(cursor):
+            if only_if_empty:
+                cursor.execute(HOLDS_DATA)
+                if cursor.fetchone()[0]:
+                    return False
+            if replace:
+                _delete_all(cursor)
+            for statement, rows in statements:
+                for first in range(0, len(rows), SEED_CHUNK_ROWS):
+                    if stop is not None and stop.is_set():
+                        raise Unavailable("stopping: the data load was rolled back")
+                    cursor.executemany(statement, rows[first:first + SEED_CHUNK_ROWS])
+            cursor.execute(BUMP_INVENTORY)
+            return True
+        return self._run("seed", lambda cursor: self._transaction(cursor, work, write=True), None)
 
     def set_car_available(self, car_id: str, available: bool) -> None:
         def work(cursor):
@@ -358,12 +405,7 @@ class Repository:
         self._run("set_car_available", work, None)
 
     def delete_all(self) -> None:
-        def work(cursor):
-            cursor.execute(DELETE_CARS)
-            cursor.execute(DELETE_CUSTOMERS)
-            for statement in REQUEST_RELOAD:  # deleted rows carry no stamp: every process reloads
-                cursor.execute(statement)
-        self._run("delete_all", lambda cursor: self._transaction(cursor, work, write=True), None)
+        self._run("delete_all", lambda cursor: self._transaction(cursor, _delete_all, write=True), None)
 
     def counts(self) -> tuple[int, int]:
         """(cars, customers)."""

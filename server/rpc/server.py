@@ -67,10 +67,11 @@ PROBE_TIMEOUT = 0.5  # seconds
 class HealthMonitor:
     """Keeps grpc.health.v1 in step with the process and the database. Liveness is not readiness:
     the overall service ("") is SERVING while the process runs and not shutting down;
-    tradeup.v1.OfferService is SERVING while the database answers. `check` runs on a thread of
-    its own every `interval` seconds, each probe bounded by PROBE_TIMEOUT (a healthy database
-    answers in well under a millisecond), so it neither waits behind business calls nor for a
-    stalled database: a stall shows within interval + PROBE_TIMEOUT."""
+    tradeup.v1.OfferService is SERVING while the database answers, from the first check that
+    prepared it in full (`check_database` migrates, seeds and loads the inventory). `check` runs
+    on a thread of its own every `interval` seconds, each probe bounded by PROBE_TIMEOUT (a
+    healthy database answers in well under a millisecond), so it neither waits behind business
+    calls nor for a stalled database: a stall shows within interval + PROBE_TIMEOUT."""
 
     def __init__(self, servicer: health.HealthServicer, check_database, interval: float):
         self.servicer = servicer
@@ -91,6 +92,8 @@ class HealthMonitor:
             self.check_database(min(self.interval, PROBE_TIMEOUT))
             self.set_reachable(True)
         except Exception as exc:  # any failure to answer means not ready
+            if self.shutting_down:  # the stop interrupted this check (a seed rolled back): nothing to report
+                return False
             if self.reachable is not False:
                 log.warning("database check failed: %s", exc)
             self.set_reachable(False)
@@ -127,6 +130,11 @@ class HealthMonitor:
         self.shutting_down = True
         self._stop.set()
         self._publish()
+
+    def join(self) -> None:
+        """Wait for the check in progress, after begin_shutdown."""
+        if self._thread.is_alive():
+            self._thread.join()
 
 
 # Threads beyond the admitted service calls: health and reflection always find one.

@@ -226,6 +226,8 @@ class WatchService:
         with self._lock:
             if self._closing:
                 raise Unavailable("the server is shutting down")
+            if not self._thread.is_alive():  # started once the database is prepared and followed
+                raise Unavailable("the server is starting: retry shortly")
             if self._watchers >= self.max_watchers:
                 raise ResourceExhausted(f"this process already serves {self.max_watchers} WatchOffers streams")
             self._watchers += 1
@@ -324,6 +326,11 @@ class WatchService:
             self._unsubscribe()
             self._unsubscribe = None
         self._events.put(None)
+
+    def join(self) -> None:
+        """Wait for the dispatcher to finish the update in progress, after shutdown."""
+        if self._thread.is_alive():
+            self._thread.join()
 
     def _on_change(self, change: Change) -> None:
         # On the change feed's thread: only hand over. The snapshot is the one this change made.
