@@ -226,8 +226,6 @@ class WatchService:
         with self._lock:
             if self._closing:
                 raise Unavailable("the server is shutting down")
-            if not self._thread.is_alive():  # started once the database is prepared and followed
-                raise Unavailable("the server is starting: retry shortly")
             if self._watchers >= self.max_watchers:
                 raise ResourceExhausted(f"this process already serves {self.max_watchers} WatchOffers streams")
             self._watchers += 1
