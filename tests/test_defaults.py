@@ -1,18 +1,16 @@
 """Safe defaults: no fake data in a MySQL database unless asked, DDL that MySQL accepts too,
-no driver text in client messages, and term lists both kernels can price."""
+and term lists both kernels can price."""
 from __future__ import annotations
 
 import json
-import logging
 import os
 import subprocess
 import sys
 
-import grpc
 import pytest
 
 import golden_data as golden
-from conftest import ROOT, free_port, load_golden, start_server
+from conftest import ROOT, load_golden
 from engine_ext import EngineInputError, PricingParams
 from engine_ext.params import MAX_TERMS
 from server.app import open_repository, prepare_database
