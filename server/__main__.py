@@ -28,18 +28,25 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 class StopSignals:
     """SIGTERM and SIGINT ask the process to stop: `requested` is set and the `actions` run with
     the signal, on a thread of its own. (A handler runs between two bytecodes of the main thread,
-    which may be holding a lock that setting an Event takes: it only starts that thread.)"""
+    which may be holding a lock that setting an Event or starting a thread takes: it only writes
+    the signal to a pipe, which that thread, started beforehand, reads.)"""
 
     def __init__(self):
         self.requested = threading.Event()
         self.received: signal.Signals | None = None  # the first signal
         self.actions: list[Callable[[signal.Signals], None]] = []
         self._lock = threading.Lock()
+        self._read, self._write = os.pipe()
+        threading.Thread(target=self._listen, name="stop-signals", daemon=True).start()
         for signum in STOP_SIGNALS:
             signal.signal(signum, self._on_signal)
 
     def _on_signal(self, signum, frame) -> None:
-        threading.Thread(target=self._request, args=(signal.Signals(signum),), name="stop-request").start()
+        os.write(self._write, bytes([signum]))
+
+    def _listen(self) -> None:
+        while True:
+            self._request(signal.Signals(os.read(self._read, 1)[0]))
 
     def _request(self, signum: signal.Signals) -> None:
         with self._lock:
@@ -165,6 +172,9 @@ def serve(settings, stop: StopSignals) -> int:
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
                 code = serve_one(replace(settings, server=replace(server, metrics_port=metrics)), own, index,
                                  ready_write)
+            except BaseException:  # os._exit below skips the interpreter's own report
+                log.exception("worker %d failed", index)
+                logging.shutdown()
             finally:
                 os._exit(code)
         workers.append(pid)

@@ -94,12 +94,11 @@ class Application:
         self.ready = threading.Event()
         self.stopping = threading.Event()  # a preparation in progress gives up (a seed rolls back)
         self.calls = CallInterceptors(settings, self.metrics, self.ready, limiter)
-        self.admission = self.calls.admission
         self._rpc_pool = futures.ThreadPoolExecutor(max_workers=rpc_threads(settings), thread_name_prefix="rpc")
         self.server, self.port = create_server(
             settings, OfferServicer(self.offers, s.stream_batch_size, s.max_bulk_customers, self.watch,
                                     s.default_deadline_seconds),
-            AdminServicer(self.admin), self.health, self.calls.chain,
+            AdminServicer(self.admin, s.default_deadline_seconds), self.health, self.calls.chain,
             self._rpc_pool, address)
         self._prepared = False
         self._prepare_lock = threading.Lock()
@@ -174,7 +173,7 @@ class Application:
         grace = self.settings.current.server.grace_seconds if grace is None else grace
         until = time.monotonic() + grace
         self.watch.shutdown()  # WatchOffers streams end now (ENDING, then UNAVAILABLE), not at the grace
-        self.admission.drain(grace)
+        self.calls.admission.drain(grace)
         self.server.stop(max(0.0, until - time.monotonic())).wait()
         # Joined on a thread of their own, so that a thread stuck on the database holds up no one.
         ending = threading.Thread(target=self._end_threads, name="stop", daemon=True)

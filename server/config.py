@@ -54,9 +54,9 @@ class ServerSettings:
                                       "the caller is the rate_limit_key metadata, else the peer address; more get "
                                       "RESOURCE_EXHAUSTED", minimum=1, maximum=100000)
     default_deadline_seconds: float = key(30.0, "TRADEUP_DEFAULT_DEADLINE_SECONDS",
-                                          "deadline of a call that sets none: every wait inside it is bounded by "
-                                          "it, and a stream still open then is cancelled (WatchOffers excepted: "
-                                          "each of its pricings gets this deadline)",
+                                          "deadline of a call that sets none (of each customer of a bulk stream, "
+                                          "each pricing of a watch): every wait inside is bounded by it, and such "
+                                          "a stream idle for as long (nothing received or sent) is cancelled",
                                           minimum=0.1, maximum=86400)
     max_message_bytes: int = key(16 * 1024 * 1024, "TRADEUP_MAX_MESSAGE_BYTES",
                                  "largest request or response message", minimum=1024, maximum=1 << 30)

@@ -47,12 +47,10 @@ class Deadline:
     def expired(self) -> bool:
         return time.monotonic() >= self.at
 
-    def check(self, stage: str) -> float:
-        """Seconds left; DeadlineExceeded `stage` (e.g. "before pricing") when none."""
-        left = self.at - time.monotonic()
-        if left <= 0:
+    def check(self, stage: str) -> None:
+        """DeadlineExceeded `stage` (e.g. "before pricing") when no time is left."""
+        if time.monotonic() >= self.at:
             raise DeadlineExceeded(f"deadline exceeded {stage}")
-        return left
 
     def acquire(self, lock, waiting_for: str) -> None:
         """Take `lock` (a Lock or Semaphore), waiting no longer than the deadline."""
@@ -63,7 +61,7 @@ class Deadline:
         """A socket timeout for one read or write: the time left, at most `cap`, never 0."""
         return max(min(self.at - time.monotonic(), cap), _MIN_IO_TIMEOUT)
 
-    def cut_short(self, cap: float) -> bool:
+    def sooner_than(self, cap: float) -> bool:
         """True when the deadline, not `cap`, bounds the next wait (a time-out is then the deadline's)."""
         return self.at - time.monotonic() < cap
 

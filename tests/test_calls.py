@@ -15,7 +15,7 @@ from google.protobuf import struct_pb2
 import golden_data as golden
 from client import OfferClient
 from conftest import free_port, start_server
-from protos.tradeup.v1 import admin_pb2, offers_pb2 as pb, offers_pb2_grpc
+from protos.tradeup.v1 import admin_pb2, admin_pb2_grpc, offers_pb2 as pb, offers_pb2_grpc
 from server.deadline import Deadline
 from server.errors import DeadlineExceeded
 
@@ -32,7 +32,7 @@ def no_deadline_stub(target: str) -> tuple[grpc.Channel, offers_pb2_grpc.OfferSe
 def test_deadline_value():
     deadline = Deadline.after(0.2)
     assert 0.1 < deadline.left() <= 0.2 and not deadline.expired()
-    assert deadline.io_timeout(0.05) == 0.05 and deadline.cut_short(1.0) and not deadline.cut_short(0.05)
+    assert deadline.io_timeout(0.05) == 0.05 and deadline.sooner_than(1.0) and not deadline.sooner_than(0.05)
     lock = threading.Lock()
     lock.acquire()
     started = time.monotonic()
@@ -63,10 +63,11 @@ def test_a_call_without_a_deadline_gets_the_default():
 
 
 def test_every_rpc_answers_without_a_deadline(golden_database):
-    """Each RPC through a plain stub with no deadline, also after the inventory TTL has passed
-    (the reload used to overflow a lock wait: INTERNAL)."""
-    running = start_server(golden_database[1], TRADEUP_INVENTORY_TTL_SECONDS=1)
+    """Each RPC, admin ones too, through a plain stub with no deadline, also after the inventory
+    TTL has passed (the reload used to overflow a lock wait: INTERNAL)."""
+    running = start_server(golden_database[1], TRADEUP_INVENTORY_TTL_SECONDS=1, TRADEUP_ADMIN_TOKEN="test-admin-token")
     channel, stub = no_deadline_stub(running.target)
+    admin = admin_pb2_grpc.AdminServiceStub(channel)
     try:
         offers = len(golden.offers_of(STORED)["offers"])
         for round in range(2):
@@ -84,11 +85,20 @@ def test_every_rpc_answers_without_a_deadline(golden_database):
             watch = stub.WatchOffers(pb.WatchOffersRequest(customer_id=STORED))
             assert next(watch).summary.total_offers == offers
             watch.cancel()
-            assert running.client.status().inventory_cars > 0  # admin, through the library's deadline
+            token = (("authorization", "Bearer test-admin-token"),)
+            assert admin.GetStatus(admin_pb2.GetStatusRequest(), metadata=token).inventory_cars > 0
+            assert admin.GetConfig(admin_pb2.GetConfigRequest(), metadata=token).config_version >= 0
+            admin.GetConfigHistory(admin_pb2.GetConfigHistoryRequest(), metadata=token)
+            assert admin.InvalidateCache(admin_pb2.InvalidateCacheRequest(), metadata=token).inventory_version > 0
+            assert admin.UpdateBusinessParameters(admin_pb2.UpdateBusinessParametersRequest(
+                changes=struct_pb2.Struct(fields={"fees": struct_pb2.Value(struct_value=struct_pb2.Struct(
+                    fields={"service_fee_pct": struct_pb2.Value(number_value=0.04)}))})),
+                metadata=token).config_version > 0
             time.sleep(1.2)  # past the TTL: the next round reloads the snapshot on its way
     finally:
         channel.close()
         running.stop()
+        running.reset_config()
 
 
 @pytest.mark.skipif(not (ROOT / "bin" / "grpcurl").exists() and not shutil.which("grpcurl"),
@@ -141,11 +151,11 @@ def test_the_client_library_retries_unavailable(golden_database):
             running.client.generate_offers(customer_id="NOPE")
         assert err.value.code() == grpc.StatusCode.NOT_FOUND
         assert attempts(running, "GenerateOffers", "NOT_FOUND") == 1
-        running.app.admission.drain(0)
+        running.app.calls.admission.drain(0)
         with pytest.raises(grpc.RpcError) as err:
             running.client.generate_offers(customer_id=STORED)
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE
-        assert attempts(running, "GenerateOffers", "UNAVAILABLE") == 4
+        assert attempts(running, "GenerateOffers", "UNAVAILABLE") == 5  # the policy's maxAttempts
         changes = struct_pb2.Struct()
         with pytest.raises(grpc.RpcError) as err:
             running.client.admin.UpdateBusinessParameters(admin_pb2.UpdateBusinessParametersRequest(changes=changes),
@@ -171,7 +181,7 @@ def test_a_retried_call_succeeds_once_the_server_is_ready(golden_database):
         caller.start()
         deadline = time.monotonic() + 5
         while attempts(running, "GenerateOffers", "UNAVAILABLE") < 1 and time.monotonic() < deadline:
-            time.sleep(0.001)
+            time.sleep(0.01)
         running.app.ready.set()
         caller.join(10)
         assert results and results[0].summary.customer_id == STORED
@@ -219,7 +229,7 @@ def test_idle_streams_hold_nothing(golden_database):
             next(watch)
             calls.append(watch)
         loaded = unary_p99()
-        assert running.app.admission.in_progress == 192
+        assert running.app.calls.admission.in_progress == 192
         print(f"unary p99: quiet {quiet * 1e3:.1f} ms, with 192 idle streams {loaded * 1e3:.1f} ms")
         assert loaded <= 2 * quiet + 0.005  # 5 ms of slack for timer noise on a sub-millisecond figure
     finally:
@@ -230,7 +240,7 @@ def test_idle_streams_hold_nothing(golden_database):
 
 
 def test_each_customer_of_a_bulk_stream_is_rate_limited(golden_database):
-    running = start_server(golden_database[1], TRADEUP_RATE_LIMIT_PER_SECOND=0.5, TRADEUP_RATE_LIMIT_BURST=3)
+    running = start_server(golden_database[1], TRADEUP_RATE_LIMIT_PER_SECOND=0.001, TRADEUP_RATE_LIMIT_BURST=3)
     try:
         answered = []
         with pytest.raises(grpc.RpcError) as err:
@@ -243,17 +253,26 @@ def test_each_customer_of_a_bulk_stream_is_rate_limited(golden_database):
         running.stop()
 
 
-def test_a_refused_stream_count_is_given_back(golden_database):
-    """Streams refused or ended leave the per-caller count as it was: after many refusals the
-    caller's next stream is admitted."""
-    running = start_server(golden_database[1], TRADEUP_MAX_STREAMS_PER_CALLER=1)
+def test_stream_places_are_given_back_however_a_stream_ends(golden_database):
+    """A stream that ends, fails, is refused or is cancelled mid-way by its client leaves the
+    per-caller count as it was: the caller's next stream is admitted."""
+    running = start_server(golden_database[1], TRADEUP_MAX_STREAMS_PER_CALLER=1, TRADEUP_STREAM_BATCH_SIZE=1)
+    wide = max(golden.customer_ids(), key=lambda c: len(golden.offers_of(c)["offers"]))
     try:
-        for _ in range(5):
-            list(running.client.stream_offers(customer_id=STORED, max_offers=1))
-        with pytest.raises(grpc.RpcError):
+        list(running.client.stream_offers(customer_id=STORED, max_offers=1))  # ends
+        with pytest.raises(grpc.RpcError):  # fails
             list(running.client.stream_offers(customer_id="NOPE"))
+        cancelled = running.client.stream_offers(customer_id=wide)
+        next(cancelled)
+        with pytest.raises(grpc.RpcError) as err:  # refused: the caller holds one already
+            list(running.client.stream_offers(customer_id=STORED, max_offers=1))
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        cancelled.cancel()  # mid-stream
+        deadline = time.monotonic() + 5
+        while running.app.calls.admission.in_progress and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert running.app.calls.admission.in_progress == 0
         assert len(list(running.client.stream_offers(customer_id=STORED, max_offers=1))) == 1
-        assert running.app.admission.in_progress == 0
     finally:
         running.stop()
 
@@ -261,7 +280,7 @@ def test_a_refused_stream_count_is_given_back(golden_database):
 def test_client_library_target_free_port():
     """A client pointed at nothing fails UNAVAILABLE, without our trailers (how the CLI tells
     'cannot reach the server' from the server's own UNAVAILABLE)."""
-    with OfferClient(f"127.0.0.1:{free_port()}", timeout=2) as client:
+    with OfferClient(f"127.0.0.1:{free_port()}", timeout=10) as client:  # beyond the retries' 3 s
         with pytest.raises(grpc.RpcError) as err:
             client.generate_offers(customer_id=STORED)
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE

@@ -17,7 +17,7 @@ from mariadb import MariaDBServer, binaries_available
 from protos.tradeup.v1 import offers_pb2, offers_pb2_grpc
 from server.app import open_repository
 from server.deadline import Deadline
-from server.errors import Unavailable
+from server.errors import DeadlineExceeded, Unavailable
 
 
 @pytest.fixture
@@ -99,7 +99,10 @@ def test_pool_exhaustion(private_mariadb):
         holder.start()
         holding.wait(5)
         started = time.monotonic()
-        with pytest.raises(Unavailable, match="pool exhausted"):
+        # Blocking: the wait ends at the call's deadline; not blocking: at once, the pool full.
+        expected = (DeadlineExceeded, "waiting for a database connection") if blocking else \
+            (Unavailable, "pool exhausted")
+        with pytest.raises(expected[0], match=expected[1]):
             repository.get_customer(customer, Deadline.after(0.5))
         waited = time.monotonic() - started
         assert (waited < 0.4) if not blocking else (0.4 < waited < 2.0)
@@ -231,7 +234,7 @@ def test_stalled_database_frees_every_worker_and_health_still_answers(private_ma
         callers = [threading.Thread(target=call, args=(k,)) for k in range(8)]  # 4x the workers
         for caller in callers:
             caller.start()
-        assert wait_for(lambda: app.admission.in_progress > 2, 5), "no call is waiting for a worker"
+        assert wait_for(lambda: app.calls.admission.in_progress > 2, 5), "no call is waiting for a worker"
         # Every worker is stuck on the database now; probes do not wait for one (a 1 s deadline
         # would run out behind the stalled calls if they did).
         for service in ("", OFFER_SERVICE, "tradeup.v1.AdminService"):
@@ -243,7 +246,7 @@ def test_stalled_database_frees_every_worker_and_health_still_answers(private_ma
             caller.join(10)
         assert [code for code, _ in outcomes] == [grpc.StatusCode.DEADLINE_EXCEEDED] * 8
         # The server stops working on them at their deadline, not when the database answers.
-        assert wait_for(lambda: app.admission.in_progress == 0 and app.repository.database.pool_status()[0] == 0,
+        assert wait_for(lambda: app.calls.admission.in_progress == 0 and app.repository.database.pool_status()[0] == 0,
                         3), "a worker is still busy with a call whose deadline passed"
         assert time.monotonic() - stalled_at < 6
         assert not_ready_after < 2.5, not_ready_after
@@ -275,7 +278,7 @@ def test_start_against_a_stalled_database(private_mariadb, tmp_path):
             running.client.generate_offers(customer_id=customer, timeout=1.0)
         assert err.value.code() in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE)
         assert time.monotonic() - began < 1.5
-        assert wait_for(lambda: running.app.admission.in_progress == 0, 3)
+        assert wait_for(lambda: running.app.calls.admission.in_progress == 0, 3)
         proxy.passing.set()
         assert wait_for(lambda: running.client.health(OFFER_SERVICE) == "SERVING", 10)
         assert running.client.generate_offers(customer_id=customer, timeout=5).summary.total_offers == \
@@ -344,7 +347,7 @@ def test_calls_after_shutdown_begins_end_unavailable(private_mariadb, tmp_path):
         in_flight = threading.Thread(target=lambda: results.append(
             running.client.generate_offers(customer_id=customer, timeout=30).summary.total_offers))
         in_flight.start()
-        assert wait_for(lambda: app.admission.in_progress == 1, 5)
+        assert wait_for(lambda: app.calls.admission.in_progress == 1, 5)
         stopper = threading.Thread(target=app.stop, kwargs={"grace": 30})
         stopper.start()
         assert wait_for(lambda: running.client.health(timeout=2) == "NOT_SERVING", 5)
@@ -478,7 +481,7 @@ def test_calls_without_a_deadline_against_a_stalled_database(private_mariadb):
         callers = [threading.Thread(target=lambda: results.append(stub.GenerateOffers(request))) for _ in range(2)]
         for caller in callers:
             caller.start()
-        assert wait_for(lambda: running.app.admission.in_progress == 2, 5)
+        assert wait_for(lambda: running.app.calls.admission.in_progress == 2, 5)
         time.sleep(0.5)
         proxy.passing.set()
         for caller in callers:

@@ -35,6 +35,14 @@ def echo_stream(request: bytes, context):
         yield part
 
 
+HOLD = threading.Event()
+
+
+def hold(request: bytes, context) -> bytes:
+    HOLD.wait(10)
+    return request
+
+
 def flood(request: bytes, context):
     for _ in range(10_000):  # far more than a reader that stopped reading takes in
         yield b"x" * 100_000
@@ -48,6 +56,7 @@ def echo_each(requests, context):
 def handlers() -> list[grpc.GenericRpcHandler]:
     return [grpc.method_handlers_generic_handler(SERVICE, {
         "Unary": grpc.unary_unary_rpc_method_handler(echo),
+        "Hold": grpc.unary_unary_rpc_method_handler(hold),
         "Stream": grpc.unary_stream_rpc_method_handler(echo_stream),
         "Flood": grpc.unary_stream_rpc_method_handler(flood),
         "Each": grpc.stream_stream_rpc_method_handler(echo_each),
@@ -159,11 +168,26 @@ def test_admission_refuses_until_ready_beyond_limits_and_while_draining(serve):
     assert unary(channel)(b"hi", timeout=5) == b"hi"  # open streams take no place of a unary call
     release.set()
     assert list(first) == [] and list(second) == []
+    HOLD.clear()
+    held = unary(channel, f"/{SERVICE}/Hold").future(b"held", timeout=10)
+    assert wait_until(lambda: admission.in_progress == 1)
+    with pytest.raises(grpc.RpcError) as err:  # the one unary place is taken
+        unary(channel)(b"hi", timeout=5)
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "1 calls in progress" in err.value.details()
+    HOLD.set()
+    assert held.result() == b"held"
     assert admission.in_progress == 0
     assert admission.drain(1)
     with pytest.raises(grpc.RpcError) as err:
         unary(channel)(b"hi", timeout=5)
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE and "shutting down" in err.value.details()
+
+
+def wait_until(condition, seconds: float = 5.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return condition()
 
 
 def test_the_rate_limit_takes_a_token_per_call_and_per_streamed_request(serve):
@@ -215,26 +239,31 @@ def test_a_stream_without_a_deadline_is_cancelled_at_the_default(serve):
     def idle():
         yield b"first"
         release.wait(10)
+
+    def paced():  # 1.2 s in all, a message every 0.15 s
+        for k in range(8):
+            time.sleep(0.15)
+            yield str(k).encode()
     try:
         channel = serve(default)
-        # A reader that stopped: no deadline of its own, cancelled by the server at 0.5 s.
+        # A reader that stopped: no deadline of its own, cancelled by the server after 0.5 s idle.
+        started = time.monotonic()
         blocked = channel.unary_stream(f"/{SERVICE}/Flood")(b"")
         next(blocked)
-        started = time.monotonic()
         with pytest.raises(grpc.RpcError) as err:
             time.sleep(1)
             list(blocked)
         assert err.value.code() == grpc.StatusCode.CANCELLED
-        # The caller's own deadline is the caller's; an exempt stream stays open.
-        own = channel.unary_stream(f"/{SERVICE}/Stream")(b"a,b", timeout=5)
-        assert list(own) == [b"a", b"b"]
+        assert 0.5 < time.monotonic() - started  # not before its time
+        # A stream that keeps moving lives on past the default; an exempt one stays open idle.
+        moving = channel.stream_stream(f"/{SERVICE}/Each")(iter(paced()))
+        assert len(list(moving)) == 8
         exempt = channel.stream_stream(f"/{SERVICE}/Each")(idle())
         assert next(exempt) == b"first"
         time.sleep(0.8)
         assert exempt.is_active()
         release.set()
         exempt.cancel()
-        assert time.monotonic() - started < 3
     finally:
         release.set()
         default.close()

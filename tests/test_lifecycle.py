@@ -365,6 +365,27 @@ def sigterm_with_a_stream_open(directory: Path, rng: random.Random, window: floa
     return "stream open", seconds
 
 
+def sigterm_with_a_watch_open(directory: Path, rng: random.Random, window: float,
+                              template: Path) -> tuple[str, float]:
+    """A WatchOffers stream without a deadline: it gets ENDING at once, then UNAVAILABLE."""
+    server = ServerProcess(directory, seeded_copy(template, directory))
+    try:
+        server.wait_serving()
+        with fail_fast_channel(server.target) as channel:
+            watch = offers_pb2_grpc.OfferServiceStub(channel).WatchOffers(
+                offers_pb2.WatchOffersRequest(customer_id="C00001"))
+            assert next(watch).summary.customer_id == "C00001"
+            time.sleep(rng.uniform(0, 0.3))
+            seconds = server.stop_cleanly("with a watch open")
+            assert next(watch).reason == offers_pb2.WATCH_REASON_ENDING
+            with pytest.raises(grpc.RpcError) as err:
+                next(watch)
+            assert err.value.code() == UNAVAILABLE
+    finally:
+        server.kill()
+    return "watch open", seconds
+
+
 def sigterm_to_worker_processes(directory: Path, rng: random.Random, window: float,
                                 template: Path) -> tuple[str, float]:
     """Two worker processes on a fresh file: the parent seeds before forking, then forwards the signal."""
@@ -381,7 +402,7 @@ def sigterm_to_worker_processes(directory: Path, rng: random.Random, window: flo
 
 
 STATES = (sigterm_while_starting, sigterm_when_idle, sigterm_under_load, sigterm_with_a_stream_open,
-          sigterm_to_worker_processes)
+          sigterm_with_a_watch_open, sigterm_to_worker_processes)
 TRIALS_PER_STATE = 5
 
 

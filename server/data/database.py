@@ -50,15 +50,15 @@ class MySQLDatabase:
 
     def _open(self, deadline: Deadline | None) -> pymysql.connections.Connection:
         params = dict(self._params)
-        cut_short = False
+        sooner_than = False
         if deadline is not None:
-            cut_short = deadline.cut_short(self.read_timeout)
+            sooner_than = deadline.sooner_than(self.read_timeout)
             params["connect_timeout"] = deadline.io_timeout(params["connect_timeout"])
             params["read_timeout"] = deadline.io_timeout(params["read_timeout"])
         try:
             return pymysql.connect(**params)
         except pymysql.err.OperationalError as exc:
-            if cut_short and _timed_out(exc):
+            if sooner_than and _timed_out(exc):
                 raise DeadlineExceeded("deadline exceeded connecting to the database") from exc
             raise
 
@@ -122,8 +122,10 @@ class MySQLDatabase:
         """A cursor on a pooled connection, every wait bounded by `deadline` (None: by the
         configured timeouts alone, for work outside calls such as migrations and seeding)."""
         if self._slots is not None:
-            wait = (deadline or Deadline.after(self.read_timeout)).left()
-            if not self._slots.acquire(blocking=self.blocking, timeout=wait if self.blocking else None):
+            bound = deadline or Deadline.after(self.read_timeout)
+            if not self._slots.acquire(blocking=self.blocking, timeout=bound.left() if self.blocking else None):
+                if self.blocking and deadline is not None and deadline.expired():
+                    raise DeadlineExceeded("deadline exceeded waiting for a database connection")
                 raise Unavailable("database connection pool exhausted: every connection is in use")
         try:
             connection, reused = self._take(deadline)
@@ -183,7 +185,7 @@ class _Cursor:
             self._deadline.check("waiting for the database")
             # pymysql applies _read_timeout to every packet read: a stalled server frees the
             # worker at the deadline.
-            self.bounded = self._deadline.cut_short(self._database.read_timeout)
+            self.bounded = self._deadline.sooner_than(self._database.read_timeout)
             connection._read_timeout = self._deadline.io_timeout(self._database.read_timeout)
         self._cursor = connection.cursor()
 

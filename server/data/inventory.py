@@ -326,13 +326,14 @@ class InventoryCache:
 
     def refresh(self, state: ChangeState, deadline: Deadline | None = None) -> tuple[int, list[str] | None] | None:
         """Bring the cached snapshot up to `state` (the change feed calls this on each tick):
-        a full reload when one was requested, else only the rows stamped since the snapshot.
+        a full reload when one was requested or the TTL ran out (here, so that requests never wait
+        for it while the feed runs), else only the rows stamped since the snapshot.
         Returns (new version, changed car ids; None after a full reload), or None if unchanged."""
         with self._load_lock:
-            snapshot = self.current()
-            if snapshot is None:
+            if self._snapshot is None:
                 return None  # loaded on first use
-            if state.reload_version != snapshot.reload_version:
+            snapshot = self.current()
+            if snapshot is None or state.reload_version != snapshot.reload_version:
                 snapshot = self._load(None)  # seconds at 100,000 cars: bounded by the database timeouts
                 self._install(snapshot, None)
                 return snapshot.version, None

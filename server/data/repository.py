@@ -544,14 +544,14 @@ class Repository:
         if self.backend == "sqlite":  # per call: cheap, and every thread has its own connection
             cursor.connection.create_function("CRC32", 1, _sqlite_crc32, deterministic=True)
 
-    def request_reload(self) -> int:
+    def request_reload(self, deadline: Deadline | None = None) -> int:
         """Ask every process for a full inventory reload (InvalidateCache); the new inventory version."""
         def work(cursor):
             for statement in REQUEST_RELOAD:
                 cursor.execute(statement)
             cursor.execute(INVENTORY_VERSION)
             return int(cursor.fetchone()[0])
-        return self._run("request_reload", lambda cursor: self._transaction(cursor, work, write=True), None)
+        return self._run("request_reload", lambda cursor: self._transaction(cursor, work, write=True), deadline)
 
     def config_overrides(self, deadline: Deadline | None = None) -> tuple[int, dict[str, Any]]:
         """(configuration version, {key path: value}) read in one transaction."""
@@ -562,8 +562,8 @@ class Repository:
             return version, {key: json.loads(value) for key, value in cursor.fetchall()}
         return self._run("config_overrides", lambda cursor: self._transaction(cursor, read), deadline)
 
-    def write_config(self, changed_by: str,
-                     decide: Callable[[dict[str, Any]], Mapping[str, tuple[Any, Any]]]) -> tuple[int, dict[str, Any]]:
+    def write_config(self, changed_by: str, decide: Callable[[dict[str, Any]], Mapping[str, tuple[Any, Any]]],
+                     deadline: Deadline | None = None) -> tuple[int, dict[str, Any]]:
         """Change configuration overrides atomically. `decide(current overrides)` returns the
         keys to write, each as (value in effect before, new value), validated by the caller
         against the current overrides read under the lock; each is stored with the value it
@@ -587,16 +587,17 @@ class Repository:
                 stored[key] = value
             cursor.execute(self._sql(SET_CONFIG_VERSION), (version,))
             return version, stored
-        return self._run("write_config", lambda cursor: self._transaction(cursor, write, write=True), None)
+        return self._run("write_config", lambda cursor: self._transaction(cursor, write, write=True), deadline)
 
-    def config_history(self, key_prefix: str = "", limit: int = 100) -> list[ConfigChange]:
+    def config_history(self, key_prefix: str = "", limit: int = 100,
+                       deadline: Deadline | None = None) -> list[ConfigChange]:
         """The newest configuration changes first, optionally of the keys under `key_prefix`."""
         def work(cursor):
             cursor.execute(self._sql(CONFIG_HISTORY), (len(key_prefix), key_prefix, limit))
             return cursor.fetchall()
         return [ConfigChange(version=int(r[0]), key=r[1], old=None if r[2] is None else json.loads(r[2]),
                              new=None if r[3] is None else json.loads(r[3]), changed_at=_utc(r[4]),
-                             changed_by=r[5]) for r in self._run("config_history", work, None)]
+                             changed_by=r[5]) for r in self._run("config_history", work, deadline)]
 
     def clear_config(self) -> None:
         """Remove every configuration override and its history (a fresh deployment, tests)."""

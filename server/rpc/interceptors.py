@@ -29,7 +29,8 @@ errors_log = logging.getLogger("tradeup.errors")
 
 # Probes and tooling: never rate limited or admitted, logged at DEBUG only.
 UNLIMITED_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
-_HANDLER_KINDS = {(False, False): grpc.unary_unary_rpc_method_handler,
+# The handler constructor of each kind of method, by (request streaming, response streaming).
+METHOD_HANDLERS = {(False, False): grpc.unary_unary_rpc_method_handler,
                   (False, True): grpc.unary_stream_rpc_method_handler,
                   (True, False): grpc.stream_unary_rpc_method_handler,
                   (True, True): grpc.stream_stream_rpc_method_handler}
@@ -47,8 +48,8 @@ def add_trailer(context: grpc.ServicerContext, key: str, value: str) -> None:
 
 
 def status_name(context: grpc.ServicerContext, failed: bool) -> str:
-    """How the call ended: the code it was aborted with; else CANCELLED when the client left
-    (or the behaviour raised past the error mapping, which only a departed client's call does)."""
+    """How the call ended: the code it was aborted with; else CANCELLED when the client left (a
+    stream closed under its generator)."""
     code = context.code()
     if code is not None:
         return code.name
@@ -65,9 +66,14 @@ def caller_of(context: grpc.ServicerContext, key: str) -> str:
 
 
 class CallInterceptor(grpc.ServerInterceptor):
-    """Wraps every method's behaviour once. `wrap(behavior, method, request_streaming,
-    response_streaming)` returns the new behaviour, or None to leave the method as it is;
-    `decoder(deserializer)` may replace the request deserializer."""
+    """Wraps each method's behaviour, once per method (the wrapped handler is kept). `wrap(behavior,
+    method, request_streaming, response_streaming)` returns the new behaviour, or None to leave
+    the method as it is; `decoder(deserializer)` may replace the request deserializer. A
+    non-blocking behaviour (health's Watch, which answers from a pool of its own and holds no
+    server thread) is left as it is: a wrapper would make it block a server thread."""
+
+    def __init__(self):
+        self._wrapped: dict[tuple[str, int], grpc.RpcMethodHandler] = {}
 
     def wrap(self, behavior: Callable, method: str, request_streaming: bool, response_streaming: bool):
         raise NotImplementedError
@@ -79,13 +85,22 @@ class CallInterceptor(grpc.ServerInterceptor):
         handler = continuation(handler_call_details)
         if handler is None:
             return None
+        key = (handler_call_details.method, id(handler))  # the inner handler is kept: its id stays
+        wrapped = self._wrapped.get(key)
+        if wrapped is None:
+            wrapped = self._wrapped[key] = self._wrap_handler(handler, handler_call_details.method)
+        return wrapped
+
+    def _wrap_handler(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         kind = (handler.request_streaming, handler.response_streaming)
         behavior = handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
-        wrapped = self.wrap(behavior, handler_call_details.method, *kind)
+        if getattr(behavior, "experimental_non_blocking", False):
+            return handler
+        wrapped = self.wrap(behavior, method, *kind)
         decoder = self.decoder(handler.request_deserializer)
         if wrapped is None and decoder is handler.request_deserializer:
             return handler
-        return _HANDLER_KINDS[kind](wrapped or behavior, decoder, handler.response_serializer)
+        return METHOD_HANDLERS[kind](wrapped or behavior, decoder, handler.response_serializer)
 
 
 def around(response_streaming: bool, before: Callable, after: Callable, behavior: Callable) -> Callable:
@@ -124,7 +139,8 @@ class RequestIds(CallInterceptor):
     first message: a client retries a call only while it has received no headers."""
 
     def __init__(self):
-        install_request_id_records()
+        super().__init__()
+        install_request_id_records()  # records carry the id even where logging is set up otherwise (tests)
 
     def wrap(self, behavior, method, request_streaming, response_streaming):
         def request_id(context) -> str:
@@ -184,6 +200,7 @@ class AccessLog(CallInterceptor):
     are logged raw, as their HMAC under `hash_key`, or not at all (no key)."""
 
     def __init__(self, log_customer_ids: bool = False, hash_key: str = ""):
+        super().__init__()
         self.log_customer_ids = log_customer_ids
         self.hash_key = hash_key
 
@@ -216,6 +233,7 @@ class CallMetrics(CallInterceptor):
     """grpc_server_* series: calls started, handled (by code), their duration, messages each way."""
 
     def __init__(self, metrics):
+        super().__init__()
         self.metrics = metrics  # server.metrics.Metrics
 
     def wrap(self, behavior, method, request_streaming, response_streaming):
@@ -300,8 +318,10 @@ class ErrorMapping(CallInterceptor):
 
     @staticmethod
     def _fail(context: grpc.ServicerContext, exc: Exception) -> None:
-        if context.code() is not None or not context.is_active():
-            raise exc  # aborted already, or nobody to answer
+        if context.code() is not None:
+            raise exc  # aborted already
+        if not context.is_active():  # nobody to answer: the abort only ends the call quietly
+            context.abort(grpc.StatusCode.CANCELLED, "the client left")
         if isinstance(exc, ServiceError):
             context.abort(grpc.StatusCode[exc.code], str(exc))
         errors_log.error("unhandled error", exc_info=exc)
@@ -315,22 +335,24 @@ def _check_decoded(request):
 
 
 # --- the default deadline ---------------------------------------------------------------------------
-# A stream still open this long after its default deadline is cancelled: work waiting inside it
-# ends DEADLINE_EXCEEDED at the deadline itself, and keeps that status.
+# How long after its idle time is up a stream is cancelled: work waiting inside it ends
+# DEADLINE_EXCEEDED at its own deadline, the same moment, and keeps that status.
 CANCEL_AFTER = 0.05  # seconds
 
 
 class DefaultDeadline(CallInterceptor):
-    """A stream without a deadline is cancelled at the server's default one (`seconds` after it
-    began), so a client that stopped reading or sending does not hold its thread for good. Unary
+    """A stream without a deadline that makes no progress (no message received or sent) for the
+    server's default deadline (`seconds`) is cancelled: a client that stopped reading or sending
+    does not hold its thread for good, while a long stream that goes on working lives on. Unary
     calls need nothing here: every wait inside them is bounded by the same default
-    (server.deadline). `exempt` streams are meant to stay open (WatchOffers). One thread cancels
-    them all, in deadline order."""
+    (server.deadline). `exempt` streams are meant to stay idle (WatchOffers). One thread watches
+    them all, in the order they are due."""
 
     def __init__(self, seconds: float, exempt: frozenset[str] = frozenset()):
+        super().__init__()
         self.seconds = seconds
         self.exempt = exempt
-        self._due: list[tuple[float, int, grpc.ServicerContext]] = []  # a heap
+        self._due: list[tuple[float, int, _Stream]] = []  # a heap
         self._count = 0
         self._changed = threading.Condition()
         self._thread: threading.Thread | None = None
@@ -340,20 +362,47 @@ class DefaultDeadline(CallInterceptor):
         if not (request_streaming or response_streaming) or is_probe(method) or method in self.exempt:
             return None
 
-        def before(request, context):
-            if Deadline.of_stream(context) is None:
-                self._add(time.monotonic() + self.seconds + CANCEL_AFTER, context)
-            return request, None
-        return around(response_streaming, before, lambda state, failed: None, behavior)
+        def received(requests, stream: _Stream):
+            for request in requests:
+                stream.moved()
+                yield request
 
-    def _add(self, at: float, context: grpc.ServicerContext) -> None:
+        def before(request, context):
+            if Deadline.of_stream(context) is not None:
+                return request, None
+            stream = _Stream(context)
+            self._add(stream)
+            return (received(request, stream) if request_streaming else request), stream
+
+        def after(stream: _Stream | None, failed: bool) -> None:
+            if stream is not None:
+                stream.context = None  # ended: nothing to cancel, nothing kept alive
+
+        if not response_streaming:
+            return around(False, before, after, behavior)
+
+        def streaming(request, context):
+            request, stream = before(request, context)
+            try:
+                for response in behavior(request, context):
+                    if stream is not None:
+                        stream.moved()
+                    yield response
+            finally:
+                after(stream, False)
+        return streaming
+
+    def _add(self, stream: "_Stream") -> None:
         with self._changed:
             if self._thread is None and not self._closed:
                 self._thread = threading.Thread(target=self._run, name="default-deadline", daemon=True)
                 self._thread.start()
-            self._count += 1
-            heapq.heappush(self._due, (at, self._count, context))
+            self._push(stream)
             self._changed.notify()
+
+    def _push(self, stream: "_Stream") -> None:
+        self._count += 1
+        heapq.heappush(self._due, (stream.last + self.seconds + CANCEL_AFTER, self._count, stream))
 
     def _run(self) -> None:
         with self._changed:
@@ -361,21 +410,39 @@ class DefaultDeadline(CallInterceptor):
                 if not self._due:
                     self._changed.wait()
                     continue
-                at, _, context = self._due[0]
+                at, _, stream = self._due[0]
                 left = at - time.monotonic()
                 if left > 0:
                     self._changed.wait(left)
                     continue
                 heapq.heappop(self._due)
-                if context.is_active():
+                context = stream.context
+                if context is None:
+                    continue
+                if stream.last + self.seconds + CANCEL_AFTER > at:  # it moved since: due later
+                    self._push(stream)
+                elif context.is_active():
                     context.cancel()
 
     def close(self) -> None:
         with self._changed:
             self._closed = True
+            self._due.clear()
             self._changed.notify()
         if self._thread is not None:
             self._thread.join(timeout=1)
+
+
+class _Stream:
+    """A stream watched by DefaultDeadline: its call while open, when it last moved."""
+    __slots__ = ("context", "last")
+
+    def __init__(self, context: grpc.ServicerContext):
+        self.context = context
+        self.last = time.monotonic()
+
+    def moved(self) -> None:
+        self.last = time.monotonic()
 
 
 # --- admission --------------------------------------------------------------------------------------
@@ -390,6 +457,7 @@ class Admission(CallInterceptor):
 
     def __init__(self, calls: int, streams: int, per_caller_streams: int, ready: threading.Event,
                  caller_key: str = "", self_limited: frozenset[str] = frozenset()):
+        super().__init__()
         self.limits = {False: calls, True: streams}
         self.per_caller_streams = per_caller_streams
         self.ready = ready
@@ -468,6 +536,7 @@ class RateLimit(CallInterceptor):
     RESOURCE_EXHAUSTED with `retry-after-ms` in the trailers."""
 
     def __init__(self, buckets: TokenBuckets, caller_key: str = ""):
+        super().__init__()
         self.buckets = buckets
         self.caller_key = caller_key
 

@@ -15,7 +15,8 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from protos.tradeup.v1 import admin_pb2, admin_pb2_grpc, offers_pb2
 
 from ..config import Settings
-from .interceptors import AccessLog, Admission, CallMetrics, DefaultDeadline, ErrorMapping, RateLimit, RequestIds
+from .interceptors import (METHOD_HANDLERS, AccessLog, Admission, CallMetrics, DefaultDeadline, ErrorMapping,
+                           RateLimit, RequestIds)
 from .servicers import PRE_ENCODED, AdminServicer, OfferServicer
 
 log = logging.getLogger("tradeup.server")
@@ -33,12 +34,10 @@ def offer_service_handler(servicer: OfferServicer) -> grpc.GenericRpcHandler:
     """The generated registration of OfferService, except that the PRE_ENCODED methods hand
     their already-serialized response bytes to gRPC unchanged. Clients see ordinary messages."""
     service = offers_pb2.DESCRIPTOR.services_by_name["OfferService"]
-    kinds = {(False, False): grpc.unary_unary_rpc_method_handler, (False, True): grpc.unary_stream_rpc_method_handler,
-             (True, False): grpc.stream_unary_rpc_method_handler, (True, True): grpc.stream_stream_rpc_method_handler}
     handlers = {}
     for method in service.methods:
         serializer = _pass_through if method.name in PRE_ENCODED else GetMessageClass(method.output_type).SerializeToString
-        handlers[method.name] = kinds[(method.client_streaming, method.server_streaming)](
+        handlers[method.name] = METHOD_HANDLERS[(method.client_streaming, method.server_streaming)](
             getattr(servicer, method.name), request_deserializer=GetMessageClass(method.input_type).FromString,
             response_serializer=serializer)
     return grpc.method_handlers_generic_handler(service.full_name, handlers)
@@ -69,9 +68,10 @@ class HealthMonitor:
     the overall service ("") is SERVING while the process runs and not shutting down;
     tradeup.v1.OfferService is SERVING while the database answers, from the first check that
     prepared it in full (`check_database` migrates, seeds and loads the inventory). `check` runs
-    on a thread of its own every `interval` seconds, each probe bounded by PROBE_TIMEOUT (a
-    healthy database answers in well under a millisecond), so it neither waits behind business
-    calls nor for a stalled database: a stall shows within interval + PROBE_TIMEOUT."""
+    on a thread of its own every `interval` seconds, each ping bounded by PROBE_TIMEOUT (a healthy
+    database answers in well under a millisecond; the preparation before the first success takes
+    longer, bounded by the database's own timeouts), so it neither waits behind business calls
+    nor for a stalled database: a stall shows within interval + PROBE_TIMEOUT."""
 
     def __init__(self, servicer: health.HealthServicer, check_database, interval: float):
         self.servicer = servicer
@@ -145,7 +145,9 @@ WATCH_METHOD = "/tradeup.v1.OfferService/WatchOffers"
 def rpc_threads(settings: Settings) -> int:
     """Threads the server needs: one per admitted call (unary, stream or WatchOffers: see
     Admission; a stream blocked on its client holds its thread, nothing else) and
-    PROBE_THREADS, so grpc never queues a call behind busy threads. The pool starts them on demand."""
+    PROBE_THREADS, so grpc does not queue a call behind busy threads (health's Watch answers from
+    a pool of its own; a reflection stream, held open for good, would take a probe thread). The
+    pool starts them on demand."""
     s = settings.server
     return s.max_concurrent_rpcs + s.max_streams + s.max_watchers + PROBE_THREADS
 

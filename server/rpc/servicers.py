@@ -22,7 +22,8 @@ PRE_ENCODED = frozenset({"GenerateOffers", "StreamOffers", "GenerateOffersBulk",
 
 
 class OfferServicer(offers_pb2_grpc.OfferServiceServicer):
-    """`default_deadline`: seconds, the deadline of a call that has none."""
+    """`default_deadline`: seconds, the deadline of a call that has none (of each customer of a
+    bulk stream that has none)."""
 
     def __init__(self, service: OfferService, batch_size: int, max_bulk: int, watch: WatchService,
                  default_deadline: float):
@@ -50,14 +51,13 @@ class OfferServicer(offers_pb2_grpc.OfferServiceServicer):
 
     def GenerateOffersBulk(self, requests, context) -> Iterator[bytes]:
         offers = 0
-        deadline = self._deadline(context)
         for index, request in enumerate(requests):
             if index >= self.max_bulk:
                 raise InvalidArgument(f"at most {self.max_bulk} customers per stream", "requests")
             customer_id = request.customer_id if request.WhichOneof("customer") == "customer_id" \
                 else request.profile.customer_id
-            try:
-                result = self.service.generate(converters.offer_query(request), deadline)
+            try:  # each customer has the call's deadline, or a default of its own
+                result = self.service.generate(converters.offer_query(request), self._deadline(context))
             except ServiceError as exc:
                 if exc.code in ("UNAVAILABLE", "DEADLINE_EXCEEDED"):
                     raise  # the whole call is affected, not this customer
@@ -101,8 +101,9 @@ class OfferServicer(offers_pb2_grpc.OfferServiceServicer):
 
 
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
-    def __init__(self, service: AdminService):
+    def __init__(self, service: AdminService, default_deadline: float):
         self.service = service
+        self.default_deadline = default_deadline  # seconds, for a call that has none
 
     def _authorize(self, context) -> None:
         metadata = dict(context.invocation_metadata())
@@ -117,17 +118,19 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     def UpdateBusinessParameters(self, request, context):
         self._authorize(context)
         changed_by = request.changed_by or dict(context.invocation_metadata()).get("x-caller-id") or context.peer()
-        business, version = self.service.update_business(converters.from_struct(request.changes), changed_by)
+        business, version = self.service.update_business(converters.from_struct(request.changes), changed_by,
+                                                         Deadline.of_call(context, self.default_deadline))
         return admin_pb2.UpdateBusinessParametersResponse(business=converters.to_struct(business),
                                                           config_version=version)
 
     def GetConfigHistory(self, request, context):
         self._authorize(context)
-        return converters.history_to_pb(self.service.history(request.key_prefix, request.limit))
+        return converters.history_to_pb(self.service.history(request.key_prefix, request.limit,
+                                                             Deadline.of_call(context, self.default_deadline)))
 
     def InvalidateCache(self, request, context):
         self._authorize(context)
-        removed, version = self.service.invalidate_caches()
+        removed, version = self.service.invalidate_caches(Deadline.of_call(context, self.default_deadline))
         return admin_pb2.InvalidateCacheResponse(entries_removed=removed, inventory_version=version)
 
     def GetStatus(self, request, context):

@@ -8,6 +8,7 @@ from typing import Any, Callable, Mapping
 from ..config import SettingsStore, flatten
 from ..data.inventory import InventoryCache
 from ..data.repository import Repository
+from ..deadline import Deadline
 from ..domain import ConfigChange
 from ..errors import ConfigError, FailedPrecondition, InvalidArgument, PermissionDenied, Unauthenticated
 from .changefeed import CONFIG, ChangeFeed
@@ -51,7 +52,8 @@ class AdminService:
         current = self.settings.current
         return current.to_dict(redact=True), self.settings.sources(), current.version
 
-    def update_business(self, changes: Mapping[str, Any], changed_by: str) -> tuple[dict[str, Any], int]:
+    def update_business(self, changes: Mapping[str, Any], changed_by: str,
+                        deadline: Deadline) -> tuple[dict[str, Any], int]:
         """Store the business parameters that change (validated together with every override in
         the database, under its lock), apply them here and tell every process.
         Returns (the business parameters now in effect, the configuration version)."""
@@ -72,23 +74,23 @@ class AdminService:
             return {path: (before.get(path), value) for path, value in after.items() if before.get(path) != value}
 
         try:
-            version, _ = self.repository.write_config(changed_by[:128], decide)
+            version, _ = self.repository.write_config(changed_by[:128], decide, deadline)
         except ConfigError as exc:
             path = exc.key.removeprefix("business").lstrip(".")
             raise InvalidArgument(_reason(exc), f"changes.{path}" if path else "changes") from None
-        self.feed.changed(CONFIG, version)
+        self.feed.changed(CONFIG, version, deadline)
         return self.settings.current.business.to_dict(), self.settings.current.version
 
-    def history(self, key_prefix: str, limit: int) -> list[ConfigChange]:
+    def history(self, key_prefix: str, limit: int, deadline: Deadline) -> list[ConfigChange]:
         if limit < 0 or limit > MAX_HISTORY:
             raise InvalidArgument(f"must be within 0..{MAX_HISTORY} (0: 100), got {limit}", "limit")
         if len(key_prefix) > 191 or not key_prefix.isprintable():
             raise InvalidArgument("must be at most 191 printable characters", "key_prefix")
-        return self.repository.config_history(key_prefix, limit or 100)
+        return self.repository.config_history(key_prefix, limit or 100, deadline)
 
-    def invalidate_caches(self) -> tuple[int, int]:
+    def invalidate_caches(self, deadline: Deadline) -> tuple[int, int]:
         """(entries dropped in this process, the new inventory version); every process reloads."""
-        return self.feed.invalidate()
+        return self.feed.invalidate(deadline)
 
     def status(self) -> dict[str, Any]:
         in_use, idle = self.repository.database.pool_status()

@@ -28,7 +28,7 @@ from ..data.inventory import InventoryCache
 from ..data.redislink import RedisLink
 from ..data.repository import ChangeState, Repository
 from ..deadline import Deadline
-from ..errors import ConfigError
+from ..errors import ConfigError, DeadlineExceeded
 
 log = logging.getLogger("tradeup.changes")
 
@@ -54,7 +54,7 @@ class ChangeFeed:
         self.inventory = inventory
         self.interval = interval
         self.redis = redis
-        self.timeout = max(min(interval * 4, 2.0), 0.2)
+        self.tick_seconds = max(min(interval * 4, 2.0), 0.2)  # the deadline of one tick
         self._listeners: list[Listener] = []
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -102,32 +102,41 @@ class ChangeFeed:
             if not self._stop.is_set():
                 self.tick()
 
-    def tick(self) -> bool:
-        """One check of the database; False when it could not be read (tried again next tick)."""
-        with self._tick_lock:
-            deadline = Deadline.after(self.timeout)
-            try:
-                state = self.repository.change_state(deadline)
-                if state.latest_stamp is not None and (state.inventory_mark is None
-                                                       or state.latest_stamp > state.inventory_mark):
-                    # Rows stamped by a writer that did not move the version (plain SQL): move it once.
-                    self.repository.note_inventory_change(state.latest_stamp, deadline)
-                    state = self.repository.change_state(deadline)
-                    self._publish(INVENTORY, state.inventory_version)
-                self._follow_config(state, deadline)
-                self.inventory.refresh(state, deadline)  # the cache tells the subscribers
-                if time.monotonic() >= self._next_reconcile:
-                    self._next_reconcile = time.monotonic() + self.reconcile_interval
-                    self._reconcile(deadline)
-            except Exception as exc:  # the database is down or slow: health reports it; retry
-                if not self._failing:
-                    log.warning("change feed cannot read the database (%s); retrying every %.2fs", exc, self.interval)
-                self._failing = True
-                return False
-            if self._failing:
-                log.warning("change feed reading the database again")
-                self._failing = False
-            return True
+    def tick(self, deadline: Deadline | None = None) -> bool:
+        """One check of the database, within `deadline` (default: tick_seconds); False when it
+        could not be read (tried again next tick)."""
+        deadline = deadline or Deadline.after(self.tick_seconds)
+        try:
+            deadline.acquire(self._tick_lock, "the change feed")
+        except DeadlineExceeded:  # the tick in progress still runs
+            return False
+        try:
+            self._tick(deadline)
+        except Exception as exc:  # the database is down or slow: health reports it; retry
+            if not self._failing:
+                log.warning("change feed cannot read the database (%s); retrying every %.2fs", exc, self.interval)
+            self._failing = True
+            return False
+        finally:
+            self._tick_lock.release()
+        if self._failing:
+            log.warning("change feed reading the database again")
+            self._failing = False
+        return True
+
+    def _tick(self, deadline: Deadline) -> None:
+        state = self.repository.change_state(deadline)
+        if state.latest_stamp is not None and (state.inventory_mark is None
+                                               or state.latest_stamp > state.inventory_mark):
+            # Rows stamped by a writer that did not move the version (plain SQL): move it once.
+            self.repository.note_inventory_change(state.latest_stamp, deadline)
+            state = self.repository.change_state(deadline)
+            self._publish(INVENTORY, state.inventory_version)
+        self._follow_config(state, deadline)
+        self.inventory.refresh(state, deadline)  # the cache tells the subscribers
+        if time.monotonic() >= self._next_reconcile:
+            self._next_reconcile = time.monotonic() + self.reconcile_interval
+            self._reconcile(deadline)
 
     def _follow_config(self, state: ChangeState, deadline: Deadline) -> None:
         if state.config_version == self.settings.current.version or state.config_version == self._rejected_version:
@@ -155,19 +164,20 @@ class ChangeFeed:
         if self.redis is not None:
             self.redis.publish({"kind": kind, "version": version})
 
-    def changed(self, kind: str, version: int) -> None:
-        """This process wrote a change: apply it here now and wake every other process."""
+    def changed(self, kind: str, version: int, deadline: Deadline) -> None:
+        """This process wrote a change: apply it here now (within the writer's deadline; else
+        on the next tick) and wake every other process."""
         self._publish(kind, version)
-        self.tick()
+        self.tick(deadline)
 
-    def invalidate(self) -> tuple[int, int]:
+    def invalidate(self, deadline: Deadline) -> tuple[int, int]:
         """InvalidateCache: every process of every replica reloads the inventory in full.
         Returns (entries dropped here, the new inventory version)."""
         removed = self.inventory.invalidate()
-        version = self.repository.request_reload()
+        version = self.repository.request_reload(deadline)
         self._publish(INVENTORY, version)
         try:  # reload here now rather than in the next request; if it fails, that request will
-            version = self.inventory.snapshot().version
+            version = self.inventory.snapshot(deadline).version
         except Exception as exc:
             log.warning("inventory reload after invalidation failed (%s); the next request reloads", exc)
         return removed, version

@@ -202,7 +202,7 @@ def group_key(query: OfferQuery) -> tuple:
 class WatchService:
     def __init__(self, offers: OfferService, feed: ChangeFeed, max_watchers: int, queue_limit: int,
                  customer_poll_seconds: float, reprice_seconds: float):
-        """`reprice_seconds`: the deadline of each re-pricing and customer poll."""
+        """`reprice_seconds`: the deadline of each re-pricing."""
         self.offers = offers
         self.reprice_seconds = reprice_seconds
         self.feed = feed
