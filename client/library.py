@@ -24,10 +24,10 @@ RETRY_POLICY = {
     "methodConfig": [{
         "name": [{"service": "tradeup.v1.OfferService"}, {"service": "tradeup.v1.AdminService"},
                  {"service": "grpc.health.v1.Health", "method": "Check"}],
-        # Up to 5 attempts (gRPC's most) over up to 0.2 + 0.4 + 0.8 + 1.6 s of backoff (each a
-        # random part of it): enough to carry a caller across a server's start-up or a failover,
-        # short enough that a caller of a server that is not there hears it within seconds.
-        "retryPolicy": {"maxAttempts": 5, "initialBackoff": "0.2s", "maxBackoff": "1.6s",
+        # Up to 4 attempts over up to 0.1 + 0.2 + 0.4 s of backoff (each a random part of it):
+        # enough to reach another replica or a server finishing its start-up (about 0.3 s), short
+        # enough that a caller with a deadline of a second still hears UNAVAILABLE, not the deadline.
+        "retryPolicy": {"maxAttempts": 4, "initialBackoff": "0.1s", "maxBackoff": "1s",
                         "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]},
     }, {
         # A change of the parameters is not repeated behind the caller's back (the more specific

@@ -344,7 +344,7 @@ def test_graceful_shutdown_lets_a_running_stream_finish(golden_database, tmp_pat
     stopper.join(30)
     assert running.app.stopped.is_set()
     with pytest.raises(grpc.RpcError) as err:
-        running.client.generate_offers(customer_id=record["customer_id"], timeout=10)  # past the retries
+        running.client.generate_offers(customer_id=record["customer_id"], timeout=2)
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE
     running.client.close()
 
