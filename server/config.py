@@ -56,7 +56,7 @@ class ServerSettings:
     default_deadline_seconds: float = key(30.0, "TRADEUP_DEFAULT_DEADLINE_SECONDS",
                                           "deadline of a call that sets none (of each customer of a bulk stream, "
                                           "each pricing of a watch): every wait inside is bounded by it, and such "
-                                          "a stream idle for as long (nothing received or sent) is cancelled",
+                                          "a stream left waiting on its client for as long is cancelled",
                                           minimum=0.1, maximum=86400)
     max_message_bytes: int = key(16 * 1024 * 1024, "TRADEUP_MAX_MESSAGE_BYTES",
                                  "largest request or response message", minimum=1024, maximum=1 << 30)

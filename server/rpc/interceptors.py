@@ -335,18 +335,14 @@ def _check_decoded(request):
 
 
 # --- the default deadline ---------------------------------------------------------------------------
-# How long after its idle time is up a stream is cancelled: work waiting inside it ends
-# DEADLINE_EXCEEDED at its own deadline, the same moment, and keeps that status.
-CANCEL_AFTER = 0.05  # seconds
-
-
 class DefaultDeadline(CallInterceptor):
-    """A stream without a deadline that makes no progress (no message received or sent) for the
-    server's default deadline (`seconds`) is cancelled: a client that stopped reading or sending
-    does not hold its thread for good, while a long stream that goes on working lives on. Unary
-    calls need nothing here: every wait inside them is bounded by the same default
-    (server.deadline). `exempt` streams are meant to stay idle (WatchOffers). One thread watches
-    them all, in the order they are due."""
+    """A stream without a deadline left waiting on its client for the server's default deadline
+    (`seconds`) is cancelled: a client that stopped sending or reading does not hold its thread
+    for good, while a long stream that goes on working lives on. A stream waits while it needs
+    the client's next request and while a response waits for the client to read it; the rest of
+    the time it works, and its work is bounded by its own deadline (server.deadline), like a
+    unary call's. `exempt` streams are meant to wait (WatchOffers). One thread watches them all,
+    in the order they are due."""
 
     def __init__(self, seconds: float, exempt: frozenset[str] = frozenset()):
         super().__init__()
@@ -363,15 +359,22 @@ class DefaultDeadline(CallInterceptor):
             return None
 
         def received(requests, stream: _Stream):
-            for request in requests:
-                stream.moved()
+            requests = iter(requests)
+            while True:
+                stream.waits()
+                try:
+                    request = next(requests)
+                except StopIteration:
+                    return
+                finally:
+                    stream.works()
                 yield request
 
         def before(request, context):
             if Deadline.of_stream(context) is not None:
                 return request, None
             stream = _Stream(context)
-            self._add(stream)
+            self._watch(stream, stream.since + self.seconds)
             return (received(request, stream) if request_streaming else request), stream
 
         def after(stream: _Stream | None, failed: bool) -> None:
@@ -386,23 +389,25 @@ class DefaultDeadline(CallInterceptor):
             try:
                 for response in behavior(request, context):
                     if stream is not None:
-                        stream.moved()
+                        stream.waits()  # until the client takes it
                     yield response
+                    if stream is not None:
+                        stream.works()
             finally:
                 after(stream, False)
         return streaming
 
-    def _add(self, stream: "_Stream") -> None:
+    def _watch(self, stream: "_Stream", at: float) -> None:
         with self._changed:
             if self._thread is None and not self._closed:
                 self._thread = threading.Thread(target=self._run, name="default-deadline", daemon=True)
                 self._thread.start()
-            self._push(stream)
+            self._push(stream, at)
             self._changed.notify()
 
-    def _push(self, stream: "_Stream") -> None:
+    def _push(self, stream: "_Stream", at: float) -> None:
         self._count += 1
-        heapq.heappush(self._due, (stream.last + self.seconds + CANCEL_AFTER, self._count, stream))
+        heapq.heappush(self._due, (at, self._count, stream))
 
     def _run(self) -> None:
         with self._changed:
@@ -411,16 +416,18 @@ class DefaultDeadline(CallInterceptor):
                     self._changed.wait()
                     continue
                 at, _, stream = self._due[0]
-                left = at - time.monotonic()
-                if left > 0:
-                    self._changed.wait(left)
+                now = time.monotonic()
+                if at > now:
+                    self._changed.wait(at - now)
                     continue
                 heapq.heappop(self._due)
                 context = stream.context
                 if context is None:
                     continue
-                if stream.last + self.seconds + CANCEL_AFTER > at:  # it moved since: due later
-                    self._push(stream)
+                if not stream.waiting:  # working: its own deadline ends the work; look again later
+                    self._push(stream, now + self.seconds)
+                elif stream.since + self.seconds > now:  # waiting again since: due later
+                    self._push(stream, stream.since + self.seconds)
                 elif context.is_active():
                     context.cancel()
 
@@ -434,15 +441,20 @@ class DefaultDeadline(CallInterceptor):
 
 
 class _Stream:
-    """A stream watched by DefaultDeadline: its call while open, when it last moved."""
-    __slots__ = ("context", "last")
+    """A stream watched by DefaultDeadline: its call while open, whether it waits on its client
+    and since when it waits or works."""
+    __slots__ = ("context", "waiting", "since")
 
     def __init__(self, context: grpc.ServicerContext):
         self.context = context
-        self.last = time.monotonic()
+        self.waiting = False
+        self.since = time.monotonic()
 
-    def moved(self) -> None:
-        self.last = time.monotonic()
+    def waits(self) -> None:
+        self.waiting, self.since = True, time.monotonic()
+
+    def works(self) -> None:
+        self.waiting, self.since = False, time.monotonic()
 
 
 # --- admission --------------------------------------------------------------------------------------
