@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import math
 import os
@@ -388,6 +389,14 @@ def _add_customer(parser: argparse.ArgumentParser, overrides: bool = True) -> No
             parser.add_argument(flag, dest=name, type=float, help=f"override: {doc}")
 
 
+def _login_name() -> str:
+    """$LOGNAME or $USER, else the account's name (a root shell often sets neither)."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # an account with no name
+        return ""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="tradeup", description="Client of the Trade-Up Engine gRPC service")
     _add_connection(parser, defaults=True)
@@ -447,8 +456,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("set-params", help="change business parameters at runtime (admin)")
     p.add_argument("changes", help='partial params.json document, e.g. \'{"fees": {"service_fee_pct": 0.035}}\'')
     p.add_argument("--json", action="store_true", help="print every business parameter in effect")
-    p.add_argument("--by", default=os.environ.get("USER", ""), help="who makes the change, for the history "
-                   "(default $USER)")
+    p.add_argument("--by", default=_login_name(), help="who makes the change, for the history "
+                   "(default: your login name)")
     p.set_defaults(run=cmd_set_params)
     p = add("history", help="configuration changes, newest first: who, when, old, new (admin)")
     p.add_argument("--prefix", default="", help='only keys starting with this, e.g. "business.fees."')

@@ -27,9 +27,10 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 class StopSignals:
     """SIGTERM and SIGINT ask the process to stop: `requested` is set and the `actions` run with
-    the signal, on a thread of its own. (A handler runs between two bytecodes of the main thread,
-    which may be holding a lock that setting an Event or starting a thread takes: it only writes
-    the signal to a pipe, which that thread, started beforehand, reads.)"""
+    the signal, on a thread of its own that reads the signal from Python's wakeup fd. Not in a
+    Python handler: that runs only on the main thread, between two bytecodes, so not while the
+    main thread sleeps in a wait the signal did not interrupt (the kernel may deliver it to any
+    thread), and it may find the main thread holding a lock that setting an Event takes."""
 
     def __init__(self):
         self.requested = threading.Event()
@@ -37,16 +38,17 @@ class StopSignals:
         self.actions: list[Callable[[signal.Signals], None]] = []
         self._lock = threading.Lock()
         self._read, self._write = os.pipe()
+        os.set_blocking(self._write, False)  # as set_wakeup_fd requires
         threading.Thread(target=self._listen, name="stop-signals", daemon=True).start()
         for signum in STOP_SIGNALS:
-            signal.signal(signum, self._on_signal)
-
-    def _on_signal(self, signum, frame) -> None:
-        os.write(self._write, bytes([signum]))
+            signal.signal(signum, _noted)
+        signal.set_wakeup_fd(self._write, warn_on_full_buffer=False)
 
     def _listen(self) -> None:
         while True:
-            self._request(signal.Signals(os.read(self._read, 1)[0]))
+            signum = os.read(self._read, 1)[0]
+            if signum in STOP_SIGNALS:
+                self._request(signal.Signals(signum))
 
     def _request(self, signum: signal.Signals) -> None:
         with self._lock:
@@ -56,6 +58,10 @@ class StopSignals:
         self.requested.set()
         for action in list(self.actions):
             action(signum)
+
+
+def _noted(signum, frame) -> None:
+    """The Python side of SIGTERM and SIGINT: nothing (StopSignals reads them from the wakeup fd)."""
 
 
 def serve_one(settings, stop: StopSignals, worker: int | None = None, ready_fd: int | None = None) -> int:
