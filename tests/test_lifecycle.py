@@ -8,6 +8,7 @@ each on a free loopback port. The moments are random: the seed is printed, and s
 of the outcomes (`pytest -rP` shows both)."""
 from __future__ import annotations
 
+import ctypes
 import itertools
 import json
 import os
@@ -80,10 +81,14 @@ class ServerProcess:
     def wait_serving(self) -> None:
         self.wait_until(lambda: "listening on" in self.stdout.read_text(), "banner")
 
-    def stop(self, signum: signal.Signals) -> tuple[int, float]:
-        """Send `signum`; (exit status, seconds until the process ended)."""
+    def stop(self, signum: signal.Signals, thread: int | None = None) -> tuple[int, float]:
+        """Send `signum` (to one `thread` of the process, when given); (exit status, seconds until
+        the process ended)."""
         sent = time.monotonic()
-        self.process.send_signal(signum)
+        if thread is None:
+            self.process.send_signal(signum)
+        elif ctypes.CDLL(None, use_errno=True).tgkill(self.process.pid, thread, signum) != 0:
+            raise OSError(ctypes.get_errno(), "tgkill")
         try:
             code = self.process.wait(timeout=GRACE + 10)
         except subprocess.TimeoutExpired:
@@ -91,10 +96,10 @@ class ServerProcess:
             raise AssertionError(f"still running {GRACE + 10} s after {signum.name}: {self.log()[-3000:]}")
         return code, time.monotonic() - sent
 
-    def stop_cleanly(self, what: str, signum: signal.Signals = signal.SIGTERM) -> float:
+    def stop_cleanly(self, what: str, signum: signal.Signals = signal.SIGTERM, thread: int | None = None) -> float:
         """Send `signum`: the process exits 0 within GRACE + 1 s with no crash or traceback in its
         log. Returns the seconds it took."""
-        code, seconds = self.stop(signum)
+        code, seconds = self.stop(signum, thread)
         log = self.log()
         assert code == 0 and seconds <= GRACE + 1, f"{what}: exit {code} after {seconds:.2f} s; {log[-3000:]}"
         assert not any(marker in log for marker in CRASH_MARKERS), f"{what}: {log[-3000:]}"
@@ -386,6 +391,21 @@ def sigterm_with_a_watch_open(directory: Path, rng: random.Random, window: float
     return "watch open", seconds
 
 
+def sigterm_to_another_thread(directory: Path, rng: random.Random, window: float,
+                              template: Path) -> tuple[str, float]:
+    """The kernel hands a process's signal to any of its threads: one that is not the main thread
+    (asleep in a wait) still stops the server."""
+    server = ServerProcess(directory, seeded_copy(template, directory))
+    try:
+        server.wait_serving()
+        threads = [int(tid) for tid in os.listdir(f"/proc/{server.process.pid}/task")
+                   if int(tid) != server.process.pid]
+        seconds = server.stop_cleanly("a signal to another thread", signal.SIGTERM, rng.choice(threads))
+    finally:
+        server.kill()
+    return "to another thread", seconds
+
+
 def sigterm_to_worker_processes(directory: Path, rng: random.Random, window: float,
                                 template: Path) -> tuple[str, float]:
     """Two worker processes on a fresh file: the parent seeds before forking, then forwards the signal."""
@@ -402,7 +422,7 @@ def sigterm_to_worker_processes(directory: Path, rng: random.Random, window: flo
 
 
 STATES = (sigterm_while_starting, sigterm_when_idle, sigterm_under_load, sigterm_with_a_stream_open,
-          sigterm_with_a_watch_open, sigterm_to_worker_processes)
+          sigterm_with_a_watch_open, sigterm_to_another_thread, sigterm_to_worker_processes)
 TRIALS_PER_STATE = 5
 
 
