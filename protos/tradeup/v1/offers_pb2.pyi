@@ -51,7 +51,7 @@ WATCH_REASON_RESYNC: WatchReason
 WATCH_REASON_ENDING: WatchReason
 
 class CustomerProfile(_message.Message):
-    __slots__ = ("customer_id", "current_monthly_payment", "outstanding_balance", "current_car_price", "current_car_year", "current_car_km", "risk_profile_name", "risk_profile_index", "region")
+    __slots__ = ("customer_id", "current_monthly_payment", "outstanding_balance", "current_car_price", "current_car_year", "current_car_km", "risk_profile_name", "risk_profile_index", "region", "current_car_brand", "current_car_model")
     CUSTOMER_ID_FIELD_NUMBER: _ClassVar[int]
     CURRENT_MONTHLY_PAYMENT_FIELD_NUMBER: _ClassVar[int]
     OUTSTANDING_BALANCE_FIELD_NUMBER: _ClassVar[int]
@@ -61,6 +61,8 @@ class CustomerProfile(_message.Message):
     RISK_PROFILE_NAME_FIELD_NUMBER: _ClassVar[int]
     RISK_PROFILE_INDEX_FIELD_NUMBER: _ClassVar[int]
     REGION_FIELD_NUMBER: _ClassVar[int]
+    CURRENT_CAR_BRAND_FIELD_NUMBER: _ClassVar[int]
+    CURRENT_CAR_MODEL_FIELD_NUMBER: _ClassVar[int]
     customer_id: str
     current_monthly_payment: float
     outstanding_balance: float
@@ -70,7 +72,9 @@ class CustomerProfile(_message.Message):
     risk_profile_name: str
     risk_profile_index: int
     region: str
-    def __init__(self, customer_id: _Optional[str] = ..., current_monthly_payment: _Optional[float] = ..., outstanding_balance: _Optional[float] = ..., current_car_price: _Optional[float] = ..., current_car_year: _Optional[int] = ..., current_car_km: _Optional[int] = ..., risk_profile_name: _Optional[str] = ..., risk_profile_index: _Optional[int] = ..., region: _Optional[str] = ...) -> None: ...
+    current_car_brand: str
+    current_car_model: str
+    def __init__(self, customer_id: _Optional[str] = ..., current_monthly_payment: _Optional[float] = ..., outstanding_balance: _Optional[float] = ..., current_car_price: _Optional[float] = ..., current_car_year: _Optional[int] = ..., current_car_km: _Optional[int] = ..., risk_profile_name: _Optional[str] = ..., risk_profile_index: _Optional[int] = ..., region: _Optional[str] = ..., current_car_brand: _Optional[str] = ..., current_car_model: _Optional[str] = ...) -> None: ...
 
 class PricingOverrides(_message.Message):
     __slots__ = ("service_fee_pct", "cxa_pct", "cac_bonus", "kavak_total_amount", "insurance_amount", "interest_rate")
@@ -101,6 +105,38 @@ class OfferOptions(_message.Message):
     same_region: bool
     max_cars: int
     def __init__(self, terms: _Optional[_Iterable[int]] = ..., tiers: _Optional[_Iterable[_Union[Tier, str]]] = ..., max_offers: _Optional[int] = ..., same_region: _Optional[bool] = ..., max_cars: _Optional[int] = ...) -> None: ...
+
+class ConsiderationFilters(_message.Message):
+    __slots__ = ("price_min", "price_max", "max_price_vs_current", "brands", "exclude_brands", "same_brand_as_current", "other_brand_than_current", "year_min", "year_max", "km_max", "max_km_vs_current", "promotion_only", "regions", "colors")
+    PRICE_MIN_FIELD_NUMBER: _ClassVar[int]
+    PRICE_MAX_FIELD_NUMBER: _ClassVar[int]
+    MAX_PRICE_VS_CURRENT_FIELD_NUMBER: _ClassVar[int]
+    BRANDS_FIELD_NUMBER: _ClassVar[int]
+    EXCLUDE_BRANDS_FIELD_NUMBER: _ClassVar[int]
+    SAME_BRAND_AS_CURRENT_FIELD_NUMBER: _ClassVar[int]
+    OTHER_BRAND_THAN_CURRENT_FIELD_NUMBER: _ClassVar[int]
+    YEAR_MIN_FIELD_NUMBER: _ClassVar[int]
+    YEAR_MAX_FIELD_NUMBER: _ClassVar[int]
+    KM_MAX_FIELD_NUMBER: _ClassVar[int]
+    MAX_KM_VS_CURRENT_FIELD_NUMBER: _ClassVar[int]
+    PROMOTION_ONLY_FIELD_NUMBER: _ClassVar[int]
+    REGIONS_FIELD_NUMBER: _ClassVar[int]
+    COLORS_FIELD_NUMBER: _ClassVar[int]
+    price_min: float
+    price_max: float
+    max_price_vs_current: float
+    brands: _containers.RepeatedScalarFieldContainer[str]
+    exclude_brands: _containers.RepeatedScalarFieldContainer[str]
+    same_brand_as_current: bool
+    other_brand_than_current: bool
+    year_min: int
+    year_max: int
+    km_max: int
+    max_km_vs_current: float
+    promotion_only: bool
+    regions: _containers.RepeatedScalarFieldContainer[str]
+    colors: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, price_min: _Optional[float] = ..., price_max: _Optional[float] = ..., max_price_vs_current: _Optional[float] = ..., brands: _Optional[_Iterable[str]] = ..., exclude_brands: _Optional[_Iterable[str]] = ..., same_brand_as_current: _Optional[bool] = ..., other_brand_than_current: _Optional[bool] = ..., year_min: _Optional[int] = ..., year_max: _Optional[int] = ..., km_max: _Optional[int] = ..., max_km_vs_current: _Optional[float] = ..., promotion_only: _Optional[bool] = ..., regions: _Optional[_Iterable[str]] = ..., colors: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Offer(_message.Message):
     __slots__ = ("car_id", "term", "tier", "monthly_payment", "payment_delta", "loan_amount", "effective_equity", "service_fee_amount", "cxa_amount", "kavak_total_amount", "insurance_amount", "gps_install_fee", "gps_monthly_fee", "npv", "interest_rate")
@@ -193,16 +229,18 @@ class TierGroup(_message.Message):
     def __init__(self, tier: _Optional[_Union[Tier, str]] = ..., count: _Optional[int] = ..., offers: _Optional[_Iterable[_Union[Offer, _Mapping]]] = ...) -> None: ...
 
 class StreamOffersRequest(_message.Message):
-    __slots__ = ("customer_id", "profile", "overrides", "options")
+    __slots__ = ("customer_id", "profile", "overrides", "options", "filters")
     CUSTOMER_ID_FIELD_NUMBER: _ClassVar[int]
     PROFILE_FIELD_NUMBER: _ClassVar[int]
     OVERRIDES_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    FILTERS_FIELD_NUMBER: _ClassVar[int]
     customer_id: str
     profile: CustomerProfile
     overrides: PricingOverrides
     options: OfferOptions
-    def __init__(self, customer_id: _Optional[str] = ..., profile: _Optional[_Union[CustomerProfile, _Mapping]] = ..., overrides: _Optional[_Union[PricingOverrides, _Mapping]] = ..., options: _Optional[_Union[OfferOptions, _Mapping]] = ...) -> None: ...
+    filters: ConsiderationFilters
+    def __init__(self, customer_id: _Optional[str] = ..., profile: _Optional[_Union[CustomerProfile, _Mapping]] = ..., overrides: _Optional[_Union[PricingOverrides, _Mapping]] = ..., options: _Optional[_Union[OfferOptions, _Mapping]] = ..., filters: _Optional[_Union[ConsiderationFilters, _Mapping]] = ...) -> None: ...
 
 class StreamOffersResponse(_message.Message):
     __slots__ = ("offers", "summary")
@@ -213,16 +251,18 @@ class StreamOffersResponse(_message.Message):
     def __init__(self, offers: _Optional[_Iterable[_Union[Offer, _Mapping]]] = ..., summary: _Optional[_Union[OfferSummary, _Mapping]] = ...) -> None: ...
 
 class GenerateOffersRequest(_message.Message):
-    __slots__ = ("customer_id", "profile", "overrides", "options")
+    __slots__ = ("customer_id", "profile", "overrides", "options", "filters")
     CUSTOMER_ID_FIELD_NUMBER: _ClassVar[int]
     PROFILE_FIELD_NUMBER: _ClassVar[int]
     OVERRIDES_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    FILTERS_FIELD_NUMBER: _ClassVar[int]
     customer_id: str
     profile: CustomerProfile
     overrides: PricingOverrides
     options: OfferOptions
-    def __init__(self, customer_id: _Optional[str] = ..., profile: _Optional[_Union[CustomerProfile, _Mapping]] = ..., overrides: _Optional[_Union[PricingOverrides, _Mapping]] = ..., options: _Optional[_Union[OfferOptions, _Mapping]] = ...) -> None: ...
+    filters: ConsiderationFilters
+    def __init__(self, customer_id: _Optional[str] = ..., profile: _Optional[_Union[CustomerProfile, _Mapping]] = ..., overrides: _Optional[_Union[PricingOverrides, _Mapping]] = ..., options: _Optional[_Union[OfferOptions, _Mapping]] = ..., filters: _Optional[_Union[ConsiderationFilters, _Mapping]] = ...) -> None: ...
 
 class GenerateOffersResponse(_message.Message):
     __slots__ = ("summary", "groups")
@@ -233,16 +273,18 @@ class GenerateOffersResponse(_message.Message):
     def __init__(self, summary: _Optional[_Union[OfferSummary, _Mapping]] = ..., groups: _Optional[_Iterable[_Union[TierGroup, _Mapping]]] = ...) -> None: ...
 
 class GenerateOffersBulkRequest(_message.Message):
-    __slots__ = ("customer_id", "profile", "overrides", "options")
+    __slots__ = ("customer_id", "profile", "overrides", "options", "filters")
     CUSTOMER_ID_FIELD_NUMBER: _ClassVar[int]
     PROFILE_FIELD_NUMBER: _ClassVar[int]
     OVERRIDES_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    FILTERS_FIELD_NUMBER: _ClassVar[int]
     customer_id: str
     profile: CustomerProfile
     overrides: PricingOverrides
     options: OfferOptions
-    def __init__(self, customer_id: _Optional[str] = ..., profile: _Optional[_Union[CustomerProfile, _Mapping]] = ..., overrides: _Optional[_Union[PricingOverrides, _Mapping]] = ..., options: _Optional[_Union[OfferOptions, _Mapping]] = ...) -> None: ...
+    filters: ConsiderationFilters
+    def __init__(self, customer_id: _Optional[str] = ..., profile: _Optional[_Union[CustomerProfile, _Mapping]] = ..., overrides: _Optional[_Union[PricingOverrides, _Mapping]] = ..., options: _Optional[_Union[OfferOptions, _Mapping]] = ..., filters: _Optional[_Union[ConsiderationFilters, _Mapping]] = ...) -> None: ...
 
 class CustomerError(_message.Message):
     __slots__ = ("code", "message")
@@ -293,20 +335,22 @@ class SubsidyResult(_message.Message):
     def __init__(self, car_id: _Optional[str] = ..., viable: _Optional[bool] = ..., outcome: _Optional[_Union[SubsidyOutcome, str]] = ..., term: _Optional[int] = ..., service_fee_pct: _Optional[float] = ..., cac_bonus: _Optional[float] = ..., cxa_pct: _Optional[float] = ..., monthly_payment: _Optional[float] = ..., payment_delta: _Optional[float] = ..., npv: _Optional[float] = ..., loan_amount: _Optional[float] = ..., iterations_tried: _Optional[int] = ...) -> None: ...
 
 class FindMinimumSubsidyRequest(_message.Message):
-    __slots__ = ("customer_id", "profile", "car_ids", "overrides", "same_region", "max_cars")
+    __slots__ = ("customer_id", "profile", "car_ids", "overrides", "same_region", "max_cars", "filters")
     CUSTOMER_ID_FIELD_NUMBER: _ClassVar[int]
     PROFILE_FIELD_NUMBER: _ClassVar[int]
     CAR_IDS_FIELD_NUMBER: _ClassVar[int]
     OVERRIDES_FIELD_NUMBER: _ClassVar[int]
     SAME_REGION_FIELD_NUMBER: _ClassVar[int]
     MAX_CARS_FIELD_NUMBER: _ClassVar[int]
+    FILTERS_FIELD_NUMBER: _ClassVar[int]
     customer_id: str
     profile: CustomerProfile
     car_ids: _containers.RepeatedScalarFieldContainer[str]
     overrides: PricingOverrides
     same_region: bool
     max_cars: int
-    def __init__(self, customer_id: _Optional[str] = ..., profile: _Optional[_Union[CustomerProfile, _Mapping]] = ..., car_ids: _Optional[_Iterable[str]] = ..., overrides: _Optional[_Union[PricingOverrides, _Mapping]] = ..., same_region: _Optional[bool] = ..., max_cars: _Optional[int] = ...) -> None: ...
+    filters: ConsiderationFilters
+    def __init__(self, customer_id: _Optional[str] = ..., profile: _Optional[_Union[CustomerProfile, _Mapping]] = ..., car_ids: _Optional[_Iterable[str]] = ..., overrides: _Optional[_Union[PricingOverrides, _Mapping]] = ..., same_region: _Optional[bool] = ..., max_cars: _Optional[int] = ..., filters: _Optional[_Union[ConsiderationFilters, _Mapping]] = ...) -> None: ...
 
 class FindMinimumSubsidyResponse(_message.Message):
     __slots__ = ("results", "viable_count", "cars_searched")
@@ -369,16 +413,18 @@ class GetAmortizationTableResponse(_message.Message):
     def __init__(self, offer: _Optional[_Union[Offer, _Mapping]] = ..., rows: _Optional[_Iterable[_Union[AmortizationRow, _Mapping]]] = ...) -> None: ...
 
 class WatchOffersRequest(_message.Message):
-    __slots__ = ("customer_id", "profile", "overrides", "options")
+    __slots__ = ("customer_id", "profile", "overrides", "options", "filters")
     CUSTOMER_ID_FIELD_NUMBER: _ClassVar[int]
     PROFILE_FIELD_NUMBER: _ClassVar[int]
     OVERRIDES_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    FILTERS_FIELD_NUMBER: _ClassVar[int]
     customer_id: str
     profile: CustomerProfile
     overrides: PricingOverrides
     options: OfferOptions
-    def __init__(self, customer_id: _Optional[str] = ..., profile: _Optional[_Union[CustomerProfile, _Mapping]] = ..., overrides: _Optional[_Union[PricingOverrides, _Mapping]] = ..., options: _Optional[_Union[OfferOptions, _Mapping]] = ...) -> None: ...
+    filters: ConsiderationFilters
+    def __init__(self, customer_id: _Optional[str] = ..., profile: _Optional[_Union[CustomerProfile, _Mapping]] = ..., overrides: _Optional[_Union[PricingOverrides, _Mapping]] = ..., options: _Optional[_Union[OfferOptions, _Mapping]] = ..., filters: _Optional[_Union[ConsiderationFilters, _Mapping]] = ...) -> None: ...
 
 class OfferKey(_message.Message):
     __slots__ = ("car_id", "term")
