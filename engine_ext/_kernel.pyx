@@ -346,10 +346,8 @@ def amortization(plan, int term_index, double price):
     cdef long periods, elapsed
     if width != 12:
         raise ValueError("schedule layout changed")
-    # (1 + rate) ** k for k = 0 .. max(n, insurance term): every power a schedule uses.
     cdef long top = max(n, ins_n)
-    powers_i = array("d", growth_powers([i] * (top + 1), range(top + 1)))
-    powers_j = array("d", growth_powers([j] * (top + 1), range(top + 1)))
+    powers_i, powers_j = array("d", growth_powers(i, top)), array("d", growth_powers(j, top))
     cdef const double[:] pi = powers_i, pj = powers_j
     rows = array("d", bytes(8 * n * width))
     cdef double[:] r = rows

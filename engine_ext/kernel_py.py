@@ -152,10 +152,8 @@ def amortization(plan, term_index, price):
     service_fee = price * plan.service_fee_pct
     loan = price - effective_equity(plan, plan.cac_bonus, price * plan.cxa_pct)
     ins, ins_n, iva, iva_factor = plan.insurance, plan.insurance_months, plan.iva_rate, plan.iva_factor
-    # (1 + rate) ** k for k = 0 .. max(n, insurance term): every power a schedule uses.
     top = max(n, ins_n)
-    powers_j = growth_powers([j] * (top + 1), range(top + 1))
-    powers_i = growth_powers([i] * (top + 1), range(top + 1))
+    powers_j, powers_i = growth_powers(j, top), growth_powers(i, top)
     amounts = (loan, service_fee, plan.kavak_total, ins)
     balances = [loan, service_fee, plan.kavak_total, ins]
     rows = array("d")

@@ -9,24 +9,42 @@ arithmetic in the same order, so they agree to the last bit.
 The audited engine evaluates the payment component by component with numpy-financial's
 `ppmt`/`ipmt` (PV passed negative, absolute value taken; SPEC §3 "Floating point"). The
 functions below are those formulas, operation for operation, so every float64 rounding is
-the same; the powers come from numpy's own `power`, which is what numpy-financial calls.
+the same. The powers are not numpy's: SPEC §3 pins each one to the correctly rounded value of
+the exact power (`growth_factor`).
 """
 from __future__ import annotations
 
+import math
 from array import array
 from dataclasses import dataclass
-
-import numpy
+from functools import lru_cache
 
 from .errors import EngineInputError
 from .params import MIN_RATE, CustomerTerms, PricingParams
 
 
-def growth_powers(rates, exponents) -> list[float]:
-    """(1 + rate) ** k for each (rate, k) pair, rounded as numpy-financial's `(1 + rate) ** nper` rounds
-    it (numpy's power can differ from libm's pow in the last bit; the audited figures follow numpy)."""
-    return numpy.power(numpy.array([1.0 + rate for rate in rates], dtype=numpy.float64),
-                       numpy.array(exponents, dtype=numpy.int64)).tolist()
+# SPEC §3 "Floating point": every growth factor is the correctly rounded value of the exact power,
+# on every CPU. numpy's `power` (a vector library on AVX-512 CPUs) and libm's `pow` miss the last
+# bit now and then, and a near tie (the subsidy search's fee splits, a gate, a tier boundary) could
+# then be decided differently on two replicas. So the power is taken exactly, in integers, and
+# rounded once. Rates and terms are few: each value is computed once (a few microseconds) and then
+# read from a bounded cache (functools': in C, a hit costs less than numpy's call did).
+@lru_cache(maxsize=32_768)
+def growth_factor(rate: float, periods: int) -> float:
+    """(1 + rate) ** periods, correctly rounded: the exact power of the float 1 + rate = m / 2**k is
+    m**periods / 2**(k * periods). Its top 64 bits are rounded to odd (the lowest bit set when
+    anything below was dropped), so the one rounding to 53 bits in float() is the correct one."""
+    mantissa, scale = (1.0 + rate).as_integer_ratio()
+    power = mantissa ** periods
+    shift = max(power.bit_length() - 64, 0)
+    top = power >> shift
+    top |= (top << shift) != power
+    return math.ldexp(top, shift - periods * (scale.bit_length() - 1))
+
+
+def growth_powers(rate: float, top: int) -> list[float]:
+    """growth_factor(rate, k) for k = 0 .. top: every power an amortization schedule uses."""
+    return [growth_factor(rate, k) for k in range(top + 1)]
 
 
 def annuity_divisor(rate: float, periods: int, growth: float) -> float:
@@ -121,9 +139,9 @@ def term_columns(customer: CustomerTerms, params: PricingParams, terms: tuple[in
                                                     f"it must be 0 or within [{MIN_RATE}, 1]")
     monthly = [r / 12.0 for r in rates]
     monthly_iva = [r * iva_factor / 12.0 for r in rates]
-    powers = growth_powers(monthly_iva * 2, list(terms) + [ins_months] * len(terms))  # one call per request
     growths, divisors, kt_p, kt_i, ins_p, ins_i = [], [], [], [], [], []
-    for n, i, j, growth, ins_growth in zip(terms, monthly, monthly_iva, powers, powers[len(terms):]):
+    for n, i, j in zip(terms, monthly, monthly_iva):
+        growth, ins_growth = growth_factor(j, n), growth_factor(j, ins_months)
         divisor, ins_divisor = annuity_divisor(j, n, growth), annuity_divisor(j, ins_months, ins_growth)
         growths.append(growth)
         divisors.append(divisor)

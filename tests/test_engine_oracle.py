@@ -7,9 +7,16 @@ payments, tiers, the subsidy search's decisions and amortization rows are compar
 (as bit patterns) against it, for both kernels. The large checks draw their cases with a fixed
 seed and evaluate the oracle on whole numpy arrays, so 100,000+ cases cost seconds; the
 hypothesis tests draw smaller cases and shrink a failure to a readable one.
+
+numpy-financial takes its growth factors `(1 + rate) ** nper` from numpy's `power`, which is not
+the same on every CPU; SPEC §3 pins them to the correctly rounded exact power. The oracle feeds
+numpy-financial those powers (`ExactPowers`, computed with fractions.Fraction), so these tests
+hold on any CPU.
 """
 from array import array
 from dataclasses import replace
+from fractions import Fraction
+from functools import lru_cache
 
 import numpy as np
 import numpy_financial as npf
@@ -30,6 +37,47 @@ TERM_POOL = (1, 6, 12, 18, 24, 36, 48, 60, 72, 84, 96, 120)
 
 
 # --- the oracle ------------------------------------------------------------------------------
+@lru_cache(maxsize=None)
+def exact_power(base: float, exponent: int) -> float:
+    """SPEC §3's growth factor: the exact power of the float base, rounded once."""
+    return float(Fraction(base) ** exponent)
+
+
+class ExactPowers(np.ndarray):
+    """A float array whose `**` is exact_power; every other operation is numpy's own."""
+
+    def __pow__(self, exponent):
+        base, exponent = np.broadcast_arrays(self.view(np.ndarray), exponent)
+        assert np.array_equal(exponent, np.rint(exponent)), "growth factors have whole exponents"
+        # Few distinct (base, exponent) pairs: each computed once, found by its complex key.
+        pairs, where = np.unique(base + 1j * exponent, return_inverse=True)
+        values = np.array([exact_power(pair.real, int(pair.imag)) for pair in pairs.tolist()])
+        return values[where].reshape(base.shape)
+
+
+class NumpyWithExactPowers:
+    """numpy as numpy-financial sees it in these tests: the arrays it makes are ExactPowers."""
+
+    def __getattr__(self, name):
+        return getattr(np, name)
+
+    def asarray(self, *args, **kwargs):
+        return np.asarray(*args, **kwargs).view(ExactPowers)
+
+    def array(self, *args, **kwargs):
+        return np.array(*args, **kwargs).view(ExactPowers)
+
+    def broadcast_arrays(self, *args):
+        return [x.view(ExactPowers) for x in np.broadcast_arrays(*args)]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def numpy_financial_with_exact_powers():
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(npf._financial, "np", NumpyWithExactPowers())
+        yield
+
+
 def oracle_components(rate, period, periods, amount):
     """(|PPMT|, |IPMT|) of numpy-financial with pv = -amount; numpy arrays or scalars."""
     with np.errstate(divide="ignore", invalid="ignore"):  # the rate-0 branch numpy-financial masks
