@@ -44,12 +44,14 @@ def wait_for(condition, seconds: float = 5.0):
 
 
 @pytest.fixture
-def traced(golden_database):
-    """A real server whose spans go to an in-memory exporter: (server, exporter)."""
+def traced(golden_database, redis_server):
+    """A real server, its rate limit shared through Redis, whose spans go to an in-memory
+    exporter: (server, exporter)."""
     from server.app import Application
     exporter = InMemorySpanExporter()
-    app = Application(make_settings(golden_database[1]),
-                      tracing=tracing.Tracing(tracing.tracer_provider(SimpleSpanProcessor(exporter))))
+    settings = make_settings({**golden_database[1], "TRADEUP_REDIS_URL": redis_server.url,
+                              "TRADEUP_RATE_LIMIT_PER_SECOND": "1000"})
+    app = Application(settings, tracing=tracing.Tracing(tracing.tracer_provider(SimpleSpanProcessor(exporter))))
     app.start()
     running = RunningServer(app)
     yield running, exporter
@@ -92,14 +94,17 @@ def test_calls_continue_the_callers_trace_with_a_span_per_layer(traced, caplog):
         return found
 
     layers = children(generate)
+    redis = [span for name in set(layers) - set(LAYERS) for span in layers.pop(name)]  # the shared rate limit
+    assert "EVALSHA" in {span.name for span in redis}  # after SCRIPT LOAD on the first call
+    assert all(span.kind is trace.SpanKind.CLIENT and span.attributes["db.system"] == "redis" for span in redis)
     assert set(layers) == set(LAYERS)
     assert all(span.context.trace_id == expected.trace_id for group in layers.values() for span in group)
     (read,) = layers["load customer"]
     (statement,) = [s for group in children(read).values() for s in group]
     assert statement.kind is trace.SpanKind.CLIENT and "FROM customers" in statement.attributes["db.statement"]
     assert len(children(stream)["encode"]) == len(streamed)
-    assert {s.name for s in spans if s.context.trace_id == missing.context.trace_id} == {GENERATE, "load customer",
-                                                                                      "SELECT"}
+    assert {s.name for s in spans if s.context.trace_id == missing.context.trace_id} == {
+        GENERATE, "EVALSHA", "load customer", "SELECT"}
     # Nothing from the change feed's polls or the health checks: every span belongs to a call.
     assert {s.context.trace_id for s in spans} == {expected.trace_id, missing.context.trace_id}
 
