@@ -4,18 +4,21 @@
         response = client.generate_offers(customer_id="C00001", max_offers=10)
 
 Every call has a default deadline (overridable per call); UNAVAILABLE is retried with
-backoff by gRPC itself (service config), never other codes, and a parameter change never. Results are the generated
-protobuf messages (typed by their .pyi stubs).
+backoff by gRPC itself (service config), never other codes, and a parameter change never. Every call
+carries the caller's OpenTelemetry context (W3C `traceparent`), so the server's spans join the
+caller's trace. Results are the generated protobuf messages (typed by their .pyi stubs).
 """
 from __future__ import annotations
 
 import json
 import threading
+from collections import namedtuple
 from typing import Any, Iterable, Iterator, Sequence
 
 import grpc
 from google.protobuf import json_format, struct_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from opentelemetry import propagate
 
 from protos.tradeup.v1 import admin_pb2, admin_pb2_grpc, offers_pb2 as pb, offers_pb2_grpc
 
@@ -67,6 +70,32 @@ def _whole_numbers(value: Any) -> Any:
     return value
 
 
+class _CallDetails(namedtuple("_CallDetails", ("method", "timeout", "metadata", "credentials", "wait_for_ready",
+                                                "compression")), grpc.ClientCallDetails):
+    pass
+
+
+class TraceContext(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,
+                   grpc.StreamUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):
+    """Sends the caller's current OpenTelemetry context with every call, as the propagators of
+    OTEL_PROPAGATORS write it (W3C `traceparent` and baggage by default); nothing when there is
+    none. Propagation only, no client span: opentelemetry-instrumentation-grpc's client
+    interceptor turns a stream's call into a plain generator (no cancel(), no metadata), and a
+    caller that instruments its channels with it gets its client span all the same (its
+    interceptor, nearer the channel, replaces the `traceparent` written here by its span's)."""
+
+    def intercept_unary_unary(self, continuation, details, request):
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier)
+        if carrier:
+            metadata = [(key, value) for key, value in details.metadata or () if key not in carrier]
+            details = _CallDetails(details.method, details.timeout, [*metadata, *carrier.items()],
+                                   details.credentials, details.wait_for_ready, details.compression)
+        return continuation(details, request)
+
+    intercept_unary_stream = intercept_stream_unary = intercept_stream_stream = intercept_unary_unary
+
+
 class OfferClient:
     def __init__(self, target: str = "localhost:50051", timeout: float = 10.0, admin_token: str | None = None,
                  root_certificates: bytes | None = None, private_key: bytes | None = None,
@@ -77,9 +106,10 @@ class OfferClient:
                            ("grpc.max_receive_message_length", 64 * 1024 * 1024), *options]
         if tls or root_certificates or private_key:
             credentials = grpc.ssl_channel_credentials(root_certificates, private_key, certificate_chain)
-            self.channel = grpc.secure_channel(target, credentials, options=channel_options)
+            channel = grpc.secure_channel(target, credentials, options=channel_options)
         else:
-            self.channel = grpc.insecure_channel(target, options=channel_options)
+            channel = grpc.insecure_channel(target, options=channel_options)
+        self.channel = grpc.intercept_channel(channel, TraceContext())
         self.timeout = timeout
         self.admin_token = admin_token
         self.offers = offers_pb2_grpc.OfferServiceStub(self.channel)

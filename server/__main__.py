@@ -14,6 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
+from . import tracing
 from .config import keys_markdown, load_settings
 from .errors import ConfigError, Unavailable
 from .logs import configure_logging
@@ -68,7 +69,7 @@ def serve_one(settings, stop: StopSignals, worker: int | None = None, ready_fd: 
     """Run one server process until SIGTERM/SIGINT; returns its exit status. A worker writes one
     byte to `ready_fd` once it serves."""
     from .app import Application
-    app = Application(settings)
+    app = Application(settings, tracing=tracing.Tracing.from_environment())  # in the process that serves
 
     def on_stop(signum: signal.Signals) -> None:
         log.info("received %s: draining for up to %ss", signum.name, settings.server.grace_seconds)
@@ -223,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         settings = load_settings()
+        tracing.requested()  # the OTEL_* variables are checked before any worker starts
     except ConfigError as exc:
         print(f"invalid configuration: {exc}", file=sys.stderr)
         return 2

@@ -26,6 +26,7 @@ from .services.offers import OfferService
 from .services.ratelimit import SharedTokenBuckets, TokenBuckets
 from .services.watch import WatchService
 from .services.workers import Workers
+from .tracing import Tracing
 
 log = logging.getLogger("tradeup.server")
 STOP_SLACK = 0.5  # seconds after the grace period for the background threads to end
@@ -52,7 +53,9 @@ def prepare_database(repository: Repository, seed_demo: bool, stop: threading.Ev
 
 
 class Application:
-    def __init__(self, settings: Settings, address: str | None = None):
+    """The service of one process; `tracing` (server.tracing, None: off) traces its calls."""
+
+    def __init__(self, settings: Settings, address: str | None = None, tracing: Tracing | None = None):
         self.settings = SettingsStore(settings)
         self.metrics = Metrics()
         self.repository = open_repository(settings)
@@ -65,6 +68,9 @@ class Application:
                                         settings.cache.prefilter_max_entries,
                                         overlap_seconds=settings.cache.change_overlap_seconds)
         self.redis = RedisLink(settings.redis) if settings.redis.url else None
+        self.tracing = tracing
+        if tracing is not None:  # before the first connection: the drivers are traced from there on
+            tracing.start(self.redis.client if self.redis else None)
         self.changes = ChangeFeed(self.repository, self.settings, self.inventory, settings.cache.change_poll_seconds,
                                   self.redis)
         s = settings.server
@@ -93,7 +99,7 @@ class Application:
         # Set once the database is prepared and followed: service calls end UNAVAILABLE until then.
         self.ready = threading.Event()
         self.stopping = threading.Event()  # a preparation in progress gives up (a seed rolls back)
-        self.calls = CallInterceptors(settings, self.metrics, self.ready, limiter)
+        self.calls = CallInterceptors(settings, self.metrics, self.ready, limiter, tracing and tracing.tracer)
         self._rpc_pool = futures.ThreadPoolExecutor(max_workers=rpc_threads(settings), thread_name_prefix="rpc")
         self.server, self.port = create_server(
             settings, OfferServicer(self.offers, s.stream_batch_size, s.max_bulk_customers, self.watch,
@@ -184,6 +190,8 @@ class Application:
             self.repository.database.close()  # never under a thread still using a connection
         else:
             log.warning("a background thread is still waiting for the database: not waiting for it")
+        if self.tracing is not None:  # the spans of the last calls, in the time left
+            self.tracing.close(max(0.0, until + STOP_SLACK - time.monotonic()))
         self.stopped.set()
 
     def _end_threads(self) -> None:

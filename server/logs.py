@@ -1,5 +1,5 @@
-"""Logging set-up: JSON lines (or text), every record with the request id of its call; and what
-the logs may show of a customer id."""
+"""Logging set-up: JSON lines (or text), every record with the request id of its call (and its
+trace and span ids while tracing is on); and what the logs may show of a customer id."""
 from __future__ import annotations
 
 import contextvars
@@ -10,11 +10,15 @@ import logging
 import sys
 import time
 
+from opentelemetry import trace
+
 # The id of the call being served ("-" outside calls), on every log record.
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 
 # Attributes every LogRecord has; anything else on a record was passed as `extra` and is logged.
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "request_id"}
+# Set while tracing is on (server.tracing): records then carry the trace and span ids of their call.
+_trace_ids = False
 
 
 class JsonFormatter(logging.Formatter):
@@ -28,8 +32,19 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+def include_trace_ids(on: bool) -> None:
+    """While on, a record logged within a traced call carries `trace_id` and `span_id`."""
+    global _trace_ids
+    _trace_ids = on
+
+
 def install_request_id_records() -> None:
-    """Give every log record a `request_id`: the id of the call being served ("-" outside calls)."""
+    """Give every log record a `request_id`: the id of the call being served ("-" outside calls);
+    and while tracing is on, the trace and span ids of the span current where it is logged.
+    Our record factory rather than opentelemetry-instrumentation-logging's: that one adds four
+    otel* fields to every record, "0" outside spans (and attaches an OpenTelemetry log handler
+    to the root logger unless told not to), and its uninstrument restores the factory it
+    found, dropping any installed since."""
     factory = logging.getLogRecordFactory()
     if getattr(factory, "adds_request_id", False):
         return
@@ -37,6 +52,11 @@ def install_request_id_records() -> None:
     def with_request_id(*args, **kwargs) -> logging.LogRecord:
         record = factory(*args, **kwargs)
         record.request_id = request_id_var.get()
+        if _trace_ids:
+            span = trace.get_current_span().get_span_context()
+            if span.is_valid:
+                record.trace_id = format(span.trace_id, "032x")
+                record.span_id = format(span.span_id, "016x")
         return record
 
     with_request_id.adds_request_id = True

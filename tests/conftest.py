@@ -6,7 +6,8 @@ binaries are installed, the session starts a private throwaway one. With neither
 fail when CI=true and are skipped with that reason otherwise.
 
 Hermetic: before any test runs, every TRADEUP_* variable the user may have set is cleared (the
-test harness's own TRADEUP_TEST_*, TRADEUP_ENGINE and TRADEUP_GOLDEN_DIR are kept), every path
+test harness's own TRADEUP_TEST_*, TRADEUP_ENGINE and TRADEUP_GOLDEN_DIR are kept), and so is every
+OTEL_* variable (a server a test starts traces only when the test says so), every path
 setting whose default lies under var/ points into a temporary directory, and the tests run from
 there: nothing reads or writes the working tree's var/ or what a user's run left in it.
 """
@@ -36,11 +37,11 @@ LOG_HASH_KEY = "test-log-hash-key"
 
 
 def isolate_from_the_working_tree(state_dir: Path) -> dict[str, str]:
-    """Clear the user's TRADEUP_* environment; point var/ paths into state_dir; return those paths."""
+    """Clear the user's TRADEUP_* and OTEL_* environment; point var/ paths into state_dir; return those paths."""
     from dataclasses import fields
 
     from server.config import SECTIONS
-    for name in [n for n in os.environ if n.startswith("TRADEUP_")]:
+    for name in [n for n in os.environ if n.startswith(("TRADEUP_", "OTEL_"))]:
         if not is_harness_variable(name):
             del os.environ[name]
     paths = {}

@@ -9,12 +9,16 @@ from concurrent import futures
 
 import grpc
 import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
 
 from conftest import free_port
 from server.errors import InvalidArgument
 from server.metrics import Metrics
-from server.rpc.interceptors import (AccessLog, Admission, CallMetrics, DefaultDeadline, ErrorMapping, RateLimit,
-                                     RequestIds, note_call)
+from server.rpc.interceptors import (AccessLog, Admission, CallMetrics, CallTracing, DefaultDeadline, ErrorMapping,
+                                     RateLimit, RequestIds, note_call)
 from server.services.ratelimit import TokenBuckets
 
 SERVICE = "test.Echo"
@@ -96,6 +100,27 @@ def test_request_ids_travel_in_trailers_and_with_a_streams_first_message(serve):
     stream = channel.unary_stream(f"/{SERVICE}/Stream")(b"a,b", metadata=(("x-request-id", "s-1"),), timeout=5)
     assert list(stream) == [b"a", b"b"]
     assert ("x-request-id", "s-1") in stream.initial_metadata() and ("x-request-id", "s-1") in stream.trailing_metadata()
+
+
+def test_call_tracing_ends_each_calls_span_with_its_status(serve):
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    channel = serve(CallTracing(provider.get_tracer("test")), ErrorMapping())
+    assert unary(channel)(b"hi", timeout=5) == b"hi"
+    with pytest.raises(grpc.RpcError):
+        unary(channel)(b"bug", timeout=5)
+    assert unary(channel, HEALTH_CHECK)(b"probe", timeout=5) == b"probe"  # probes are not traced
+    stream = channel.unary_stream(f"/{SERVICE}/Flood")(b"", timeout=5)
+    next(stream)
+    stream.cancel()  # the client leaves: the server's generator is closed under it
+    assert wait_until(lambda: len(exporter.get_finished_spans()) == 3)
+    spans = exporter.get_finished_spans()
+    assert [(s.name, s.kind, s.attributes["rpc.grpc.status_code"], s.status.status_code) for s in spans] == [
+        (f"{SERVICE}/Unary", SpanKind.SERVER, 0, StatusCode.UNSET),
+        (f"{SERVICE}/Unary", SpanKind.SERVER, grpc.StatusCode.INTERNAL.value[0], StatusCode.ERROR),
+        (f"{SERVICE}/Flood", SpanKind.SERVER, grpc.StatusCode.CANCELLED.value[0], StatusCode.UNSET)]
+    assert all(s.parent is None for s in spans)  # no traceparent sent: each call starts a trace
 
 
 def test_the_access_log_has_one_line_per_call_and_probes_at_debug(serve, caplog):

@@ -98,20 +98,34 @@ def canonical(name: str) -> str:
 
 
 def imported_distributions(*packages: str) -> set[str]:
-    """The third-party distributions the modules of `packages` import (top-level imports)."""
-    names: set[str] = set()
+    """The third-party distributions the modules of `packages` import (every import statement)."""
+    imports: set[tuple[str, ...]] = set()  # each import: the modules it may name, most specific first
     for package in packages:
         for path in (ROOT / package).rglob("*.py"):
             if path.name == "generate.py":  # protos/generate.py: a development tool (grpcio-tools, test extra)
                 continue
             for node in ast.walk(ast.parse(path.read_text())):
                 if isinstance(node, ast.Import):
-                    names.update(alias.name.split(".")[0] for alias in node.names)
+                    imports.update((alias.name,) for alias in node.names)
                 elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                    names.add(node.module.split(".")[0])
+                    imports.update((f"{node.module}.{alias.name}", node.module) for alias in node.names)
     mapping = importlib.metadata.packages_distributions()
     ours = {"engine_ext", "server", "client", "protos"}
-    return {canonical(dist) for name in names - ours for dist in mapping.get(name, ())}
+    found: set[str] = set()
+    for names in imports:
+        top = names[0].split(".")[0]
+        if top in ours:
+            continue
+        candidates = mapping.get(top, ())
+        if len(candidates) > 1:  # a namespace shared by several distributions (opentelemetry): whose module
+            candidates = next(filter(None, ({d for d in candidates if provides(d, name)} for name in names)), ())
+        found.update(canonical(dist) for dist in candidates)
+    return found
+
+
+def provides(distribution: str, module: str) -> bool:
+    path = module.replace(".", "/")
+    return any(str(f).startswith((path + "/", path + ".py")) for f in importlib.metadata.files(distribution) or ())
 
 
 def test_dependencies_are_declared_with_the_bounds_the_stubs_need():

@@ -16,6 +16,7 @@ from ..domain import ConfigChange, Customer
 from ..errors import InvalidArgument
 from ..services.offers import OVERRIDE_FIELDS, CustomerRef, OfferQuery, OfferResult
 from ..services import watch
+from ..tracing import traced
 
 MAX_TERMS_IN_REQUEST = 24
 SUBSIDY_OUTCOMES = {
@@ -118,6 +119,7 @@ _STREAM_SUMMARY = pb.StreamOffersResponse.DESCRIPTOR.fields_by_name["summary"].n
 _BULK_OFFERS = pb.GenerateOffersBulkResponse.DESCRIPTOR.fields_by_name["offers"].number
 
 
+@traced("encode")
 def generate_response(result: OfferResult) -> bytes:
     """GenerateOffersResponse, encoded: the small parts through protobuf, the offers by the kernel.
     The ranking puts tiers in order, so each tier group is a run of it."""
@@ -133,6 +135,7 @@ def generate_response(result: OfferResult) -> bytes:
     return b"".join(parts)
 
 
+@traced("encode")
 def stream_batch(result: OfferResult, first: int, last: int, with_summary: bool) -> bytes:
     """One StreamOffersResponse, encoded: offers ranked [first, last), and the summary if asked."""
     encoded = result.offers.encode(first, last, _STREAM_OFFERS)

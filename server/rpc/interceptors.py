@@ -1,6 +1,6 @@
-"""The interceptors every call passes through, one job each: the request id, the access log, the
-metrics, the mapping of errors to status codes, admission and the rate limit. The order they run
-in is `server.rpc.server.interceptors`.
+"""The interceptors every call passes through, one job each: the trace (when tracing is on), the
+request id, the access log, the metrics, the mapping of errors to status codes, admission and the
+rate limit. The order they run in is `server.rpc.server.CallInterceptors`.
 
 Each wraps a method's behaviour once (`CallInterceptor.wrap`), whatever the kind of method; a
 wrapper of a streaming response is a generator that passes the messages on.
@@ -18,6 +18,7 @@ from collections import Counter
 from typing import Any, Callable, Iterator
 
 import grpc
+from opentelemetry import context as trace_context, propagate, trace
 
 from ..deadline import Deadline
 from ..errors import InvalidArgument, ResourceExhausted, ServiceError, Unavailable
@@ -127,6 +128,86 @@ def around(response_streaming: bool, before: Callable, after: Callable, behavior
         finally:
             after(state, failed)
     return unary
+
+
+# --- the trace -------------------------------------------------------------------------------------
+# The codes that are the server's failure (OpenTelemetry's conventions for gRPC servers): ERROR spans.
+_SERVER_FAULTS = frozenset({"UNKNOWN", "DEADLINE_EXCEEDED", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS"})
+
+
+class CallTracing(CallInterceptor):
+    """A server span per call (probes aside) that continues the caller's trace (W3C `traceparent`,
+    or what OTEL_PROPAGATORS names) and ends with the call's status code. It is current while the
+    call's code runs, so the spans that code starts and the records it logs belong to it.
+
+    Ours rather than opentelemetry-instrumentation-grpc's server interceptor, which does not fit
+    this framework: it builds a new handler on every call and wraps non-blocking handlers too
+    (health's Watch would hold a server thread), keeps its span current across a stream's yields
+    (in gRPC's code that sends the messages), and learns the status only from aborts made through
+    its own context wrapper (a stream whose client left ends OK)."""
+
+    def __init__(self, tracer: trace.Tracer):
+        super().__init__()
+        self.tracer = tracer
+
+    def wrap(self, behavior, method, request_streaming, response_streaming):
+        if is_probe(method):
+            return None
+        name = method.lstrip("/")
+        service, rpc = name.split("/", 1)
+        attributes = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": rpc}
+
+        def start(context) -> tuple[trace_context.Context, trace.Span]:
+            caller = propagate.extract(dict(context.invocation_metadata()))
+            span = self.tracer.start_span(name, caller, trace.SpanKind.SERVER, attributes)
+            return trace.set_span_in_context(span, caller), span
+
+        def end(span: trace.Span, context, failed: bool) -> None:
+            code = status_name(context, failed)
+            span.set_attribute("rpc.grpc.status_code", grpc.StatusCode[code].value[0])
+            if code in _SERVER_FAULTS:
+                details = (context.details() or b"").decode(errors="replace")
+                span.set_status(trace.Status(trace.StatusCode.ERROR, f"{code}: {details}"))
+            span.end()
+
+        if not response_streaming:
+            def before(request, context):
+                current, span = start(context)
+                return request, (trace_context.attach(current), span, context)
+
+            def after(state, failed):
+                token, span, context = state
+                trace_context.detach(token)
+                end(span, context, failed)
+            return around(False, before, after, behavior)
+
+        def streaming(request, context):
+            # Current during each step of the stream only, never across a yield.
+            current, span = start(context)
+            messages, failed = None, True
+            try:
+                messages = _within(current, behavior, request, context)
+                while True:
+                    try:
+                        message = _within(current, next, messages)
+                    except StopIteration:
+                        break
+                    yield message
+                failed = False
+            finally:
+                if failed and hasattr(messages, "close"):  # closed early: the inner code ends within the trace
+                    _within(current, messages.close)
+                end(span, context, failed)
+        return streaming
+
+
+def _within(current: trace_context.Context, function: Callable, *args):
+    """function(*args) with `current` as the current trace context."""
+    token = trace_context.attach(current)
+    try:
+        return function(*args)
+    finally:
+        trace_context.detach(token)
 
 
 # --- the request id --------------------------------------------------------------------------------

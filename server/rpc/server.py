@@ -15,8 +15,8 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from protos.tradeup.v1 import admin_pb2, admin_pb2_grpc, offers_pb2
 
 from ..config import Settings
-from .interceptors import (METHOD_HANDLERS, AccessLog, Admission, CallMetrics, DefaultDeadline, ErrorMapping,
-                           RateLimit, RequestIds)
+from .interceptors import (METHOD_HANDLERS, AccessLog, Admission, CallMetrics, CallTracing, DefaultDeadline,
+                           ErrorMapping, RateLimit, RequestIds)
 from .servicers import PRE_ENCODED, AdminServicer, OfferServicer
 
 log = logging.getLogger("tradeup.server")
@@ -154,17 +154,20 @@ def rpc_threads(settings: Settings) -> int:
 
 class CallInterceptors:
     """The interceptors of every call, in the order they run (`chain`, outermost first): the
-    request id is on every record the others log; the access log and metrics see the status the
-    error mapping gives; admission (readiness, draining, limits) comes before the rate limit so
-    a refused call spends no token."""
+    trace, with a `tracer` only (tracing off, none: it costs nothing), spans all the others and
+    everything they log; the request id is on every record the others log; the access log and
+    metrics see the status the error mapping gives; admission (readiness, draining, limits) comes
+    before the rate limit so a refused call spends no token."""
 
-    def __init__(self, settings: Settings, metrics, ready: threading.Event, rate_limiter=None):
+    def __init__(self, settings: Settings, metrics, ready: threading.Event, rate_limiter=None, tracer=None):
         s = settings.server
         self.admission = Admission(s.max_concurrent_rpcs, s.max_streams, s.max_streams_per_caller, ready,
                                    s.rate_limit_key, frozenset({WATCH_METHOD}))
         self.default_deadline = DefaultDeadline(s.default_deadline_seconds, frozenset({WATCH_METHOD}))
         self.chain = [RequestIds(), AccessLog(s.log_customer_ids, s.log_hash_key), CallMetrics(metrics),
                       ErrorMapping(), self.admission, self.default_deadline]
+        if tracer is not None:
+            self.chain.insert(0, CallTracing(tracer))
         if rate_limiter is not None:
             self.chain.append(RateLimit(rate_limiter, s.rate_limit_key))
 

@@ -20,6 +20,7 @@ from ..data.repository import Repository
 from ..deadline import Deadline
 from ..domain import Customer
 from ..errors import FailedPrecondition, InvalidArgument, NotFound
+from ..tracing import traced
 from .workers import Workers
 
 MAX_ID_LENGTH = 64
@@ -99,6 +100,7 @@ class OfferService:
 
     # --- building blocks ----------------------------------------------------------------------
     # Each takes the settings of the call (read once per call: one configuration version).
+    @traced("load customer")
     def load_customer(self, ref: CustomerRef, deadline: Deadline, settings: Settings | None = None) -> Customer:
         business = (settings or self.settings.current).business
         if ref.profile is not None:
@@ -129,6 +131,7 @@ class OfferService:
                     "terms[]": "options.terms"}.get(exc.field, f"overrides.{exc.field.removeprefix('fees.')}")
             raise InvalidArgument(exc.reason, name) from None
 
+    @traced("prefilter")
     def prefilter(self, customer: Customer, same_region: bool, max_cars: int, deadline: Deadline,
                   settings: Settings | None = None) -> Selection:
         settings = (settings or self.settings.current).prefilter
@@ -163,11 +166,7 @@ class OfferService:
         selection = self.prefilter(customer, query.same_region, query.max_cars, deadline, settings)
         priced = time.perf_counter()
         deadline.check("before pricing")
-        try:
-            offers = self.engine.price(self.terms_of(customer), selection.car_ids, selection.prices, params,
-                                       tiers=tiers, car_rank=selection.ranks)
-        except EngineInputError as exc:
-            raise FailedPrecondition(exc.reason, exc.field) from None
+        offers = self.price(customer, selection, params, tiers)
         done = time.perf_counter()
         returned = len(offers) if not query.max_offers else min(query.max_offers, len(offers))
         result = OfferResult(customer=customer, offers=offers, tiers=tiers, returned=returned,
@@ -176,6 +175,16 @@ class OfferService:
         if self.on_priced:
             self.on_priced(result)
         return result
+
+    @traced("pricing")
+    def price(self, customer: Customer, selection: Selection, params: PricingParams,
+              tiers: tuple[int, ...] = ALL_TIERS) -> OfferSet:
+        """Every offer of `tiers` for the selected cars, ranked."""
+        try:
+            return self.engine.price(self.terms_of(customer), selection.car_ids, selection.prices, params,
+                                     tiers=tiers, car_rank=selection.ranks)
+        except EngineInputError as exc:
+            raise FailedPrecondition(exc.reason, exc.field) from None
 
     def subsidy_cars(self, customer: Customer, car_ids: Sequence[str], same_region: bool, max_cars: int,
                      deadline: Deadline, settings: Settings | None = None) -> Selection:
@@ -215,6 +224,7 @@ class OfferService:
                 results = self._minimum_subsidy(customer, selection, params, first, min(first + batch_size, total))
             yield customer, results, total
 
+    @traced("subsidy search")
     def _minimum_subsidy(self, customer: Customer, selection: Selection, params: PricingParams,
                          first: int, last: int) -> list[SubsidyResult]:
         """Search cars [first, last) of the selection."""
@@ -246,10 +256,9 @@ class OfferService:
         except NotFound as exc:
             raise NotFound(str(exc).split(": ", 1)[-1], "car_id") from None  # this request's field
         params = params.with_overrides(terms=[term])
-        terms = self.terms_of(customer)
+        offer = self.price(customer, selection, params)
         try:
-            offer = self.engine.price(terms, selection.car_ids, selection.prices, params, car_rank=selection.ranks)
-            rows = self.engine.schedule(terms, selection.prices[0], term, params)
+            rows = self.engine.schedule(self.terms_of(customer), selection.prices[0], term, params)
         except EngineInputError as exc:
             raise FailedPrecondition(exc.reason, exc.field) from None
         status = offer.columns.status[0]
