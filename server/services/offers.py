@@ -19,7 +19,7 @@ from ..data.inventory import InventoryCache, Selection
 from ..data.repository import Repository
 from ..deadline import Deadline
 from ..domain import Customer
-from ..errors import FailedPrecondition, InvalidArgument, NotFound
+from ..errors import FailedPrecondition, InvalidArgument, NotFound, Resource, Violations
 from .workers import Workers
 
 MAX_ID_LENGTH = 64
@@ -62,9 +62,12 @@ class OfferResult:
 
 
 def validate_customer(customer: Customer, inline: bool, table_rows: int) -> None:
-    """A customer the engine can price; inline mistakes are the caller's, stored ones are not."""
-    error = InvalidArgument if inline else FailedPrecondition
-    prefix = "profile." if inline else f"customer {customer.customer_id}: "
+    """A customer the engine can price, every wrong field at once; inline mistakes are the
+    caller's (INVALID_ARGUMENT), stored ones are not (FAILED_PRECONDITION)."""
+    if inline:
+        violations, prefix = Violations(), "profile."
+    else:
+        violations, prefix = Violations(FailedPrecondition, "CUSTOMER_RECORD_INVALID"), f"customer {customer.customer_id}: "
     checks = (
         ("current_monthly_payment", customer.current_monthly_payment, 0.0, 1e9, True),
         ("outstanding_balance", customer.outstanding_balance, 0.0, 1e10, False),
@@ -73,18 +76,19 @@ def validate_customer(customer: Customer, inline: bool, table_rows: int) -> None
     for name, value, low, high, strict in checks:
         if not math.isfinite(value) or value < low or (strict and value == low) or value > high:
             bound = f"> {low}" if strict else f">= {low}"
-            raise error(f"must be a finite amount {bound} and <= {high:g} MXN, got {value}", f"{prefix}{name}")
+            violations.add(f"{prefix}{name}", f"must be a finite amount {bound} and <= {high:g} MXN, got {value}")
     if not 1950 <= customer.current_car_year <= 2100:
-        raise error(f"must be within 1950..2100, got {customer.current_car_year}", f"{prefix}current_car_year")
+        violations.add(f"{prefix}current_car_year", f"must be within 1950..2100, got {customer.current_car_year}")
     if not 0 <= customer.current_car_km <= 10_000_000:
-        raise error(f"must be within 0..10,000,000, got {customer.current_car_km}", f"{prefix}current_car_km")
+        violations.add(f"{prefix}current_car_km", f"must be within 0..10,000,000, got {customer.current_car_km}")
     if not 0 <= customer.risk_profile_index < table_rows:
-        raise error(f"must be within 0..{table_rows - 1} (rows of the down-payment table), "
-                    f"got {customer.risk_profile_index}", f"{prefix}risk_profile_index")
+        violations.add(f"{prefix}risk_profile_index", f"must be within 0..{table_rows - 1} (rows of the "
+                       f"down-payment table), got {customer.risk_profile_index}")
     if len(customer.risk_profile_name) > 16:
-        raise error("must be at most 16 characters", f"{prefix}risk_profile_name")
+        violations.add(f"{prefix}risk_profile_name", "must be at most 16 characters")
     if len(customer.region) > 64:
-        raise error("must be at most 64 characters", f"{prefix}region")
+        violations.add(f"{prefix}region", "must be at most 64 characters")
+    violations.check()
 
 
 class OfferService:
@@ -115,7 +119,8 @@ class OfferService:
         deadline.check("before the customer lookup")
         customer = self.repository.get_customer(customer_id, deadline)
         if customer is None:
-            raise NotFound(f"no customer {customer_id!r}", "customer_id")
+            raise NotFound(f"no customer {customer_id!r}", "customer_id", reason="CUSTOMER_NOT_FOUND",
+                           resource=Resource("tradeup.v1.Customer", customer_id))
         validate_customer(customer, inline=False, table_rows=len(business.down_payment_rows))
         return customer
 
@@ -167,7 +172,7 @@ class OfferService:
             offers = self.engine.price(self.terms_of(customer), selection.car_ids, selection.prices, params,
                                        tiers=tiers, car_rank=selection.ranks)
         except EngineInputError as exc:
-            raise FailedPrecondition(exc.reason, exc.field) from None
+            raise FailedPrecondition(exc.reason, exc.field, reason="PRICING_INPUT_REJECTED") from None
         done = time.perf_counter()
         returned = len(offers) if not query.max_offers else min(query.max_offers, len(offers))
         result = OfferResult(customer=customer, offers=offers, tiers=tiers, returned=returned,
@@ -192,7 +197,8 @@ class OfferService:
         for k, car_id in enumerate(car_ids):
             row = snapshot.row_of.get(car_id)
             if row is None:
-                raise NotFound(f"no available car {car_id[:MAX_ID_LENGTH]!r}", f"car_ids[{k}]")
+                raise NotFound(f"no available car {car_id[:MAX_ID_LENGTH]!r}", f"car_ids[{k}]", reason="CAR_NOT_FOUND",
+                               resource=Resource("tradeup.v1.Car", car_id[:MAX_ID_LENGTH]))
             rows.append(row)
         return snapshot.select(self.engine.kernel, rows)
 
@@ -222,7 +228,7 @@ class OfferService:
             return self.engine.minimum_subsidy(self.terms_of(customer), selection.car_ids[first:last],
                                                selection.prices[first:last], params)
         except EngineInputError as exc:
-            raise FailedPrecondition(exc.reason, exc.field) from None
+            raise FailedPrecondition(exc.reason, exc.field, reason="PRICING_INPUT_REJECTED") from None
 
     def amortization(self, ref: CustomerRef, car_id: str, term: int, overrides: dict,
                      deadline: Deadline) -> tuple[OfferSet, list[ScheduleRow]]:
@@ -243,18 +249,18 @@ class OfferService:
         customer = self.load_customer(ref, deadline, settings)
         try:
             selection = self.subsidy_cars(customer, [car_id], False, 0, deadline, settings)
-        except NotFound as exc:
-            raise NotFound(str(exc).split(": ", 1)[-1], "car_id") from None  # this request's field
+        except NotFound as exc:  # named by this request's field
+            raise NotFound(str(exc).split(": ", 1)[-1], "car_id", reason=exc.reason, resource=exc.resource) from None
         params = params.with_overrides(terms=[term])
         terms = self.terms_of(customer)
         try:
             offer = self.engine.price(terms, selection.car_ids, selection.prices, params, car_rank=selection.ranks)
             rows = self.engine.schedule(terms, selection.prices[0], term, params)
         except EngineInputError as exc:
-            raise FailedPrecondition(exc.reason, exc.field) from None
+            raise FailedPrecondition(exc.reason, exc.field, reason="PRICING_INPUT_REJECTED") from None
         status = offer.columns.status[0]
         if status in (REJECT_DOWN_PAYMENT_NOT_MET, REJECT_LOAN_NOT_POSITIVE):
             reason = "down payment not met" if status == REJECT_DOWN_PAYMENT_NOT_MET else "the equity covers the whole price"
             raise FailedPrecondition(f"car {car_id} cannot be financed over {term} months for this customer: {reason}",
-                                     "car_id")
+                                     "car_id", reason="OFFER_NOT_FINANCEABLE")
         return offer, rows
