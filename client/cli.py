@@ -476,8 +476,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _print_details(details: ErrorDetails) -> None:
-    """Every wrong field (the message above names the first), then the reason and when to retry."""
-    for field, description in details.violations:
+    """Every wrong field when there are several (the message above names the first), what was
+    not found, when to retry and the reason."""
+    for field, description in details.violations if len(details.violations) > 1 else ():
         print(f"  {field}: {description}", file=sys.stderr)
     if details.resource:
         print(f"  not found: {details.resource[0]} {details.resource[1]!r}", file=sys.stderr)

@@ -55,12 +55,10 @@ class InvalidArgument(ServiceError):
 
 class NotFound(ServiceError):
     code = "NOT_FOUND"
-    reason = "NOT_FOUND"
 
 
 class FailedPrecondition(ServiceError):
     code = "FAILED_PRECONDITION"
-    reason = "FAILED_PRECONDITION"
 
 
 class Unavailable(ServiceError):
@@ -76,7 +74,6 @@ class DeadlineExceeded(ServiceError):
 
 class ResourceExhausted(ServiceError):
     code = "RESOURCE_EXHAUSTED"
-    reason = "RESOURCE_EXHAUSTED"
 
 
 class Unauthenticated(ServiceError):

@@ -3,7 +3,9 @@ reason, BadRequest with every wrong field of the request, ResourceInfo, RetryInf
 Python (the client library) and by a Node client built from the .proto files alone."""
 from __future__ import annotations
 
+import ast
 import json
+import re
 import shutil
 import subprocess
 import uuid
@@ -19,6 +21,7 @@ from client import ErrorDetails, error_details
 from conftest import ROOT, start_server
 from test_cli import run_client
 from protos.tradeup.v1 import offers_pb2 as pb
+from server import errors
 
 STORED = golden.customer_ids()[0]
 BURST = 3  # calls per caller before the rate limit answers
@@ -67,7 +70,7 @@ def test_every_wrong_field_of_an_inline_profile_in_one_error(server):
         "profile.current_monthly_payment", "profile.current_car_price", "profile.current_car_year"]
     field, description = details.violations[0]
     assert err.details() == f"{field}: {description}"  # the message names the first, as it always did
-    assert (details.reason, details.domain) == ("INVALID_REQUEST", "tradeup.v1")
+    assert (details.reason, details.domain, details.metadata) == ("INVALID_REQUEST", "tradeup.v1", ())
 
 
 def test_every_wrong_field_of_the_request_shape_in_one_error(server):
@@ -156,3 +159,39 @@ def test_a_node_client_decodes_the_same_details(server):
     details = node_details(limited_result)
     assert limited_result["code"] == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0] and details.reason == "RATE_LIMITED"
     assert details.retry_after == limited_result["retry_after_ms"] / 1000 > 0
+
+
+def errors_raised() -> list[tuple[str, str, set[str], bool]]:
+    """(where, error class, the reasons it can give, whether the call names them) of every server
+    error built in server/ (a Violations collector builds one too)."""
+    built = []
+    for path in sorted((ROOT / "server").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)):
+                continue
+            given = next((k.value for k in node.keywords if k.arg == "reason"), None)
+            if node.func.id == "Violations" and len(node.args) == 2:
+                name, given = node.args[0].id, node.args[1]
+            elif node.func.id == "Violations":
+                name = node.args[0].id if node.args else "InvalidArgument"
+            else:
+                name = node.func.id
+            cls = getattr(errors, name, None)
+            passed_on = isinstance(given, ast.Attribute) and given.attr == "reason"  # another error's
+            if isinstance(cls, type) and issubclass(cls, errors.ServiceError) and not passed_on:
+                reasons = {n.value for n in ast.walk(given) if isinstance(n, ast.Constant)} if given else {cls.reason}
+                built.append((f"{path.relative_to(ROOT)}:{node.lineno}", name, reasons, given is not None))
+    return built
+
+
+def test_every_reason_is_named_and_documented():
+    built = errors_raised()
+    for where, name, reasons, named in built:
+        assert named or "reason" in vars(getattr(errors, name)), f"{where}: {name} needs a reason of its own"
+        assert reasons and all(re.fullmatch(r"[A-Z][A-Z0-9_]+[A-Z0-9]", r) for r in reasons), (where, reasons)
+    every = set().union(*(reasons for *_, reasons, _ in built))
+    assert {"CUSTOMER_NOT_FOUND", "CAR_NOT_FOUND", "RATE_LIMITED", "DATABASE_UNAVAILABLE", "STARTING",
+            "SHUTTING_DOWN", "INVALID_REQUEST", "INTERNAL"} <= every
+    for document in ("protos/tradeup/v1/offers.proto", "README.md"):
+        words = set(re.findall(r"[A-Z][A-Z0-9_]+", (ROOT / document).read_text()))
+        assert every <= words, f"reasons missing from {document}: {sorted(every - words)}"

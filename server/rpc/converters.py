@@ -13,7 +13,7 @@ from engine_ext.constants import ALL_TIERS, TIER_MAX_UPGRADE, TIER_NAMES, TIER_R
 from protos.tradeup.v1 import admin_pb2, offers_pb2 as pb
 
 from ..domain import ConfigChange, Customer
-from ..errors import InvalidArgument, Violations, violation
+from ..errors import InvalidArgument, ServiceError, Violations, violation
 from ..services.offers import OVERRIDE_FIELDS, CustomerRef, OfferQuery, OfferResult
 from ..services import watch
 
@@ -166,9 +166,9 @@ def bulk_offers(index: int, customer_id: str, result: OfferResult) -> bytes:
     return head + length_delimited(_BULK_OFFERS, generate_response(result))
 
 
-def bulk_error(index: int, customer_id: str, code: str, message: str) -> bytes:
-    return pb.GenerateOffersBulkResponse(index=index, customer_id=customer_id,
-                                         error=pb.CustomerError(code=code, message=message)).SerializeToString()
+def bulk_error(index: int, customer_id: str, error: ServiceError) -> bytes:
+    return pb.GenerateOffersBulkResponse(index=index, customer_id=customer_id, error=pb.CustomerError(
+        code=error.code, message=str(error), reason=error.reason)).SerializeToString()
 
 
 def subsidy_to_pb(results: Sequence[SubsidyResult]) -> list[pb.SubsidyResult]:

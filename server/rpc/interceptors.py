@@ -340,8 +340,9 @@ def error_status(error: ServiceError) -> status_pb2.Status:
     of an INVALID_ARGUMENT (PreconditionFailure for a FAILED_PRECONDITION); ResourceInfo of what a
     NOT_FOUND did not find; RetryInfo when the delay is known."""
     code = grpc.StatusCode[error.code]
+    one_field = error.field and len(error.violations) <= 1
     details = [error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN,
-                                           metadata={"field": error.field} if error.field else {})]
+                                           metadata={"field": error.field} if one_field else {})]
     if error.violations and code is grpc.StatusCode.INVALID_ARGUMENT:
         details.append(error_details_pb2.BadRequest(field_violations=[
             error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
@@ -534,7 +535,7 @@ class Admission(CallInterceptor):
             if not self_limited and self._admitted[streaming] >= self.limits[streaming]:
                 what = "streams" if streaming else "calls"
                 raise ResourceExhausted(f"more than {self.limits[streaming]} {what} in progress: retry later",
-                                        reason=f"TOO_MANY_{what.upper()}")
+                                        reason="TOO_MANY_STREAMS" if streaming else "TOO_MANY_CALLS")
             if caller is not None and self._streams_of[caller] >= self.per_caller_streams:
                 raise ResourceExhausted(f"this caller has {self.per_caller_streams} streams open already: "
                                         "close one first", reason="TOO_MANY_CALLER_STREAMS")

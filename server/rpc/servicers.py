@@ -62,7 +62,7 @@ class OfferServicer(offers_pb2_grpc.OfferServiceServicer):
             except ServiceError as exc:
                 if exc.code in ("UNAVAILABLE", "DEADLINE_EXCEEDED"):
                     raise  # the whole call is affected, not this customer
-                response = converters.bulk_error(index, customer_id, exc.code, str(exc))
+                response = converters.bulk_error(index, customer_id, exc)
             else:
                 offers += result.returned
                 response = converters.bulk_offers(index, customer_id, result)
