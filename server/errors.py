@@ -89,7 +89,8 @@ class PermissionDenied(ServiceError):
 class Violations:
     """Every violation of a request, found in one pass: `add` each one, then `check()` raises a
     single error carrying them all, its message the first one's (what checking field by field
-    used to say)."""
+    used to say). A field is reported once, by the first check that finds it wrong (the request's
+    reading and the service may both check it)."""
 
     def __init__(self, error: type[ServiceError] = InvalidArgument, reason: str | None = None):
         self.error = error
@@ -97,7 +98,8 @@ class Violations:
         self.found: list[Violation] = []
 
     def add(self, field: str, description: str) -> None:
-        self.found.append(Violation(field, description))
+        if all(v.field != field for v in self.found):
+            self.found.append(Violation(field, description))
 
     def check(self) -> None:
         if self.found:

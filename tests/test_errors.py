@@ -33,8 +33,9 @@ PROFILE = {"customer_id": "inline-1", "current_monthly_payment": 5398.16, "outst
 CALLS = {
     "profile": ("GenerateOffers", {"profile": {**PROFILE, "current_monthly_payment": 0, "current_car_price": 0,
                                                "current_car_year": 0}}),
-    "request": ("GenerateOffers", {"profile": {**PROFILE, "risk_profile_index": 2000, "region": "r" * 65},
-                                   "options": {"terms": [12] * 25, "tiers": [7]}}),
+    "request": ("GenerateOffers", {"profile": {**PROFILE, "risk_profile_index": 2000, "region": "r" * 65,
+                                               "current_car_year": 0},
+                                   "options": {"tiers": [7], "max_cars": 5000}, "overrides": {"service_fee_pct": 2}}),
     "customer": ("GenerateOffers", {"customer_id": "C99999"}),
     "car": ("GetAmortizationTable", {"customer_id": STORED, "car_id": "NO-SUCH-CAR", "term": 12}),
 }
@@ -73,14 +74,15 @@ def test_every_wrong_field_of_an_inline_profile_in_one_error(server):
     assert (details.reason, details.domain, details.metadata) == ("INVALID_REQUEST", "tradeup.v1", ())
 
 
-def test_every_wrong_field_of_the_request_shape_in_one_error(server):
-    err = call(server, "request")
+def test_every_wrong_field_of_the_request_in_one_error(server):
+    err = call(server, "request")  # what reading the request finds wrong, then what the service does
     details = error_details(err)
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert [field for field, _ in details.violations] == [
-        "options.terms", "options.tiers", "profile.risk_profile_index", "profile.region"]
-    assert "got 7" in dict(details.violations)["options.tiers"]
-    assert err.details() == "options.terms: " + details.violations[0][1]
+        "options.tiers", "profile.risk_profile_index", "profile.region", "overrides.service_fee_pct",
+        "options.max_cars", "profile.current_car_year"]
+    assert "got 7" in dict(details.violations)["options.tiers"]  # each field once, as first found
+    assert err.details() == "options.tiers: " + details.violations[0][1]
 
 
 def test_not_found_names_the_resource(server):

@@ -77,6 +77,7 @@ def overrides_to_domain(overrides: pb.PricingOverrides, violations: Violations |
 
 
 def offer_query(request: Any) -> OfferQuery:
+    """The query of an offer request, with what is wrong in it (the service reports it all)."""
     violations = Violations()
     options = request.options
     if len(options.terms) > MAX_TERMS_IN_REQUEST:
@@ -86,32 +87,26 @@ def offer_query(request: Any) -> OfferQuery:
         violations.add("options.tiers", "too many tiers")
     elif unknown:
         violations.add("options.tiers", f"must be TIER_REFRESH, TIER_UPGRADE or TIER_MAX_UPGRADE, got {unknown[0]}")
-    query = OfferQuery(customer=customer_ref(request, violations),
-                       overrides=overrides_to_domain(request.overrides, violations), terms=tuple(options.terms),
-                       tiers=tuple(options.tiers), max_offers=options.max_offers, same_region=options.same_region,
-                       max_cars=options.max_cars)
-    violations.check()
-    return query
+    return OfferQuery(customer=customer_ref(request, violations),
+                      overrides=overrides_to_domain(request.overrides, violations), terms=tuple(options.terms),
+                      tiers=tuple(options.tiers), max_offers=options.max_offers, same_region=options.same_region,
+                      max_cars=options.max_cars, violations=tuple(violations.found))
 
 
 def subsidy_query(request: pb.FindMinimumSubsidyRequest) -> OfferQuery:
     violations = Violations()
     if len(request.car_ids) > 100_000:
         violations.add("car_ids", "too many car ids")
-    query = OfferQuery(customer=customer_ref(request, violations),
-                       overrides=overrides_to_domain(request.overrides, violations),
-                       same_region=request.same_region, max_cars=request.max_cars)
-    violations.check()
-    return query
+    return customer_query(request, violations, same_region=request.same_region, max_cars=request.max_cars)
 
 
-def amortization_query(request: pb.GetAmortizationTableRequest) -> OfferQuery:
-    """The customer and overrides of the request (its car and term are the service's to check)."""
-    violations = Violations()
-    query = OfferQuery(customer=customer_ref(request, violations),
-                       overrides=overrides_to_domain(request.overrides, violations))
-    violations.check()
-    return query
+def customer_query(request: Any, violations: Violations | None = None, **options) -> OfferQuery:
+    """The customer and overrides of a request (GetAmortizationTable's; its car and term are the
+    service's to check), with what is wrong in them."""
+    violations = violations if violations is not None else Violations()
+    return OfferQuery(customer=customer_ref(request, violations),
+                      overrides=overrides_to_domain(request.overrides, violations),
+                      violations=tuple(violations.found), **options)
 
 
 # --- domain -> responses -------------------------------------------------------------------------

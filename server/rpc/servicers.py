@@ -83,9 +83,8 @@ class OfferServicer(offers_pb2_grpc.OfferServiceServicer):
                                                 cars_searched=total if done else 0)
 
     def GetAmortizationTable(self, request: pb.GetAmortizationTableRequest, context):
-        query = converters.amortization_query(request)
-        offers, rows = self.service.amortization(query.customer, request.car_id, request.term, query.overrides,
-                                                 self._deadline(context))
+        query = converters.customer_query(request)
+        offers, rows = self.service.amortization(query, request.car_id, request.term, self._deadline(context))
         note_call(customer=query.customer.customer_id or query.customer.profile.customer_id)
         return converters.amortization_response(offers, rows)
 
