@@ -340,7 +340,7 @@ def error_status(error: ServiceError) -> status_pb2.Status:
     of an INVALID_ARGUMENT (PreconditionFailure for a FAILED_PRECONDITION); ResourceInfo of what a
     NOT_FOUND did not find; RetryInfo when the delay is known."""
     code = grpc.StatusCode[error.code]
-    one_field = error.field and len(error.violations) <= 1
+    one_field = error.field is not None and len(error.violations) <= 1
     details = [error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN,
                                            metadata={"field": error.field} if one_field else {})]
     if error.violations and code is grpc.StatusCode.INVALID_ARGUMENT:
