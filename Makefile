@@ -13,9 +13,11 @@ GRPCURL_VERSION := v1.9.3
 HEALTH_PROBE_VERSION := v0.4.62
 # buf (protos lint and breaking-change check), pinned by tools/buf/package-lock.json.
 BUF := tools/buf/node_modules/.bin/buf
+# The Node client of tests/test_errors.py, pinned by tests/node/package-lock.json (npm writes this file).
+NODE_CLIENT := tests/node/node_modules/.package-lock.json
 
 .PHONY: install build-deps system-deps build protos run migrate seed test test-python bench bench-engine bench-db \
-	bench-growth bench-server bench-fleet bench-watch loadtest soak chaos tools buf constraints clean
+	bench-growth bench-server bench-fleet bench-watch loadtest soak chaos tools buf node-client constraints clean
 
 # What building needs, from Debian's packages when missing: a C compiler, the Python headers
 # and venv (Debian splits both out of python3).
@@ -27,7 +29,7 @@ build-deps:
 	  >/dev/null 2>&1 || missing="$$missing python3-dev"; \
 	$(call apt_install,$$missing)
 
-# What the tests need besides: MariaDB, Redis, h2load, openssl (test certificates), npm (buf).
+# What the tests need besides: MariaDB, Redis, h2load, openssl (test certificates), npm (buf, the Node client).
 system-deps: build-deps
 	@missing=""; \
 	command -v mariadbd >/dev/null 2>&1 || [ -x /usr/sbin/mariadbd ] || missing="$$missing mariadb-server mariadb-client"; \
@@ -76,13 +78,13 @@ seed: build
 	$(PYTHON) -m server seed --replace
 
 # The ghz/grpcurl/grpc_health_probe tests need the tools: built here when Go is there.
-test: system-deps build buf
+test: system-deps build buf node-client
 	@[ -x $(BIN)/ghz ] && [ -x $(BIN)/grpcurl ] && [ -x $(BIN)/grpc-health-probe ] || \
 	  ! command -v go >/dev/null 2>&1 || $(MAKE) --no-print-directory tools
 	PATH="/usr/sbin:$$PATH" $(PYTHON) -m pytest -q
 
 # The whole suite again with the pure-Python kernel serving.
-test-python: system-deps build buf
+test-python: system-deps build buf node-client
 	PATH="/usr/sbin:$$PATH" TRADEUP_ENGINE=python $(PYTHON) -m pytest -q
 
 bench: bench-engine bench-db
@@ -138,6 +140,13 @@ $(BUF): tools/buf/package.json tools/buf/package-lock.json
 	@touch $@
 
 buf: $(BUF)
+
+$(NODE_CLIENT): tests/node/package.json tests/node/package-lock.json
+	@command -v npm >/dev/null 2>&1 || { echo "make node-client needs npm (apt-get install npm)"; exit 1; }
+	npm ci --prefix tests/node --no-audit --no-fund --loglevel=error
+	@touch $@
+
+node-client: $(NODE_CLIENT)
 
 # Pin what the project installs now (after a deliberate upgrade).
 constraints: install

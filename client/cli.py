@@ -16,7 +16,7 @@ from google.protobuf import json_format
 
 from protos.tradeup.v1 import offers_pb2 as pb
 
-from .library import TIERS, LiveOffers, OfferClient, for_seconds
+from .library import TIERS, ErrorDetails, LiveOffers, OfferClient, error_details, for_seconds
 
 TIER_TITLES = {pb.TIER_REFRESH: "Refresh", pb.TIER_UPGRADE: "Upgrade", pb.TIER_MAX_UPGRADE: "Max Upgrade"}
 OVERRIDE_FLAGS = (("service_fee_pct", "--service-fee", "service fee, fraction of the price"),
@@ -475,6 +475,19 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+def _print_details(details: ErrorDetails) -> None:
+    """Every wrong field when there are several (the message above names the first), what was
+    not found, when to retry and the reason."""
+    for field, description in details.violations if len(details.violations) > 1 else ():
+        print(f"  {field}: {description}", file=sys.stderr)
+    if details.resource:
+        print(f"  not found: {details.resource[0]} {details.resource[1]!r}", file=sys.stderr)
+    if details.retry_after is not None:
+        print(f"  retry after {details.retry_after:g} s", file=sys.stderr)
+    if details.reason:
+        print(f"  reason: {details.reason} ({details.domain})", file=sys.stderr)
+
+
 def main(argv: Iterable[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "customer", None) is None and getattr(args, "profile", None) is None \
@@ -494,6 +507,7 @@ def main(argv: Iterable[str] | None = None) -> int:
                   file=sys.stderr)
             return 1
         print(f"error: {err.code().name}: {err.details() or 'no details from the server'}", file=sys.stderr)
+        _print_details(error_details(err))
         if err.code() == grpc.StatusCode.UNAUTHENTICATED:
             print("admin commands need the server's admin token: --token or TRADEUP_ADMIN_TOKEN", file=sys.stderr)
         return 1

@@ -6,19 +6,24 @@
 Every call has a default deadline (overridable per call); UNAVAILABLE is retried with
 backoff by gRPC itself (service config), never other codes, and a parameter change never. Every call
 carries the caller's OpenTelemetry context (W3C `traceparent`), so the server's spans join the
-caller's trace. Results are the generated protobuf messages (typed by their .pyi stubs).
+caller's trace. Results are the generated protobuf messages (typed by their .pyi stubs). A failed
+call raises grpc.RpcError; `error_details(err)` reads what the server says about it (its stable
+reason, every wrong field, when to retry).
 """
 from __future__ import annotations
 
 import json
 import threading
 from collections import namedtuple
+from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Sequence
 
 import grpc
 from google.protobuf import json_format, struct_pb2
+from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opentelemetry import propagate
+from grpc_status import rpc_status
 
 from protos.tradeup.v1 import admin_pb2, admin_pb2_grpc, offers_pb2 as pb, offers_pb2_grpc
 
@@ -243,6 +248,50 @@ def for_seconds(call, seconds: float | None) -> Iterator:
             raise
     finally:
         timer.cancel()
+
+
+@dataclass(frozen=True)
+class ErrorDetails:
+    """The google.rpc details of a failed call. `reason` (ErrorInfo) is stable, e.g.
+    CUSTOMER_NOT_FOUND or RATE_LIMITED (the list: protos/tradeup/v1/offers.proto); `violations`
+    holds every wrong field of the request as (field, description), or of a stored record
+    (FAILED_PRECONDITION); `resource` is the (type, name) a NOT_FOUND did not find;
+    `retry_after` the seconds to wait before retrying, when the server knows."""
+    reason: str = ""
+    domain: str = ""
+    metadata: tuple[tuple[str, str], ...] = ()
+    violations: tuple[tuple[str, str], ...] = ()
+    resource: tuple[str, str] | None = None
+    retry_after: float | None = None
+
+
+_DETAIL_TYPES = (error_details_pb2.ErrorInfo, error_details_pb2.BadRequest, error_details_pb2.PreconditionFailure,
+                 error_details_pb2.ResourceInfo, error_details_pb2.RetryInfo)
+
+
+def error_details(error: grpc.RpcError) -> ErrorDetails:
+    """What the server said about a failed call (empty when it sent no details: a call that never
+    reached it, or ended by gRPC itself such as a deadline the client set)."""
+    status = rpc_status.from_call(error)
+    if status is None:
+        return ErrorDetails()
+    found = {}
+    for packed in status.details:
+        for kind in _DETAIL_TYPES:
+            if packed.Is(kind.DESCRIPTOR):
+                found[kind] = kind()
+                packed.Unpack(found[kind])
+    info = found.get(error_details_pb2.ErrorInfo, error_details_pb2.ErrorInfo())
+    bad = found.get(error_details_pb2.BadRequest, error_details_pb2.BadRequest())
+    unmet = found.get(error_details_pb2.PreconditionFailure, error_details_pb2.PreconditionFailure())
+    resource = found.get(error_details_pb2.ResourceInfo)
+    retry = found.get(error_details_pb2.RetryInfo)
+    return ErrorDetails(
+        reason=info.reason, domain=info.domain, metadata=tuple(sorted(info.metadata.items())),
+        violations=(*((v.field, v.description) for v in bad.field_violations),
+                    *((v.subject, v.description) for v in unmet.violations)),
+        resource=(resource.resource_type, resource.resource_name) if resource else None,
+        retry_after=retry.retry_delay.ToMilliseconds() / 1000 if retry else None)
 
 
 def offer_order(offer: pb.Offer) -> tuple:

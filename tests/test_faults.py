@@ -12,6 +12,7 @@ import grpc
 import pytest
 
 import golden_data as golden
+from client import error_details
 from conftest import free_port, load_golden, make_settings, start_server
 from mariadb import MariaDBServer, binaries_available
 from protos.tradeup.v1 import offers_pb2, offers_pb2_grpc
@@ -55,7 +56,7 @@ def test_outage_and_recovery(private_mariadb, tmp_path):
         watcher.start()
         assert client.generate_offers(customer_id=customer).summary.total_offers > 0
         mariadb.stop()
-        codes = []
+        codes, reasons = [], set()
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and client.health(OFFER_SERVICE) != "NOT_SERVING":
             time.sleep(0.1)
@@ -66,8 +67,11 @@ def test_outage_and_recovery(private_mariadb, tmp_path):
             with pytest.raises(grpc.RpcError) as err:
                 client.generate_offers(customer_id=customer, timeout=3)
             codes.append(err.value.code())
+            details = error_details(err.value)
+            reasons.add(details.reason)
+            assert details.retry_after is None or 0 < details.retry_after <= 0.5  # the circuit closes by then
             assert time.monotonic() - started < 3.5
-        assert set(codes) == {grpc.StatusCode.UNAVAILABLE}
+        assert set(codes) == {grpc.StatusCode.UNAVAILABLE} and reasons == {"DATABASE_UNAVAILABLE"}
         status = client.status()
         assert not status.database_reachable and status.circuit_state in ("open", "half_open")
         mariadb.start()

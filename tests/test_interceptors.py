@@ -14,6 +14,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
+from client import error_details
 from conftest import free_port
 from server.errors import InvalidArgument
 from server.metrics import Metrics
@@ -162,6 +163,7 @@ def test_errors_map_to_their_codes_and_bugs_to_internal(serve, caplog):
         unary(channel)(b"bug", metadata=(("x-request-id", "bug-7"),), timeout=5)
     assert err.value.code() == grpc.StatusCode.INTERNAL
     assert err.value.details() == "internal server error (request id bug-7)"  # no exception text leaks
+    assert error_details(err.value).reason == "INTERNAL"
     assert any(r.name == "tradeup.errors" and r.exc_info and r.request_id == "bug-7" for r in caplog.records)
 
 
@@ -172,6 +174,7 @@ def test_admission_refuses_until_ready_beyond_limits_and_while_draining(serve):
     with pytest.raises(grpc.RpcError) as err:
         unary(channel)(b"hi", timeout=5)
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE and "starting" in err.value.details()
+    assert error_details(err.value).reason == "STARTING"
     assert unary(channel, HEALTH_CHECK)(b"hi", timeout=5) == b"hi"  # probes are never held back
     ready.set()
     release = threading.Event()
@@ -185,11 +188,13 @@ def test_admission_refuses_until_ready_beyond_limits_and_while_draining(serve):
     with pytest.raises(grpc.RpcError) as err:  # a second stream of the same caller
         list(each(iter([b"x"]), metadata=(("x-caller-id", "a"),), timeout=5))
     assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "1 streams open" in err.value.details()
+    assert error_details(err.value).reason == "TOO_MANY_CALLER_STREAMS"
     second = each(held(), metadata=(("x-caller-id", "b"),), timeout=10)
     assert next(second) == b"first"
     with pytest.raises(grpc.RpcError) as err:  # a third caller's, beyond the process's stream limit
         list(each(iter([b"x"]), metadata=(("x-caller-id", "c"),), timeout=5))
     assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "2 streams in progress" in err.value.details()
+    assert error_details(err.value).reason == "TOO_MANY_STREAMS"
     assert unary(channel)(b"hi", timeout=5) == b"hi"  # open streams take no place of a unary call
     release.set()
     assert list(first) == [] and list(second) == []
@@ -199,6 +204,7 @@ def test_admission_refuses_until_ready_beyond_limits_and_while_draining(serve):
     with pytest.raises(grpc.RpcError) as err:  # the one unary place is taken
         unary(channel)(b"hi", timeout=5)
     assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "1 calls in progress" in err.value.details()
+    assert error_details(err.value).reason == "TOO_MANY_CALLS"
     HOLD.set()
     assert held.result() == b"held"
     assert admission.in_progress == 0
@@ -206,6 +212,7 @@ def test_admission_refuses_until_ready_beyond_limits_and_while_draining(serve):
     with pytest.raises(grpc.RpcError) as err:
         unary(channel)(b"hi", timeout=5)
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE and "shutting down" in err.value.details()
+    assert error_details(err.value).reason == "SHUTTING_DOWN"
 
 
 def wait_until(condition, seconds: float = 5.0) -> bool:
@@ -224,7 +231,8 @@ def test_the_rate_limit_takes_a_token_per_call_and_per_streamed_request(serve):
             answered.append(message)
     assert answered == [b"1", b"2"]
     assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert int(dict(err.value.trailing_metadata())["retry-after-ms"]) > 0
+    retry_ms = int(dict(err.value.trailing_metadata())["retry-after-ms"])
+    assert retry_ms > 0 and error_details(err.value).retry_after == retry_ms / 1000  # in a stream too
     assert unary(channel, HEALTH_CHECK)(b"hi", timeout=5) == b"hi"  # probes are never limited
 
 
@@ -247,6 +255,7 @@ def test_a_request_that_does_not_decode_is_invalid_argument(serve):
                 unary(channel, f"/{SERVICE}/Typed")(b"\xff\xff\xff garbage", timeout=5)
             assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             assert err.value.details().startswith("request: not a valid message")
+            assert error_details(err.value).reason == "MALFORMED_REQUEST"
             each = channel.stream_stream(f"/{SERVICE}/TypedEach")
             answered = []
             with pytest.raises(grpc.RpcError) as err:

@@ -135,6 +135,7 @@ def test_bulk_answers_every_customer_and_isolates_errors(server):
     assert [r.customer_id for r in responses] == ids
     assert [r.WhichOneof("result") for r in responses] == ["offers", "error", "offers", "error", "offers"]
     assert responses[1].error.code == "NOT_FOUND" and responses[3].error.code == "INVALID_ARGUMENT"
+    assert (responses[1].error.reason, responses[3].error.reason) == ("CUSTOMER_NOT_FOUND", "INVALID_REQUEST")
     single = server.client.generate_offers(customer_id=second)
     assert responses[2].offers.summary.total_offers == single.summary.total_offers
 

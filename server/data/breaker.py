@@ -35,8 +35,10 @@ class CircuitBreaker:
         """Run operation; exceptions for which is_failure() is true count against the database."""
         with self._lock:
             if self._state == OPEN:
-                if self._clock() - self._opened_at < self.reset_seconds or self._probing:
-                    raise Unavailable("database unavailable (circuit open)")
+                closed_in = self._opened_at + self.reset_seconds - self._clock()
+                if closed_in > 0 or self._probing:
+                    raise Unavailable("database unavailable (circuit open)",
+                                      retry_after=closed_in if closed_in > 0 else None)
                 self._probing = True  # this call is the one probe
         try:
             result = operation()

@@ -392,7 +392,7 @@ class Repository:
             for statement, rows in statements:
                 for first in range(0, len(rows), SEED_CHUNK_ROWS):
                     if stop is not None and stop.is_set():
-                        raise Unavailable("stopping: the data load was rolled back")
+                        raise Unavailable("stopping: the data load was rolled back", reason="SHUTTING_DOWN")
                     cursor.executemany(statement, rows[first:first + SEED_CHUNK_ROWS])
             cursor.execute(BUMP_INVENTORY)
             return True

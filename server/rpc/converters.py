@@ -13,7 +13,7 @@ from engine_ext.constants import ALL_TIERS, TIER_MAX_UPGRADE, TIER_NAMES, TIER_R
 from protos.tradeup.v1 import admin_pb2, offers_pb2 as pb
 
 from ..domain import ConfigChange, Customer
-from ..errors import InvalidArgument
+from ..errors import InvalidArgument, ServiceError, Violations, violation
 from ..services.offers import OVERRIDE_FIELDS, CustomerRef, OfferQuery, OfferResult
 from ..services import watch
 from ..tracing import traced
@@ -32,67 +32,82 @@ TIER_BY_NAME = {name: code for code, name in TIER_NAMES.items()}
 
 
 # --- requests -> domain --------------------------------------------------------------------------
-def _text(value: str, name: str, limit: int) -> str:
+# Each check notes what it finds in the request's Violations and goes on, so one error names every
+# wrong field; without a collector it raises at the first.
+def _text(value: str, name: str, limit: int, violations: Violations | None = None) -> str:
     if len(value) > limit or not value.isprintable():
-        raise InvalidArgument(f"must be at most {limit} printable characters", name)
+        violation(violations, name, f"must be at most {limit} printable characters")
     return value
 
 
-def customer_ref(request: Any) -> CustomerRef:
+def customer_ref(request: Any, violations: Violations | None = None) -> CustomerRef:
     which = request.WhichOneof("customer")
     if which == "customer_id":
         return CustomerRef(customer_id=request.customer_id)
     if which == "profile":
-        return CustomerRef(profile=profile_to_domain(request.profile))
-    raise InvalidArgument("give either customer_id or an inline profile", "customer")
+        return CustomerRef(profile=profile_to_domain(request.profile, violations))
+    violation(violations, "customer", "give either customer_id or an inline profile")
+    return CustomerRef()
 
 
-def profile_to_domain(profile: pb.CustomerProfile) -> Customer:
-    name = _text(profile.risk_profile_name, "profile.risk_profile_name", 16)
+def profile_to_domain(profile: pb.CustomerProfile, violations: Violations | None = None) -> Customer:
+    name = _text(profile.risk_profile_name, "profile.risk_profile_name", 16, violations)
     if profile.HasField("risk_profile_index"):
         index = profile.risk_profile_index
         if not 0 <= index <= 1000:
-            raise InvalidArgument(f"must be within 0..1000, got {index}", "profile.risk_profile_index")
+            violation(violations, "profile.risk_profile_index", f"must be within 0..1000, got {index}")
     else:
         index = None  # the service maps the name with the configured table
-    return Customer(customer_id=_text(profile.customer_id, "profile.customer_id", 64),
+    return Customer(customer_id=_text(profile.customer_id, "profile.customer_id", 64, violations),
                     current_monthly_payment=profile.current_monthly_payment,
                     outstanding_balance=profile.outstanding_balance, current_car_price=profile.current_car_price,
                     current_car_year=profile.current_car_year, current_car_km=profile.current_car_km,
                     risk_profile_name=name, risk_profile_index=index,
-                    region=_text(profile.region, "profile.region", 64))
+                    region=_text(profile.region, "profile.region", 64, violations))
 
 
-def overrides_to_domain(overrides: pb.PricingOverrides) -> dict[str, float]:
+def overrides_to_domain(overrides: pb.PricingOverrides, violations: Violations | None = None) -> dict[str, float]:
     values = {}
     for name in OVERRIDE_FIELDS:
         if overrides.HasField(name):
             value = getattr(overrides, name)
             if not math.isfinite(value):
-                raise InvalidArgument(f"must be finite, got {value}", f"overrides.{name}")
+                violation(violations, f"overrides.{name}", f"must be finite, got {value}")
             values[name] = value
     return values
 
 
 def offer_query(request: Any) -> OfferQuery:
+    """The query of an offer request, with what is wrong in it (the service reports it all)."""
+    violations = Violations()
     options = request.options
     if len(options.terms) > MAX_TERMS_IN_REQUEST:
-        raise InvalidArgument(f"at most {MAX_TERMS_IN_REQUEST} terms", "options.terms")
+        violations.add("options.terms", f"at most {MAX_TERMS_IN_REQUEST} terms")
+    unknown = [tier for tier in options.tiers if tier not in ALL_TIERS]
     if len(options.tiers) > len(ALL_TIERS) * 4:
-        raise InvalidArgument("too many tiers", "options.tiers")
-    for tier in options.tiers:
-        if tier not in ALL_TIERS:
-            raise InvalidArgument(f"must be TIER_REFRESH, TIER_UPGRADE or TIER_MAX_UPGRADE, got {tier}", "options.tiers")
-    return OfferQuery(customer=customer_ref(request), overrides=overrides_to_domain(request.overrides),
-                      terms=tuple(options.terms), tiers=tuple(options.tiers), max_offers=options.max_offers,
-                      same_region=options.same_region, max_cars=options.max_cars)
+        violations.add("options.tiers", "too many tiers")
+    elif unknown:
+        violations.add("options.tiers", f"must be TIER_REFRESH, TIER_UPGRADE or TIER_MAX_UPGRADE, got {unknown[0]}")
+    return OfferQuery(customer=customer_ref(request, violations),
+                      overrides=overrides_to_domain(request.overrides, violations), terms=tuple(options.terms),
+                      tiers=tuple(options.tiers), max_offers=options.max_offers, same_region=options.same_region,
+                      max_cars=options.max_cars, violations=tuple(violations.found))
 
 
 def subsidy_query(request: pb.FindMinimumSubsidyRequest) -> OfferQuery:
+    violations = Violations()
     if len(request.car_ids) > 100_000:
-        raise InvalidArgument("too many car ids", "car_ids")
-    return OfferQuery(customer=customer_ref(request), overrides=overrides_to_domain(request.overrides),
-                      same_region=request.same_region, max_cars=request.max_cars)
+        violations.add("car_ids", "too many car ids")
+    return customer_query(request, violations, same_region=request.same_region, max_cars=request.max_cars)
+
+
+def customer_query(request: Any, violations: Violations | None = None, **options) -> OfferQuery:
+    """The customer and overrides of a request (GetAmortizationTable's; its car and term are the
+    service's to check), with what is wrong in them."""
+    violations = violations if violations is not None else Violations()
+    return OfferQuery(customer=customer_ref(request, violations),
+                      overrides=overrides_to_domain(request.overrides, violations),
+                      violations=tuple(violations.found), **options)
 
 
 # --- domain -> responses -------------------------------------------------------------------------
@@ -149,9 +164,9 @@ def bulk_offers(index: int, customer_id: str, result: OfferResult) -> bytes:
     return head + length_delimited(_BULK_OFFERS, generate_response(result))
 
 
-def bulk_error(index: int, customer_id: str, code: str, message: str) -> bytes:
-    return pb.GenerateOffersBulkResponse(index=index, customer_id=customer_id,
-                                         error=pb.CustomerError(code=code, message=message)).SerializeToString()
+def bulk_error(index: int, customer_id: str, error: ServiceError) -> bytes:
+    return pb.GenerateOffersBulkResponse(index=index, customer_id=customer_id, error=pb.CustomerError(
+        code=error.code, message=str(error), reason=error.reason)).SerializeToString()
 
 
 def subsidy_to_pb(results: Sequence[SubsidyResult]) -> list[pb.SubsidyResult]:

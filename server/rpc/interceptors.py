@@ -19,9 +19,11 @@ from typing import Any, Callable, Iterator
 
 import grpc
 from opentelemetry import context as trace_context, propagate, trace
+from google.protobuf import duration_pb2
+from google.rpc import error_details_pb2, status_pb2
 
 from ..deadline import Deadline
-from ..errors import InvalidArgument, ResourceExhausted, ServiceError, Unavailable
+from ..errors import DOMAIN, InvalidArgument, ResourceExhausted, ServiceError, Unavailable, milliseconds
 from ..logs import customer_field, install_request_id_records, request_id_var
 from ..services.ratelimit import TokenBuckets
 
@@ -362,7 +364,9 @@ class Undecodable:
 class ErrorMapping(CallInterceptor):
     """Domain errors (server.errors) end the call with their code and message, and a request that
     does not decode ends INVALID_ARGUMENT; anything else is a bug: logged with its traceback, the
-    client gets INTERNAL with the request id. A call whose client already left is not answered."""
+    client gets INTERNAL with the request id. A call whose client already left is not answered.
+    Every error carries its google.rpc.Status in the `grpc-status-details-bin` trailer
+    (error_status), and `retry-after-ms` when the server knows when to retry."""
 
     def decoder(self, deserializer):
         if deserializer is None:
@@ -403,15 +407,49 @@ class ErrorMapping(CallInterceptor):
             raise exc  # aborted already
         if not context.is_active():  # nobody to answer: the abort only ends the call quietly
             context.abort(grpc.StatusCode.CANCELLED, "the client left")
-        if isinstance(exc, ServiceError):
-            context.abort(grpc.StatusCode[exc.code], str(exc))
-        errors_log.error("unhandled error", exc_info=exc)
-        context.abort(grpc.StatusCode.INTERNAL, f"internal server error (request id {request_id_var.get()})")
+        if not isinstance(exc, ServiceError):
+            errors_log.error("unhandled error", exc_info=exc)
+            exc = ServiceError(f"internal server error (request id {request_id_var.get()})")
+        if exc.retry_after is not None:
+            add_trailer(context, "retry-after-ms", str(milliseconds(exc.retry_after)))
+        add_trailer(context, "grpc-status-details-bin", error_status(exc).SerializeToString())
+        context.abort(grpc.StatusCode[exc.code], str(exc))
+
+
+def error_status(error: ServiceError) -> status_pb2.Status:
+    """The google.rpc.Status of an error: ErrorInfo always; BadRequest with every field violation
+    of an INVALID_ARGUMENT (PreconditionFailure for a FAILED_PRECONDITION); ResourceInfo of what a
+    NOT_FOUND did not find; RetryInfo when the delay is known."""
+    code = grpc.StatusCode[error.code]
+    one_field = error.field is not None and len(error.violations) <= 1
+    details = [error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN,
+                                           metadata={"field": error.field} if one_field else {})]
+    if error.violations and code is grpc.StatusCode.INVALID_ARGUMENT:
+        details.append(error_details_pb2.BadRequest(field_violations=[
+            error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
+            for v in error.violations]))
+    elif error.violations and code is grpc.StatusCode.FAILED_PRECONDITION:
+        details.append(error_details_pb2.PreconditionFailure(violations=[
+            error_details_pb2.PreconditionFailure.Violation(type=error.reason, subject=v.field,
+                                                            description=v.description)
+            for v in error.violations]))
+    if error.resource is not None:
+        details.append(error_details_pb2.ResourceInfo(resource_type=error.resource.type,
+                                                      resource_name=error.resource.name, description=str(error)))
+    if error.retry_after is not None:
+        delay = duration_pb2.Duration()
+        delay.FromMilliseconds(milliseconds(error.retry_after))
+        details.append(error_details_pb2.RetryInfo(retry_delay=delay))
+    status = status_pb2.Status(code=code.value[0], message=str(error))
+    for detail in details:
+        status.details.add().Pack(detail)
+    return status
 
 
 def _check_decoded(request):
     if isinstance(request, Undecodable):
-        raise InvalidArgument(f"not a valid message of the method's request type ({request.error})", "request")
+        raise InvalidArgument(f"not a valid message of the method's request type ({request.error})", "request",
+                              reason="MALFORMED_REQUEST")
     return request
 
 
@@ -572,15 +610,16 @@ class Admission(CallInterceptor):
         caller = caller_of(context, self.caller_key) if streaming else None
         with self._changed:
             if self._draining:
-                raise Unavailable("the server is shutting down: retry on another instance")
+                raise Unavailable("the server is shutting down: retry on another instance", reason="SHUTTING_DOWN")
             if not self.ready.is_set():
-                raise Unavailable("the server is starting: retry shortly")
+                raise Unavailable("the server is starting: retry shortly", reason="STARTING")
             if not self_limited and self._admitted[streaming] >= self.limits[streaming]:
                 what = "streams" if streaming else "calls"
-                raise ResourceExhausted(f"more than {self.limits[streaming]} {what} in progress: retry later")
+                raise ResourceExhausted(f"more than {self.limits[streaming]} {what} in progress: retry later",
+                                        reason="TOO_MANY_STREAMS" if streaming else "TOO_MANY_CALLS")
             if caller is not None and self._streams_of[caller] >= self.per_caller_streams:
                 raise ResourceExhausted(f"this caller has {self.per_caller_streams} streams open already: "
-                                        "close one first")
+                                        "close one first", reason="TOO_MANY_CALLER_STREAMS")
             if self_limited:
                 self._self_limited += 1
             else:
@@ -626,7 +665,7 @@ class Admission(CallInterceptor):
 class RateLimit(CallInterceptor):
     """One token per call from the caller's bucket, and one per request message of a client
     stream (each customer of a bulk stream counts like a unary call); none left:
-    RESOURCE_EXHAUSTED with `retry-after-ms` in the trailers."""
+    RESOURCE_EXHAUSTED RATE_LIMITED, with the wait until the next token."""
 
     def __init__(self, buckets: TokenBuckets, caller_key: str = ""):
         super().__init__()
@@ -636,9 +675,8 @@ class RateLimit(CallInterceptor):
     def _take(self, context: grpc.ServicerContext) -> None:
         wait = self.buckets.take(caller_of(context, self.caller_key))
         if wait > 0:
-            retry_ms = max(1, int(wait * 1000 + 0.999))
-            add_trailer(context, "retry-after-ms", str(retry_ms))
-            raise ResourceExhausted(f"rate limit exceeded for this caller: retry in {retry_ms} ms")
+            raise ResourceExhausted(f"rate limit exceeded for this caller: retry in {milliseconds(wait)} ms",
+                                    reason="RATE_LIMITED", retry_after=wait)
 
     def wrap(self, behavior, method, request_streaming, response_streaming):
         if is_probe(method):

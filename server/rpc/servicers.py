@@ -53,7 +53,8 @@ class OfferServicer(offers_pb2_grpc.OfferServiceServicer):
         offers = 0
         for index, request in enumerate(requests):
             if index >= self.max_bulk:
-                raise InvalidArgument(f"at most {self.max_bulk} customers per stream", "requests")
+                raise InvalidArgument(f"at most {self.max_bulk} customers per stream", "requests",
+                                      reason="TOO_MANY_CUSTOMERS")
             customer_id = request.customer_id if request.WhichOneof("customer") == "customer_id" \
                 else request.profile.customer_id
             try:  # each customer has the call's deadline, or a default of its own
@@ -61,7 +62,7 @@ class OfferServicer(offers_pb2_grpc.OfferServiceServicer):
             except ServiceError as exc:
                 if exc.code in ("UNAVAILABLE", "DEADLINE_EXCEEDED"):
                     raise  # the whole call is affected, not this customer
-                response = converters.bulk_error(index, customer_id, exc.code, str(exc))
+                response = converters.bulk_error(index, customer_id, exc)
             else:
                 offers += result.returned
                 response = converters.bulk_offers(index, customer_id, result)
@@ -82,11 +83,9 @@ class OfferServicer(offers_pb2_grpc.OfferServiceServicer):
                                                 cars_searched=total if done else 0)
 
     def GetAmortizationTable(self, request: pb.GetAmortizationTableRequest, context):
-        ref = converters.customer_ref(request)
-        offers, rows = self.service.amortization(ref, request.car_id, request.term,
-                                                 converters.overrides_to_domain(request.overrides),
-                                                 self._deadline(context))
-        note_call(customer=ref.customer_id or ref.profile.customer_id)
+        query = converters.customer_query(request)
+        offers, rows = self.service.amortization(query, request.car_id, request.term, self._deadline(context))
+        note_call(customer=query.customer.customer_id or query.customer.profile.customer_id)
         return converters.amortization_response(offers, rows)
 
     def WatchOffers(self, request: pb.WatchOffersRequest, context) -> Iterator[bytes]:

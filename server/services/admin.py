@@ -38,7 +38,8 @@ class AdminService:
         expected = self.settings.current.server.admin_token
         if not expected:
             raise FailedPrecondition("admin is disabled on this server: start it with an admin token "
-                                     "(TRADEUP_ADMIN_TOKEN or TRADEUP_ADMIN_TOKEN_FILE) to enable it")
+                                     "(TRADEUP_ADMIN_TOKEN or TRADEUP_ADMIN_TOKEN_FILE) to enable it",
+                                     reason="ADMIN_DISABLED")
         if not authorization:
             raise Unauthenticated("admin calls need `authorization: Bearer <token>` metadata")
         scheme, _, token = authorization.partition(" ")

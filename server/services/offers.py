@@ -19,7 +19,7 @@ from ..data.inventory import InventoryCache, Selection
 from ..data.repository import Repository
 from ..deadline import Deadline
 from ..domain import Customer
-from ..errors import FailedPrecondition, InvalidArgument, NotFound
+from ..errors import FailedPrecondition, InvalidArgument, NotFound, Resource, Violation, Violations, violation
 from ..tracing import traced
 from .workers import Workers
 
@@ -43,6 +43,7 @@ class OfferQuery:
     max_offers: int = 0                             # 0: all
     same_region: bool = False
     max_cars: int = 0                               # 0: the configured prefilter limit
+    violations: tuple[Violation, ...] = ()          # found while reading the request: reported with the service's
 
 
 @dataclass(frozen=True)
@@ -62,9 +63,12 @@ class OfferResult:
         return (time.perf_counter() - self.started) * 1e3
 
 
-def validate_customer(customer: Customer, inline: bool, table_rows: int) -> None:
-    """A customer the engine can price; inline mistakes are the caller's, stored ones are not."""
-    error = InvalidArgument if inline else FailedPrecondition
+def validate_customer(customer: Customer, inline: bool, table_rows: int, violations: Violations | None = None) -> None:
+    """A customer the engine can price, every wrong field at once: noted in `violations` if given,
+    else raised; inline mistakes are the caller's (INVALID_ARGUMENT), stored ones are not
+    (FAILED_PRECONDITION)."""
+    found = violations if violations is not None else \
+        Violations() if inline else Violations(FailedPrecondition, "CUSTOMER_RECORD_INVALID")
     prefix = "profile." if inline else f"customer {customer.customer_id}: "
     checks = (
         ("current_monthly_payment", customer.current_monthly_payment, 0.0, 1e9, True),
@@ -74,18 +78,20 @@ def validate_customer(customer: Customer, inline: bool, table_rows: int) -> None
     for name, value, low, high, strict in checks:
         if not math.isfinite(value) or value < low or (strict and value == low) or value > high:
             bound = f"> {low}" if strict else f">= {low}"
-            raise error(f"must be a finite amount {bound} and <= {high:g} MXN, got {value}", f"{prefix}{name}")
+            found.add(f"{prefix}{name}", f"must be a finite amount {bound} and <= {high:g} MXN, got {value}")
     if not 1950 <= customer.current_car_year <= 2100:
-        raise error(f"must be within 1950..2100, got {customer.current_car_year}", f"{prefix}current_car_year")
+        found.add(f"{prefix}current_car_year", f"must be within 1950..2100, got {customer.current_car_year}")
     if not 0 <= customer.current_car_km <= 10_000_000:
-        raise error(f"must be within 0..10,000,000, got {customer.current_car_km}", f"{prefix}current_car_km")
+        found.add(f"{prefix}current_car_km", f"must be within 0..10,000,000, got {customer.current_car_km}")
     if not 0 <= customer.risk_profile_index < table_rows:
-        raise error(f"must be within 0..{table_rows - 1} (rows of the down-payment table), "
-                    f"got {customer.risk_profile_index}", f"{prefix}risk_profile_index")
+        found.add(f"{prefix}risk_profile_index", f"must be within 0..{table_rows - 1} (rows of the "
+                  f"down-payment table), got {customer.risk_profile_index}")
     if len(customer.risk_profile_name) > 16:
-        raise error("must be at most 16 characters", f"{prefix}risk_profile_name")
+        found.add(f"{prefix}risk_profile_name", "must be at most 16 characters")
     if len(customer.region) > 64:
-        raise error("must be at most 64 characters", f"{prefix}region")
+        found.add(f"{prefix}region", "must be at most 64 characters")
+    if violations is None:
+        found.check()
 
 
 class OfferService:
@@ -100,44 +106,71 @@ class OfferService:
 
     # --- building blocks ----------------------------------------------------------------------
     # Each takes the settings of the call (read once per call: one configuration version).
+    def check(self, query: OfferQuery, settings: Settings, violations: Violations | None = None) -> PricingParams:
+        """Every wrong field of the request, with those its reading found (query.violations):
+        tiers, overrides and terms, max_cars, the customer id or the inline profile; noted in
+        `violations` if given (the caller adds its own and raises them all), else raised. Returns
+        the pricing parameters."""
+        found = violations if violations is not None else Violations()
+        for each in query.violations:
+            found.add(each.field, each.description)
+        if any(t not in ALL_TIERS for t in query.tiers):
+            found.add("options.tiers", "must be TIER_REFRESH, TIER_UPGRADE or TIER_MAX_UPGRADE")
+        params = self.params_for(query, settings, found)
+        if query.max_cars > settings.prefilter.max_limit:
+            found.add("options.max_cars", f"must be at most {settings.prefilter.max_limit}, got {query.max_cars}")
+        customer_id = query.customer.customer_id
+        if query.customer.profile is not None:
+            self.inline_profile(query.customer.profile, settings.business, found)
+        elif customer_id == "":
+            found.add("customer_id", "is required (or give an inline profile)")
+        elif customer_id is not None and (len(customer_id) > MAX_ID_LENGTH or not customer_id.isprintable()):
+            found.add("customer_id", f"must be at most {MAX_ID_LENGTH} printable characters")
+        if violations is None:
+            found.check()
+        return params
+
+    @staticmethod
+    def inline_profile(profile: Customer, business: PricingParams, violations: Violations | None = None) -> Customer:
+        """An inline profile with its row of the down-payment table (by name unless given), validated."""
+        if profile.risk_profile_index is None:
+            profile = replace(profile, risk_profile_index=business.profile_index(profile.risk_profile_name))
+        validate_customer(profile, inline=True, table_rows=len(business.down_payment_rows), violations=violations)
+        return profile
+
     @traced("load customer")
     def load_customer(self, ref: CustomerRef, deadline: Deadline, settings: Settings | None = None) -> Customer:
+        """The customer of a checked request (see check)."""
         business = (settings or self.settings.current).business
         if ref.profile is not None:
-            profile = ref.profile
-            if profile.risk_profile_index is None:
-                profile = replace(profile, risk_profile_index=business.profile_index(profile.risk_profile_name))
-            validate_customer(profile, inline=True, table_rows=len(business.down_payment_rows))
-            return profile
+            return self.inline_profile(ref.profile, business)
         customer_id = ref.customer_id or ""
-        if not customer_id:
-            raise InvalidArgument("is required (or give an inline profile)", "customer_id")
-        if len(customer_id) > MAX_ID_LENGTH or not customer_id.isprintable():
-            raise InvalidArgument(f"must be at most {MAX_ID_LENGTH} printable characters", "customer_id")
         deadline.check("before the customer lookup")
         customer = self.repository.get_customer(customer_id, deadline)
         if customer is None:
-            raise NotFound(f"no customer {customer_id!r}", "customer_id")
+            raise NotFound(f"no customer {customer_id!r}", "customer_id", reason="CUSTOMER_NOT_FOUND",
+                           resource=Resource("tradeup.v1.Customer", customer_id))
         validate_customer(customer, inline=False, table_rows=len(business.down_payment_rows))
         return customer
 
-    def params_for(self, query: OfferQuery, settings: Settings | None = None) -> PricingParams:
-        """The configured business parameters with this request's overrides (validated)."""
+    def params_for(self, query: OfferQuery, settings: Settings | None = None,
+                   violations: Violations | None = None) -> PricingParams:
+        """The configured business parameters with this request's overrides (validated: a wrong
+        one is noted in `violations` if given, else raised)."""
         params = (settings or self.settings.current).business
         try:
             return params.with_overrides(**query.overrides, terms=query.terms or None)
         except EngineInputError as exc:
             name = {"rate_override": "overrides.interest_rate", "terms": "options.terms",
                     "terms[]": "options.terms"}.get(exc.field, f"overrides.{exc.field.removeprefix('fees.')}")
-            raise InvalidArgument(exc.reason, name) from None
+            violation(violations, name, exc.reason)
+            return params
 
     @traced("prefilter")
     def prefilter(self, customer: Customer, same_region: bool, max_cars: int, deadline: Deadline,
                   settings: Settings | None = None) -> Selection:
         settings = (settings or self.settings.current).prefilter
-        if max_cars > settings.max_limit:
-            raise InvalidArgument(f"must be at most {settings.max_limit}, got {max_cars}", "options.max_cars")
-        limit = max_cars or settings.default_limit
+        limit = max_cars or settings.default_limit  # at most max_limit (see check)
         deadline.check("before the prefilter")
         if settings.mode == "sql":
             return self.inventory.prefilter_sql(self.engine.kernel, customer, same_region, limit, deadline)
@@ -152,11 +185,9 @@ class OfferService:
     # --- the operations -----------------------------------------------------------------------
     def generate(self, query: OfferQuery, deadline: Deadline) -> OfferResult:
         started = time.perf_counter()
-        tiers = tuple(sorted(set(query.tiers))) or ALL_TIERS
-        if any(t not in ALL_TIERS for t in tiers):
-            raise InvalidArgument("must be TIER_REFRESH, TIER_UPGRADE or TIER_MAX_UPGRADE", "options.tiers")
         settings = self.settings.current
-        params = self.params_for(query, settings)
+        params = self.check(query, settings)
+        tiers = tuple(sorted(set(query.tiers))) or ALL_TIERS
         with self.workers.place(deadline):
             return self._generate(query, deadline, started, tiers, settings, params)
 
@@ -184,7 +215,7 @@ class OfferService:
             return self.engine.price(self.terms_of(customer), selection.car_ids, selection.prices, params,
                                      tiers=tiers, car_rank=selection.ranks)
         except EngineInputError as exc:
-            raise FailedPrecondition(exc.reason, exc.field) from None
+            raise FailedPrecondition(exc.reason, exc.field, reason="PRICING_INPUT_REJECTED") from None
 
     def subsidy_cars(self, customer: Customer, car_ids: Sequence[str], same_region: bool, max_cars: int,
                      deadline: Deadline, settings: Settings | None = None) -> Selection:
@@ -201,7 +232,8 @@ class OfferService:
         for k, car_id in enumerate(car_ids):
             row = snapshot.row_of.get(car_id)
             if row is None:
-                raise NotFound(f"no available car {car_id[:MAX_ID_LENGTH]!r}", f"car_ids[{k}]")
+                raise NotFound(f"no available car {car_id[:MAX_ID_LENGTH]!r}", f"car_ids[{k}]", reason="CAR_NOT_FOUND",
+                               resource=Resource("tradeup.v1.Car", car_id[:MAX_ID_LENGTH]))
             rows.append(row)
         return snapshot.select(self.engine.kernel, rows)
 
@@ -211,7 +243,7 @@ class OfferService:
         `batch_size` cars: (customer, the batch's results, cars searched in all). Each batch
         holds a worker place only while it computes; a call whose client left stops."""
         settings = self.settings.current  # one configuration version for the whole call
-        params = self.params_for(query, settings)
+        params = self.check(query, settings)
         with self.workers.place(deadline):
             customer = self.load_customer(query.customer, deadline, settings)
             selection = self.subsidy_cars(customer, car_ids, query.same_region, query.max_cars, deadline, settings)
@@ -232,38 +264,41 @@ class OfferService:
             return self.engine.minimum_subsidy(self.terms_of(customer), selection.car_ids[first:last],
                                                selection.prices[first:last], params)
         except EngineInputError as exc:
-            raise FailedPrecondition(exc.reason, exc.field) from None
+            raise FailedPrecondition(exc.reason, exc.field, reason="PRICING_INPUT_REJECTED") from None
 
-    def amortization(self, ref: CustomerRef, car_id: str, term: int, overrides: dict,
+    def amortization(self, query: OfferQuery, car_id: str, term: int,
                      deadline: Deadline) -> tuple[OfferSet, list[ScheduleRow]]:
-        """The offer (priced, whatever its tier) and the schedule of one (customer, car, term)."""
-        if not car_id:
-            raise InvalidArgument("is required", "car_id")
+        """The offer (priced, whatever its tier) and the schedule of one (customer, car, term);
+        the query gives the customer and the overrides."""
         settings = self.settings.current
-        params = self.params_for(OfferQuery(customer=ref, overrides=overrides), settings)
+        violations = Violations()
+        params = self.check(query, settings, violations)
+        if not car_id:
+            violations.add("car_id", "is required")
         try:
             params.check_terms([term], "term")
         except EngineInputError as exc:
-            raise InvalidArgument(exc.reason, "term") from None
+            violations.add("term", exc.reason)
+        violations.check()
         with self.workers.place(deadline):
-            return self._amortization(ref, car_id, term, deadline, settings, params)
+            return self._amortization(query.customer, car_id, term, deadline, settings, params)
 
     def _amortization(self, ref: CustomerRef, car_id: str, term: int, deadline: Deadline, settings: Settings,
                       params: PricingParams) -> tuple[OfferSet, list[ScheduleRow]]:
         customer = self.load_customer(ref, deadline, settings)
         try:
             selection = self.subsidy_cars(customer, [car_id], False, 0, deadline, settings)
-        except NotFound as exc:
-            raise NotFound(str(exc).split(": ", 1)[-1], "car_id") from None  # this request's field
+        except NotFound as exc:  # named by this request's field
+            raise NotFound(str(exc).split(": ", 1)[-1], "car_id", reason=exc.reason, resource=exc.resource) from None
         params = params.with_overrides(terms=[term])
         offer = self.price(customer, selection, params)
         try:
             rows = self.engine.schedule(self.terms_of(customer), selection.prices[0], term, params)
         except EngineInputError as exc:
-            raise FailedPrecondition(exc.reason, exc.field) from None
+            raise FailedPrecondition(exc.reason, exc.field, reason="PRICING_INPUT_REJECTED") from None
         status = offer.columns.status[0]
         if status in (REJECT_DOWN_PAYMENT_NOT_MET, REJECT_LOAN_NOT_POSITIVE):
             reason = "down payment not met" if status == REJECT_DOWN_PAYMENT_NOT_MET else "the equity covers the whole price"
             raise FailedPrecondition(f"car {car_id} cannot be financed over {term} months for this customer: {reason}",
-                                     "car_id")
+                                     "car_id", reason="OFFER_NOT_FINANCEABLE")
         return offer, rows

@@ -225,9 +225,10 @@ class WatchService:
         key = group_key(query)
         with self._lock:
             if self._closing:
-                raise Unavailable("the server is shutting down")
+                raise Unavailable("the server is shutting down", reason="SHUTTING_DOWN")
             if self._watchers >= self.max_watchers:
-                raise ResourceExhausted(f"this process already serves {self.max_watchers} WatchOffers streams")
+                raise ResourceExhausted(f"this process already serves {self.max_watchers} WatchOffers streams",
+                                        reason="TOO_MANY_WATCHERS")
             self._watchers += 1
         try:
             with self._lock:
@@ -298,7 +299,7 @@ class WatchService:
                 continue
             yield update
             if update.reason == ENDING:
-                raise Unavailable("the server is shutting down: watch again on another instance")
+                raise Unavailable("the server is shutting down: watch again on another instance", reason="SHUTTING_DOWN")
 
     def status(self) -> dict[str, int]:
         with self._lock:

@@ -287,12 +287,14 @@ class GenerateOffersBulkRequest(_message.Message):
     def __init__(self, customer_id: _Optional[str] = ..., profile: _Optional[_Union[CustomerProfile, _Mapping]] = ..., overrides: _Optional[_Union[PricingOverrides, _Mapping]] = ..., options: _Optional[_Union[OfferOptions, _Mapping]] = ..., filters: _Optional[_Union[ConsiderationFilters, _Mapping]] = ...) -> None: ...
 
 class CustomerError(_message.Message):
-    __slots__ = ("code", "message")
+    __slots__ = ("code", "message", "reason")
     CODE_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
     code: str
     message: str
-    def __init__(self, code: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+    reason: str
+    def __init__(self, code: _Optional[str] = ..., message: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class GenerateOffersBulkResponse(_message.Message):
     __slots__ = ("index", "customer_id", "offers", "error")

@@ -34,6 +34,34 @@ class OfferServiceStub:
     server.max_streams_per_caller) or the caller's rate limit (`retry-after-ms` trailer, in
     milliseconds); the `x-request-id` of the call (the caller's, else a generated one) comes back
     in the trailers, and with a stream's first message.
+
+    Error details: every error carries a google.rpc.Status in the `grpc-status-details-bin`
+    trailer (as grpcio-status, grpc-go's status.FromError and grpc-js read it), with the call's
+    own code and message, and:
+    ErrorInfo, always: domain "tradeup.v1", a stable `reason` (below), metadata "field" when one
+    field is at fault;
+    BadRequest on INVALID_ARGUMENT: every wrong field of the request, by its path in these
+    messages ("profile.current_car_year", "car_ids[3]"); the message names the first;
+    ResourceInfo on NOT_FOUND: the type ("tradeup.v1.Customer", "tradeup.v1.Car") and the id;
+    PreconditionFailure on FAILED_PRECONDITION naming a field: the field (CUSTOMER_RECORD_INVALID:
+    every wrong field of the stored customer);
+    RetryInfo when the server knows how long to wait (the rate limit, an open database circuit),
+    with the same wait in the `retry-after-ms` trailer.
+    Reasons, by code:
+    INVALID_ARGUMENT: INVALID_REQUEST (the fields in BadRequest), MALFORMED_REQUEST (the bytes are
+    not a message of the method's request type), TOO_MANY_CUSTOMERS (a bulk stream over
+    server.max_bulk_customers)
+    NOT_FOUND: CUSTOMER_NOT_FOUND, CAR_NOT_FOUND
+    FAILED_PRECONDITION: CUSTOMER_RECORD_INVALID (a stored customer that cannot be priced),
+    PRICING_INPUT_REJECTED (the engine refuses stored data or configuration),
+    OFFER_NOT_FINANCEABLE (GetAmortizationTable: not financeable over that term for this customer),
+    ADMIN_DISABLED (AdminService, the server has no admin token)
+    UNAVAILABLE: STARTING, SHUTTING_DOWN, DATABASE_UNAVAILABLE (retry; the client library does)
+    DEADLINE_EXCEEDED: DEADLINE_EXCEEDED
+    RESOURCE_EXHAUSTED: RATE_LIMITED, TOO_MANY_CALLS, TOO_MANY_STREAMS, TOO_MANY_CALLER_STREAMS,
+    TOO_MANY_WATCHERS
+    UNAUTHENTICATED: ADMIN_TOKEN_MISSING; PERMISSION_DENIED: ADMIN_TOKEN_INVALID (AdminService)
+    INTERNAL: INTERNAL (a bug: the message gives the request id to find it in the server's log)
     """
 
     def __init__(self, channel):
@@ -83,6 +111,34 @@ class OfferServiceServicer:
     server.max_streams_per_caller) or the caller's rate limit (`retry-after-ms` trailer, in
     milliseconds); the `x-request-id` of the call (the caller's, else a generated one) comes back
     in the trailers, and with a stream's first message.
+
+    Error details: every error carries a google.rpc.Status in the `grpc-status-details-bin`
+    trailer (as grpcio-status, grpc-go's status.FromError and grpc-js read it), with the call's
+    own code and message, and:
+    ErrorInfo, always: domain "tradeup.v1", a stable `reason` (below), metadata "field" when one
+    field is at fault;
+    BadRequest on INVALID_ARGUMENT: every wrong field of the request, by its path in these
+    messages ("profile.current_car_year", "car_ids[3]"); the message names the first;
+    ResourceInfo on NOT_FOUND: the type ("tradeup.v1.Customer", "tradeup.v1.Car") and the id;
+    PreconditionFailure on FAILED_PRECONDITION naming a field: the field (CUSTOMER_RECORD_INVALID:
+    every wrong field of the stored customer);
+    RetryInfo when the server knows how long to wait (the rate limit, an open database circuit),
+    with the same wait in the `retry-after-ms` trailer.
+    Reasons, by code:
+    INVALID_ARGUMENT: INVALID_REQUEST (the fields in BadRequest), MALFORMED_REQUEST (the bytes are
+    not a message of the method's request type), TOO_MANY_CUSTOMERS (a bulk stream over
+    server.max_bulk_customers)
+    NOT_FOUND: CUSTOMER_NOT_FOUND, CAR_NOT_FOUND
+    FAILED_PRECONDITION: CUSTOMER_RECORD_INVALID (a stored customer that cannot be priced),
+    PRICING_INPUT_REJECTED (the engine refuses stored data or configuration),
+    OFFER_NOT_FINANCEABLE (GetAmortizationTable: not financeable over that term for this customer),
+    ADMIN_DISABLED (AdminService, the server has no admin token)
+    UNAVAILABLE: STARTING, SHUTTING_DOWN, DATABASE_UNAVAILABLE (retry; the client library does)
+    DEADLINE_EXCEEDED: DEADLINE_EXCEEDED
+    RESOURCE_EXHAUSTED: RATE_LIMITED, TOO_MANY_CALLS, TOO_MANY_STREAMS, TOO_MANY_CALLER_STREAMS,
+    TOO_MANY_WATCHERS
+    UNAUTHENTICATED: ADMIN_TOKEN_MISSING; PERMISSION_DENIED: ADMIN_TOKEN_INVALID (AdminService)
+    INTERNAL: INTERNAL (a bug: the message gives the request id to find it in the server's log)
     """
 
     def StreamOffers(self, request, context):
@@ -187,6 +243,34 @@ class OfferService:
     server.max_streams_per_caller) or the caller's rate limit (`retry-after-ms` trailer, in
     milliseconds); the `x-request-id` of the call (the caller's, else a generated one) comes back
     in the trailers, and with a stream's first message.
+
+    Error details: every error carries a google.rpc.Status in the `grpc-status-details-bin`
+    trailer (as grpcio-status, grpc-go's status.FromError and grpc-js read it), with the call's
+    own code and message, and:
+    ErrorInfo, always: domain "tradeup.v1", a stable `reason` (below), metadata "field" when one
+    field is at fault;
+    BadRequest on INVALID_ARGUMENT: every wrong field of the request, by its path in these
+    messages ("profile.current_car_year", "car_ids[3]"); the message names the first;
+    ResourceInfo on NOT_FOUND: the type ("tradeup.v1.Customer", "tradeup.v1.Car") and the id;
+    PreconditionFailure on FAILED_PRECONDITION naming a field: the field (CUSTOMER_RECORD_INVALID:
+    every wrong field of the stored customer);
+    RetryInfo when the server knows how long to wait (the rate limit, an open database circuit),
+    with the same wait in the `retry-after-ms` trailer.
+    Reasons, by code:
+    INVALID_ARGUMENT: INVALID_REQUEST (the fields in BadRequest), MALFORMED_REQUEST (the bytes are
+    not a message of the method's request type), TOO_MANY_CUSTOMERS (a bulk stream over
+    server.max_bulk_customers)
+    NOT_FOUND: CUSTOMER_NOT_FOUND, CAR_NOT_FOUND
+    FAILED_PRECONDITION: CUSTOMER_RECORD_INVALID (a stored customer that cannot be priced),
+    PRICING_INPUT_REJECTED (the engine refuses stored data or configuration),
+    OFFER_NOT_FINANCEABLE (GetAmortizationTable: not financeable over that term for this customer),
+    ADMIN_DISABLED (AdminService, the server has no admin token)
+    UNAVAILABLE: STARTING, SHUTTING_DOWN, DATABASE_UNAVAILABLE (retry; the client library does)
+    DEADLINE_EXCEEDED: DEADLINE_EXCEEDED
+    RESOURCE_EXHAUSTED: RATE_LIMITED, TOO_MANY_CALLS, TOO_MANY_STREAMS, TOO_MANY_CALLER_STREAMS,
+    TOO_MANY_WATCHERS
+    UNAUTHENTICATED: ADMIN_TOKEN_MISSING; PERMISSION_DENIED: ADMIN_TOKEN_INVALID (AdminService)
+    INTERNAL: INTERNAL (a bug: the message gives the request id to find it in the server's log)
     """
 
     @staticmethod
