@@ -12,12 +12,17 @@ from engine_ext.constants import ALL_TIERS, TIER_MAX_UPGRADE, TIER_NAMES, TIER_R
 
 from protos.tradeup.v1 import admin_pb2, offers_pb2 as pb
 
+from ..data.filters import ConsiderationFilters, names
 from ..domain import ConfigChange, Customer
 from ..errors import InvalidArgument
 from ..services.offers import OVERRIDE_FIELDS, CustomerRef, OfferQuery, OfferResult
 from ..services import watch
 
 MAX_TERMS_IN_REQUEST = 24
+MAX_FILTER_NAMES = 50  # entries of each name list of ConsiderationFilters, each of at most MAX_NAME_LENGTH
+MAX_NAME_LENGTH = 64
+MAX_FILTER_AMOUNT = 1e10  # MXN, as the customer's amounts
+MAX_FILTER_RATIO = 1e6
 SUBSIDY_OUTCOMES = {
     None: pb.SUBSIDY_OUTCOME_VIABLE,
     "Payment_Delta_Too_High": pb.SUBSIDY_OUTCOME_PAYMENT_DELTA_TOO_HIGH,
@@ -59,7 +64,9 @@ def profile_to_domain(profile: pb.CustomerProfile) -> Customer:
                     outstanding_balance=profile.outstanding_balance, current_car_price=profile.current_car_price,
                     current_car_year=profile.current_car_year, current_car_km=profile.current_car_km,
                     risk_profile_name=name, risk_profile_index=index,
-                    region=_text(profile.region, "profile.region", 64))
+                    region=_text(profile.region, "profile.region", 64),
+                    current_car_brand=_text(profile.current_car_brand, "profile.current_car_brand", 64),
+                    current_car_model=_text(profile.current_car_model, "profile.current_car_model", 64))
 
 
 def overrides_to_domain(overrides: pb.PricingOverrides) -> dict[str, float]:
@@ -73,6 +80,53 @@ def overrides_to_domain(overrides: pb.PricingOverrides) -> dict[str, float]:
     return values
 
 
+def _bound(filters: pb.ConsiderationFilters, name: str, low: float, high: float, above_low: bool = False):
+    """An optional number of the filters, within [low, high] ((low, high] if above_low); None if unset."""
+    if not filters.HasField(name):
+        return None
+    value = getattr(filters, name)
+    if not (math.isfinite(value) and (value > low if above_low else value >= low) and value <= high):
+        raise InvalidArgument(f"must be {'>' if above_low else '>='} {low:g} and <= {high:g}, got {value}",
+                              f"filters.{name}")
+    return value
+
+
+def _names(filters: pb.ConsiderationFilters, name: str) -> tuple[str, ...]:
+    values = getattr(filters, name)
+    if len(values) > MAX_FILTER_NAMES:
+        raise InvalidArgument(f"at most {MAX_FILTER_NAMES} entries, got {len(values)}", f"filters.{name}")
+    for k, value in enumerate(values):
+        if not value:
+            raise InvalidArgument("must not be empty", f"filters.{name}[{k}]")
+        _text(value, f"filters.{name}[{k}]", MAX_NAME_LENGTH)
+    return names(values)
+
+
+def _ordered(low, high, low_name: str, high_name: str) -> None:
+    if low is not None and high is not None and high < low:
+        raise InvalidArgument(f"must be >= {low_name} ({low:g}), got {high:g}", f"filters.{high_name}")
+
+
+def filters_to_domain(filters: pb.ConsiderationFilters) -> ConsiderationFilters:
+    """The request's filters, every field validated (the field named in the error)."""
+    price_min = _bound(filters, "price_min", 0.0, MAX_FILTER_AMOUNT)
+    price_max = _bound(filters, "price_max", 0.0, MAX_FILTER_AMOUNT)
+    _ordered(price_min, price_max, "price_min", "price_max")
+    year_min = _bound(filters, "year_min", 1950, 2100)
+    year_max = _bound(filters, "year_max", 1950, 2100)
+    _ordered(year_min, year_max, "year_min", "year_max")
+    if filters.same_brand_as_current and filters.other_brand_than_current:
+        raise InvalidArgument("cannot be given with same_brand_as_current", "filters.other_brand_than_current")
+    return ConsiderationFilters(
+        price_min=price_min, price_max=price_max,
+        max_price_vs_current=_bound(filters, "max_price_vs_current", 0.0, MAX_FILTER_RATIO, above_low=True),
+        brands=_names(filters, "brands"), exclude_brands=_names(filters, "exclude_brands"),
+        same_brand_as_current=filters.same_brand_as_current, other_brand_than_current=filters.other_brand_than_current,
+        year_min=year_min, year_max=year_max, km_max=_bound(filters, "km_max", 0, 2**31 - 1),
+        max_km_vs_current=_bound(filters, "max_km_vs_current", 0.0, MAX_FILTER_RATIO),
+        promotion_only=filters.promotion_only, regions=_names(filters, "regions"), colors=_names(filters, "colors"))
+
+
 def offer_query(request: Any) -> OfferQuery:
     options = request.options
     if len(options.terms) > MAX_TERMS_IN_REQUEST:
@@ -84,14 +138,16 @@ def offer_query(request: Any) -> OfferQuery:
             raise InvalidArgument(f"must be TIER_REFRESH, TIER_UPGRADE or TIER_MAX_UPGRADE, got {tier}", "options.tiers")
     return OfferQuery(customer=customer_ref(request), overrides=overrides_to_domain(request.overrides),
                       terms=tuple(options.terms), tiers=tuple(options.tiers), max_offers=options.max_offers,
-                      same_region=options.same_region, max_cars=options.max_cars)
+                      same_region=options.same_region, max_cars=options.max_cars,
+                      filters=filters_to_domain(request.filters))
 
 
 def subsidy_query(request: pb.FindMinimumSubsidyRequest) -> OfferQuery:
     if len(request.car_ids) > 100_000:
         raise InvalidArgument("too many car ids", "car_ids")
     return OfferQuery(customer=customer_ref(request), overrides=overrides_to_domain(request.overrides),
-                      same_region=request.same_region, max_cars=request.max_cars)
+                      same_region=request.same_region, max_cars=request.max_cars,
+                      filters=filters_to_domain(request.filters))
 
 
 # --- domain -> responses -------------------------------------------------------------------------
