@@ -50,7 +50,7 @@ class ConsiderationFilters:
     def resolve(self, customer: Customer) -> "Bounds | None":
         """The bounds for this customer (None: nothing filtered). FailedPrecondition when a
         same/other-brand filter meets a customer without a current brand."""
-        if not self:
+        if self is NO_FILTERS or not self:
             return None
         current = fold(customer.current_car_brand)
         for flag in ("same_brand_as_current", "other_brand_than_current"):

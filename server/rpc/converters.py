@@ -12,7 +12,7 @@ from engine_ext.constants import ALL_TIERS, TIER_MAX_UPGRADE, TIER_NAMES, TIER_R
 
 from protos.tradeup.v1 import admin_pb2, offers_pb2 as pb
 
-from ..data.filters import ConsiderationFilters, names
+from ..data.filters import NO_FILTERS, ConsiderationFilters, names
 from ..domain import ConfigChange, Customer
 from ..errors import InvalidArgument
 from ..services.offers import OVERRIDE_FIELDS, CustomerRef, OfferQuery, OfferResult
@@ -107,8 +107,11 @@ def _ordered(low, high, low_name: str, high_name: str) -> None:
         raise InvalidArgument(f"must be >= {low_name} ({low:g}), got {high:g}", f"filters.{high_name}")
 
 
-def filters_to_domain(filters: pb.ConsiderationFilters) -> ConsiderationFilters:
+def filters_to_domain(request: Any) -> ConsiderationFilters:
     """The request's filters, every field validated (the field named in the error)."""
+    if not request.HasField("filters"):
+        return NO_FILTERS  # the unfiltered call pays nothing for the filters
+    filters = request.filters
     price_min = _bound(filters, "price_min", 0.0, MAX_FILTER_AMOUNT)
     price_max = _bound(filters, "price_max", 0.0, MAX_FILTER_AMOUNT)
     _ordered(price_min, price_max, "price_min", "price_max")
@@ -139,7 +142,7 @@ def offer_query(request: Any) -> OfferQuery:
     return OfferQuery(customer=customer_ref(request), overrides=overrides_to_domain(request.overrides),
                       terms=tuple(options.terms), tiers=tuple(options.tiers), max_offers=options.max_offers,
                       same_region=options.same_region, max_cars=options.max_cars,
-                      filters=filters_to_domain(request.filters))
+                      filters=filters_to_domain(request))
 
 
 def subsidy_query(request: pb.FindMinimumSubsidyRequest) -> OfferQuery:
@@ -147,7 +150,7 @@ def subsidy_query(request: pb.FindMinimumSubsidyRequest) -> OfferQuery:
         raise InvalidArgument("too many car ids", "car_ids")
     return OfferQuery(customer=customer_ref(request), overrides=overrides_to_domain(request.overrides),
                       same_region=request.same_region, max_cars=request.max_cars,
-                      filters=filters_to_domain(request.filters))
+                      filters=filters_to_domain(request))
 
 
 # --- domain -> responses -------------------------------------------------------------------------
