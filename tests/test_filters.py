@@ -299,3 +299,8 @@ def test_a_brand_filter_needs_the_customers_current_brand(server):
     assert same.summary.cars_evaluated > 0 and other.summary.cars_evaluated > 0
     assert same.summary.cars_evaluated + other.summary.cars_evaluated == every.summary.cars_evaluated
     assert all(golden.inventory()[car_id]["model"].startswith(brand + " ") for car_id, _ in offers_by_key(same))
+
+
+def test_every_filter_field_has_its_check():
+    from server.rpc.converters import _FILTER_FIELDS
+    assert set(_FILTER_FIELDS) == set(pb.ConsiderationFilters.DESCRIPTOR.fields_by_name)

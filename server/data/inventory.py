@@ -295,12 +295,12 @@ class InventorySnapshot:
         the rows that pass them (one pass, stopping at the limit as without)."""
         # -1: any region; a region no car is in gets a code no row has.
         region = self.region_codes.get(customer.region, len(self.region_codes)) if same_region else -1
-        trade_up = (float(customer.current_car_price), int(customer.current_car_year), int(customer.current_car_km),
-                    region)
+        price, year, km = float(customer.current_car_price), int(customer.current_car_year), int(customer.current_car_km)
         if bounds is None:
-            rows = kernel.match_cars(self.years, self.prices, self.kilometers, self.regions, *trade_up, limit)
+            rows = kernel.match_cars(self.years, self.prices, self.kilometers, self.regions, price, year, km, region,
+                                     limit)
         else:
-            rows = self._filtered(kernel, trade_up, bounds, limit)
+            rows = self._filtered(kernel, (price, year, km, region), bounds, limit)
         return self.select(kernel, rows)
 
     def mask(self, kernel, bounds: Bounds) -> np.ndarray:

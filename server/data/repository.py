@@ -123,7 +123,7 @@ ADD_COLUMN = "ALTER TABLE {table} ADD COLUMN {definition}"
 # Columns added since a table's first release: (table, column, definition per backend).
 ADDED_COLUMNS = (
     ("inventory", "updated_at", _STAMP_COLUMN),
-    *(("customers", name, dict.fromkeys(_STAMP_COLUMN, f"{name} VARCHAR(64) NOT NULL DEFAULT ''"))
+    *(("customers", name, dict.fromkeys(("mysql", "sqlite"), f"{name} VARCHAR(64) NOT NULL DEFAULT ''"))
       for name in ("current_car_brand", "current_car_model")),
 )
 # SQLite stamps come from a counter (not MAX + 1: REPLACE deletes the newest row before inserting).
@@ -499,7 +499,8 @@ class Repository:
             if not wanted:  # no name can match
                 where.append("1 = 0")
                 continue
-            where.append(f"{_FOLDED[self.backend].format(column=column)} {operator} ({', '.join(['%s'] * len(wanted))})")
+            folded = _FOLDED[self.backend].format(column=column)
+            where.append(f"{folded} {operator} ({', '.join(['%s'] * len(wanted))})")
             values += sorted(wanted)
         if bounds.promotion_only:
             where.append("price < regular_price")

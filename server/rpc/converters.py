@@ -80,19 +80,15 @@ def overrides_to_domain(overrides: pb.PricingOverrides) -> dict[str, float]:
     return values
 
 
-def _bound(filters: pb.ConsiderationFilters, name: str, low: float, high: float, above_low: bool = False):
-    """An optional number of the filters, within [low, high] ((low, high] if above_low); None if unset."""
-    if not filters.HasField(name):
-        return None
-    value = getattr(filters, name)
+def _number(name: str, value: float, low: float, high: float, above_low: bool = False) -> float:
+    """A number of the filters within [low, high] ((low, high] if above_low)."""
     if not (math.isfinite(value) and (value > low if above_low else value >= low) and value <= high):
         raise InvalidArgument(f"must be {'>' if above_low else '>='} {low:g} and <= {high:g}, got {value}",
                               f"filters.{name}")
     return value
 
 
-def _names(filters: pb.ConsiderationFilters, name: str) -> tuple[str, ...]:
-    values = getattr(filters, name)
+def _names(name: str, values: Sequence[str]) -> tuple[str, ...]:
     if len(values) > MAX_FILTER_NAMES:
         raise InvalidArgument(f"at most {MAX_FILTER_NAMES} entries, got {len(values)}", f"filters.{name}")
     for k, value in enumerate(values):
@@ -102,32 +98,37 @@ def _names(filters: pb.ConsiderationFilters, name: str) -> tuple[str, ...]:
     return names(values)
 
 
-def _ordered(low, high, low_name: str, high_name: str) -> None:
-    if low is not None and high is not None and high < low:
-        raise InvalidArgument(f"must be >= {low_name} ({low:g}), got {high:g}", f"filters.{high_name}")
+# How each field of ConsiderationFilters is checked (the flags need none).
+_FILTER_FIELDS = {
+    "price_min": lambda name, value: _number(name, value, 0.0, MAX_FILTER_AMOUNT),
+    "price_max": lambda name, value: _number(name, value, 0.0, MAX_FILTER_AMOUNT),
+    "max_price_vs_current": lambda name, value: _number(name, value, 0.0, MAX_FILTER_RATIO, above_low=True),
+    "year_min": lambda name, value: _number(name, value, 1950, 2100),
+    "year_max": lambda name, value: _number(name, value, 1950, 2100),
+    "km_max": lambda name, value: _number(name, value, 0, 2**31 - 1),
+    "max_km_vs_current": lambda name, value: _number(name, value, 0.0, MAX_FILTER_RATIO),
+    "brands": _names, "exclude_brands": _names, "regions": _names, "colors": _names,
+    "same_brand_as_current": lambda name, value: value, "other_brand_than_current": lambda name, value: value,
+    "promotion_only": lambda name, value: value,
+}
+
+
+def _ordered(given: dict, low: str, high: str) -> None:
+    if low in given and high in given and given[high] < given[low]:
+        raise InvalidArgument(f"must be >= {low} ({given[low]:g}), got {given[high]:g}", f"filters.{high}")
 
 
 def filters_to_domain(request: Any) -> ConsiderationFilters:
-    """The request's filters, every field validated (the field named in the error)."""
+    """The request's filters, every field given validated (the field named in the error)."""
     if not request.HasField("filters"):
         return NO_FILTERS  # the unfiltered call pays nothing for the filters
-    filters = request.filters
-    price_min = _bound(filters, "price_min", 0.0, MAX_FILTER_AMOUNT)
-    price_max = _bound(filters, "price_max", 0.0, MAX_FILTER_AMOUNT)
-    _ordered(price_min, price_max, "price_min", "price_max")
-    year_min = _bound(filters, "year_min", 1950, 2100)
-    year_max = _bound(filters, "year_max", 1950, 2100)
-    _ordered(year_min, year_max, "year_min", "year_max")
-    if filters.same_brand_as_current and filters.other_brand_than_current:
+    given = {field.name: _FILTER_FIELDS[field.name](field.name, value)
+             for field, value in request.filters.ListFields()}  # the fields set, only
+    _ordered(given, "price_min", "price_max")
+    _ordered(given, "year_min", "year_max")
+    if given.get("same_brand_as_current") and given.get("other_brand_than_current"):
         raise InvalidArgument("cannot be given with same_brand_as_current", "filters.other_brand_than_current")
-    return ConsiderationFilters(
-        price_min=price_min, price_max=price_max,
-        max_price_vs_current=_bound(filters, "max_price_vs_current", 0.0, MAX_FILTER_RATIO, above_low=True),
-        brands=_names(filters, "brands"), exclude_brands=_names(filters, "exclude_brands"),
-        same_brand_as_current=filters.same_brand_as_current, other_brand_than_current=filters.other_brand_than_current,
-        year_min=year_min, year_max=year_max, km_max=_bound(filters, "km_max", 0, 2**31 - 1),
-        max_km_vs_current=_bound(filters, "max_km_vs_current", 0.0, MAX_FILTER_RATIO),
-        promotion_only=filters.promotion_only, regions=_names(filters, "regions"), colors=_names(filters, "colors"))
+    return ConsiderationFilters(**given)
 
 
 def offer_query(request: Any) -> OfferQuery:
