@@ -47,13 +47,20 @@ RETRY_POLICY = {
 
 def offer_request(cls, customer_id: str | None = None, profile: dict | pb.CustomerProfile | None = None,
                   overrides: dict | None = None, terms: Sequence[int] = (), tiers: Sequence[str | int] = (),
-                  max_offers: int = 0, same_region: bool = False, max_cars: int = 0):
-    """A GenerateOffers / StreamOffers / bulk request from plain values."""
+                  max_offers: int = 0, same_region: bool = False, max_cars: int = 0,
+                  filters: dict | pb.ConsiderationFilters | None = None):
+    """A GenerateOffers / StreamOffers / bulk / watch request from plain values. `filters`: the
+    ConsiderationFilters fields, e.g. {"brands": ["Mazda"], "year_min": 2021, "price_max": 450000}."""
     request = cls(overrides=pb.PricingOverrides(**(overrides or {})),
                   options=pb.OfferOptions(terms=list(terms), tiers=[TIERS.get(t, t) for t in tiers],
-                                          max_offers=max_offers, same_region=same_region, max_cars=max_cars))
+                                          max_offers=max_offers, same_region=same_region, max_cars=max_cars),
+                  filters=_filters(filters))
     _set_customer(request, customer_id, profile)
     return request
+
+
+def _filters(filters: dict | pb.ConsiderationFilters | None) -> pb.ConsiderationFilters:
+    return filters if isinstance(filters, pb.ConsiderationFilters) else pb.ConsiderationFilters(**(filters or {}))
 
 
 def _set_customer(request, customer_id, profile) -> None:
@@ -150,9 +157,10 @@ class OfferClient:
 
     def find_minimum_subsidy(self, customer_id: str | None = None, profile=None, car_ids: Sequence[str] = (),
                              overrides: dict | None = None, same_region: bool = False, max_cars: int = 0,
-                             timeout: float | None = None, metadata=None) -> Iterator[pb.FindMinimumSubsidyResponse]:
+                             filters: dict | pb.ConsiderationFilters | None = None, timeout: float | None = None,
+                             metadata=None) -> Iterator[pb.FindMinimumSubsidyResponse]:
         request = pb.FindMinimumSubsidyRequest(car_ids=list(car_ids), overrides=pb.PricingOverrides(**(overrides or {})),
-                                               same_region=same_region, max_cars=max_cars)
+                                               same_region=same_region, max_cars=max_cars, filters=_filters(filters))
         _set_customer(request, customer_id, profile)
         return self.offers.FindMinimumSubsidy(request, timeout=self._timeout(timeout), metadata=metadata)
 

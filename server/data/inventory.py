@@ -2,7 +2,9 @@
 
 The snapshot holds every available car as compact columns sorted in prefilter order (year
 desc, price desc, car_id asc), so a request matches its cars in memory with the compiled
-kernel instead of fetching and parsing hundreds of rows. It is built once in full, then kept
+kernel instead of fetching and parsing hundreds of rows; a request's consideration filters are
+matched in the same pass, over the brand, colour and promotion columns (names as codes, each
+filter's names as a table of the codes that pass). It is built once in full, then kept
 fresh incrementally: the change feed hands it the rows changed since its version and
 `InventorySnapshot.apply` builds the next snapshot from slices of the previous one (a few
 milliseconds at 100,000 cars) while requests go on reading the old one. What stamps cannot
@@ -17,16 +19,20 @@ from __future__ import annotations
 
 import bisect
 import itertools
+import math
+import sys
 import threading
 import time
 from array import array
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
+import numpy as np
 from cachetools import TTLCache
 
 from ..deadline import Deadline
 from ..domain import Car, Customer
+from .filters import Bounds, fold
 from .repository import RECONCILE_BUCKETS, ChangeState, Repository, car_bucket, car_checksum
 
 # The bound of a snapshot load, and of the wait for one, outside any call (the change feed,
@@ -43,6 +49,43 @@ SnapshotListener = Callable[[int, tuple[str, ...] | None], None]  # (version, ca
 
 def _order(car: Car) -> tuple:
     return (-car.year, -car.price, car.car_id)
+
+
+@dataclass(frozen=True)
+class Codes:
+    """Each distinct name (region, brand, colour) of a snapshot's cars -> its code in the columns."""
+    regions: dict[str, int]
+    brands: dict[str, int]
+    colors: dict[str, int]
+
+    def copy(self) -> "Codes":
+        return Codes(dict(self.regions), dict(self.brands), dict(self.colors))
+
+    @staticmethod
+    def code(codes: dict[str, int], name: str) -> int:
+        return codes.setdefault(name, len(codes))
+
+    @staticmethod
+    def passing(codes: dict[str, int], wanted: frozenset[str] | None, excluded: frozenset[str] = frozenset()
+                ) -> bytes:
+        """By code, 1 for the names that pass (folded: among `wanted`, None: any; not `excluded`):
+        a pass over the distinct names only. Codes are given in order, so they index it."""
+        if wanted is None and not excluded:
+            return b"\x01" * len(codes)
+        return bytes((wanted is None or folded in wanted) and folded not in excluded for folded in map(fold, codes))
+
+
+# The snapshot's columns, one value per car in prefilter order: name, array typecode, value of a car.
+_COLUMNS = (
+    ("years", "l", lambda car, ranks, codes: car.year),
+    ("prices", "d", lambda car, ranks, codes: car.price),
+    ("kilometers", "l", lambda car, ranks, codes: car.kilometers),
+    ("regions", "l", lambda car, ranks, codes: Codes.code(codes.regions, car.region)),
+    ("ranks", "l", lambda car, ranks, codes: ranks.rank_of[car.car_id]),
+    ("brands", "l", lambda car, ranks, codes: Codes.code(codes.brands, car.brand)),
+    ("colors", "l", lambda car, ranks, codes: Codes.code(codes.colors, car.color)),
+    ("promotions", "b", lambda car, ranks, codes: int(car.has_promotion)),
+)
 
 
 @dataclass(frozen=True)
@@ -107,18 +150,19 @@ class InventorySnapshot:
                  mark: Any = None, ranks: RankTable | None = None):
         cars = sorted(cars, key=_order)
         ranks = ranks or RankTable([c.car_id for c in cars])
-        region_codes: dict[str, int] = {}
-        self._set([c.car_id for c in cars], array("l", (c.year for c in cars)),
-                  array("d", (c.price for c in cars)), array("l", (c.kilometers for c in cars)),
-                  array("l", (region_codes.setdefault(c.region, len(region_codes)) for c in cars)),
-                  array("l", (ranks.rank_of[c.car_id] for c in cars)), region_codes,
-                  {c.car_id: c for c in cars}, loaded_at, version, reload_version, mark, ranks, next(_GENERATIONS))
+        codes = Codes({}, {}, {})
+        self._set([c.car_id for c in cars],
+                  tuple(array(typecode, (value(c, ranks, codes) for c in cars)) for _, typecode, value in _COLUMNS),
+                  codes, {c.car_id: c for c in cars}, loaded_at, version, reload_version, mark, ranks,
+                  next(_GENERATIONS))
 
-    def _set(self, car_ids, years, prices, kilometers, regions, ranks, region_codes, by_id,
-             loaded_at, version, reload_version, mark, rank_table, generation, checksums=None) -> None:
+    def _set(self, car_ids, columns, codes, by_id, loaded_at, version, reload_version, mark, rank_table,
+             generation, checksums=None) -> None:
         self.car_ids = car_ids
-        self.years, self.prices, self.kilometers, self.regions, self.ranks = years, prices, kilometers, regions, ranks
-        self.region_codes, self.by_id = region_codes, by_id
+        self.columns = columns
+        (self.years, self.prices, self.kilometers, self.regions, self.ranks, self.brands, self.colors,
+         self.promotions) = columns
+        self.codes, self.region_codes, self.by_id = codes, codes.regions, by_id
         self.loaded_at, self.version, self.reload_version, self.mark = loaded_at, version, reload_version, mark
         self.rank_table = rank_table
         self.generation = generation  # shared only by snapshots holding the very same columns
@@ -152,24 +196,23 @@ class InventorySnapshot:
                if self.by_id.get(car_id) != (car if car.available else None)]
         if not ids:
             return self._next(loaded_at, version, mark), []
-        events: list[tuple] = []  # (row, 0, car, rank): insert before row; (row, 1): drop row
+        events: list[tuple] = []  # (row, 0, car): insert before row; (row, 1): drop row
         for car_id in ids:
             old = self.by_id.get(car_id)
             if old is not None:
                 events.append((self.position(old), 1))
             car = latest[car_id]
             if car.available:
-                rank = self.rank_table.rank(car_id)
-                if rank is None:  # no room between neighbouring ids: rebuild in full
+                if self.rank_table.rank(car_id) is None:  # no room between neighbouring ids: rebuild in full
                     survivors = [c for c in self.by_id.values() if c.car_id not in latest]
                     fresh = [c for c in latest.values() if c.available]
                     rebuilt = InventorySnapshot(survivors + fresh, loaded_at, version, self.reload_version, mark,
                                                 RankTable([*self.rank_table.ids, *latest]))
                     return rebuilt, ids
-                events.append((self.position(car), 0, car, rank))
+                events.append((self.position(car), 0, car))
         events.sort(key=lambda e: (e[0], e[1], _order(e[2]) if e[1] == 0 else ()))
-        region_codes = dict(self.region_codes)
-        columns = (self.years, self.prices, self.kilometers, self.regions, self.ranks)
+        codes = self.codes.copy()
+        columns = self.columns
         out = tuple(array(column.typecode) for column in columns)
         views = tuple(memoryview(column).cast("B") for column in columns)
         out_ids: list[str] = []
@@ -183,12 +226,11 @@ class InventorySnapshot:
             if event[1] == 1:
                 start = row + 1
                 continue
-            car, rank = event[2], event[3]
+            car = event[2]
             start = max(start, row)
             out_ids.append(car.car_id)
-            for target, value in zip(out, (car.year, car.price, car.kilometers,
-                                            region_codes.setdefault(car.region, len(region_codes)), rank)):
-                target.append(value)
+            for target, (_, _, value) in zip(out, _COLUMNS):
+                target.append(value(car, self.rank_table, codes))
         out_ids += self.car_ids[start:]
         for target, view in zip(out, views):
             target.frombytes(view[start * target.itemsize:])
@@ -200,7 +242,7 @@ class InventorySnapshot:
             else:
                 by_id.pop(car_id, None)
         following = InventorySnapshot.__new__(InventorySnapshot)
-        following._set(out_ids, *out, region_codes, by_id, loaded_at, version, self.reload_version, mark,
+        following._set(out_ids, out, codes, by_id, loaded_at, version, self.reload_version, mark,
                        self.rank_table, next(_GENERATIONS), self._carry_checksums(ids, latest))
         return following, ids
 
@@ -237,9 +279,8 @@ class InventorySnapshot:
     def _next(self, loaded_at: float, version: int, mark: Any) -> "InventorySnapshot":
         """This snapshot's columns under a new version (nothing changed in them)."""
         following = InventorySnapshot.__new__(InventorySnapshot)
-        following._set(self.car_ids, self.years, self.prices, self.kilometers, self.regions, self.ranks,
-                       self.region_codes, self.by_id, loaded_at, version, self.reload_version, mark, self.rank_table,
-                       self.generation, self._checksums)
+        following._set(self.car_ids, self.columns, self.codes, self.by_id, loaded_at, version, self.reload_version,
+                       mark, self.rank_table, self.generation, self._checksums)
         return following
 
     def select(self, kernel, rows: Sequence[int]) -> Selection:
@@ -248,14 +289,42 @@ class InventorySnapshot:
         return Selection(car_ids=[ids[r] for r in rows], prices=kernel.take(self.prices, rows),
                          ranks=kernel.take(self.ranks, rows), rows=rows, inventory_version=self.version)
 
-    def match(self, kernel, customer: Customer, same_region: bool, limit: int) -> Selection:
-        """SPEC §2 against the snapshot, with the compiled (or twin) kernel."""
+    def match(self, kernel, customer: Customer, same_region: bool, limit: int, bounds: Bounds | None = None
+              ) -> Selection:
+        """SPEC §2 against the snapshot, with the compiled (or twin) kernel; with filters, among
+        the rows that pass them (one pass, stopping at the limit as without)."""
         # -1: any region; a region no car is in gets a code no row has.
         region = self.region_codes.get(customer.region, len(self.region_codes)) if same_region else -1
-        rows = kernel.match_cars(self.years, self.prices, self.kilometers, self.regions,
-                                 float(customer.current_car_price), int(customer.current_car_year),
-                                 int(customer.current_car_km), region, limit)
+        price, year, km = float(customer.current_car_price), int(customer.current_car_year), int(customer.current_car_km)
+        if bounds is None:
+            rows = kernel.match_cars(self.years, self.prices, self.kilometers, self.regions, price, year, km, region,
+                                     limit)
+        else:
+            rows = self._filtered(kernel, (price, year, km, region), bounds, limit)
         return self.select(kernel, rows)
+
+    def mask(self, kernel, bounds: Bounds) -> np.ndarray:
+        """Which rows pass the filters, whatever the customer (a bool per row)."""
+        passing = np.zeros(len(self), dtype=bool)
+        rows = self._filtered(kernel, (-math.inf, -sys.maxsize, sys.maxsize, -1), bounds, len(self))
+        passing[np.frombuffer(rows, dtype=rows.typecode)] = True
+        return passing
+
+    def _filtered(self, kernel, trade_up: tuple, bounds: Bounds, limit: int) -> array:
+        """The rows passing the trade-up conditions (min price, min year, max km, region code)
+        and the filters, in order, at most `limit`. Names become tables of the codes that pass."""
+        codes = self.codes
+        return kernel.match_filtered(
+            self.years, self.prices, self.kilometers, self.regions, self.brands, self.colors, self.promotions,
+            *trade_up, _or(bounds.price_low, -math.inf), _or(bounds.price_high, math.inf),
+            _or(bounds.year_low, -sys.maxsize), _or(bounds.year_high, sys.maxsize), _or(bounds.km_high, math.inf),
+            codes.passing(codes.brands, bounds.brands, bounds.excluded_brands),
+            codes.passing(codes.regions, bounds.regions), codes.passing(codes.colors, bounds.colors),
+            bounds.promotion_only, limit)
+
+
+def _or(value, unbounded):
+    return unbounded if value is None else value
 
 
 class InventoryCache:
@@ -390,15 +459,16 @@ class InventoryCache:
         return snapshot.apply(fresh + gone, snapshot.loaded_at, snapshot.version, snapshot.mark)
 
     def prefilter_sql(self, kernel, customer: Customer, same_region: bool, limit: int,
-                      deadline: Deadline | None = None) -> Selection:
-        """SPEC §2 in the database (ids only), the cars' details from the snapshot."""
+                      deadline: Deadline | None = None, bounds: Bounds | None = None) -> Selection:
+        """SPEC §2 in the database (ids only), the cars' details from the snapshot. The cache key
+        holds the filters bound to the customer (`bounds`, canonical: equal filters, equal key)."""
         snapshot = self.snapshot(deadline)
         region = customer.region if same_region else None
         key = (float(customer.current_car_price), int(customer.current_car_year), int(customer.current_car_km),
-               region, limit, snapshot.generation)
+               region, limit, bounds, snapshot.generation)
         rows = self._get("prefilter", self._prefilter, key)
         if rows is None:
-            ids = self.repository.prefilter_ids(*key[:5], deadline=deadline)
+            ids = self.repository.prefilter_ids(*key[:6], deadline=deadline)
             # A car sold after the snapshot was taken is not priced until the snapshot catches up.
             row_of = snapshot.row_of
             rows = array("l", (row_of[i] for i in ids if i in row_of))

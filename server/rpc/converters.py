@@ -12,6 +12,7 @@ from engine_ext.constants import ALL_TIERS, TIER_MAX_UPGRADE, TIER_NAMES, TIER_R
 
 from protos.tradeup.v1 import admin_pb2, offers_pb2 as pb
 
+from ..data.filters import NO_FILTERS, ConsiderationFilters, names
 from ..domain import ConfigChange, Customer
 from ..errors import InvalidArgument, ServiceError, Violations, violation
 from ..services.offers import OVERRIDE_FIELDS, CustomerRef, OfferQuery, OfferResult
@@ -19,6 +20,10 @@ from ..services import watch
 from ..tracing import traced
 
 MAX_TERMS_IN_REQUEST = 24
+MAX_FILTER_NAMES = 50  # entries of each name list of ConsiderationFilters, each of at most MAX_NAME_LENGTH
+MAX_NAME_LENGTH = 64
+MAX_FILTER_AMOUNT = 1e10  # MXN, as the customer's amounts
+MAX_FILTER_RATIO = 1e6
 SUBSIDY_OUTCOMES = {
     None: pb.SUBSIDY_OUTCOME_VIABLE,
     "Payment_Delta_Too_High": pb.SUBSIDY_OUTCOME_PAYMENT_DELTA_TOO_HIGH,
@@ -63,7 +68,9 @@ def profile_to_domain(profile: pb.CustomerProfile, violations: Violations | None
                     outstanding_balance=profile.outstanding_balance, current_car_price=profile.current_car_price,
                     current_car_year=profile.current_car_year, current_car_km=profile.current_car_km,
                     risk_profile_name=name, risk_profile_index=index,
-                    region=_text(profile.region, "profile.region", 64, violations))
+                    region=_text(profile.region, "profile.region", 64, violations),
+                    current_car_brand=_text(profile.current_car_brand, "profile.current_car_brand", 64, violations),
+                    current_car_model=_text(profile.current_car_model, "profile.current_car_model", 64, violations))
 
 
 def overrides_to_domain(overrides: pb.PricingOverrides, violations: Violations | None = None) -> dict[str, float]:
@@ -75,6 +82,63 @@ def overrides_to_domain(overrides: pb.PricingOverrides, violations: Violations |
                 violation(violations, f"overrides.{name}", f"must be finite, got {value}")
             values[name] = value
     return values
+
+
+def _number(violations: Violations, name: str, value: float, low: float, high: float,
+            above_low: bool = False) -> float:
+    """A number of the filters within [low, high] ((low, high] if above_low)."""
+    if not (math.isfinite(value) and (value > low if above_low else value >= low) and value <= high):
+        violations.add(f"filters.{name}", f"must be {'>' if above_low else '>='} {low:g} and <= {high:g}, got {value}")
+    return value
+
+
+def _names(violations: Violations, name: str, values: Sequence[str]) -> tuple[str, ...]:
+    if len(values) > MAX_FILTER_NAMES:
+        violations.add(f"filters.{name}", f"at most {MAX_FILTER_NAMES} entries, got {len(values)}")
+        return ()
+    for k, value in enumerate(values):
+        if not value:
+            violations.add(f"filters.{name}[{k}]", "must not be empty")
+        _text(value, f"filters.{name}[{k}]", MAX_NAME_LENGTH, violations)
+    return names(values)
+
+
+# How each field of ConsiderationFilters is checked (the flags need none).
+_FILTER_FIELDS = {
+    "price_min": lambda found, name, value: _number(found, name, value, 0.0, MAX_FILTER_AMOUNT),
+    "price_max": lambda found, name, value: _number(found, name, value, 0.0, MAX_FILTER_AMOUNT),
+    "max_price_vs_current": lambda found, name, value: _number(found, name, value, 0.0, MAX_FILTER_RATIO,
+                                                               above_low=True),
+    "year_min": lambda found, name, value: _number(found, name, value, 1950, 2100),
+    "year_max": lambda found, name, value: _number(found, name, value, 1950, 2100),
+    "km_max": lambda found, name, value: _number(found, name, value, 0, 2**31 - 1),
+    "max_km_vs_current": lambda found, name, value: _number(found, name, value, 0.0, MAX_FILTER_RATIO),
+    "brands": _names, "exclude_brands": _names, "regions": _names, "colors": _names,
+    "same_brand_as_current": lambda found, name, value: value,
+    "other_brand_than_current": lambda found, name, value: value,
+    "promotion_only": lambda found, name, value: value,
+}
+
+
+def _ordered(violations: Violations, given: dict, low: str, high: str) -> None:
+    if low in given and high in given and given[high] < given[low]:
+        violations.add(f"filters.{high}", f"must be >= {low} ({given[low]:g}), got {given[high]:g}")
+
+
+def filters_to_domain(request: Any, violations: Violations) -> ConsiderationFilters:
+    """The request's filters, every field given validated (each wrong field noted in `violations`)."""
+    if not request.HasField("filters"):
+        return NO_FILTERS  # the unfiltered call pays nothing for the filters
+    wrong = len(violations.found)
+    given = {field.name: _FILTER_FIELDS[field.name](violations, field.name, value)
+             for field, value in request.filters.ListFields()}  # the fields set, only
+    _ordered(violations, given, "price_min", "price_max")
+    _ordered(violations, given, "year_min", "year_max")
+    if given.get("same_brand_as_current") and given.get("other_brand_than_current"):
+        violations.add("filters.other_brand_than_current", "cannot be given with same_brand_as_current")
+    if len(violations.found) > wrong:
+        return NO_FILTERS  # the call fails with the violations
+    return ConsiderationFilters(**given)
 
 
 def offer_query(request: Any) -> OfferQuery:
@@ -91,14 +155,16 @@ def offer_query(request: Any) -> OfferQuery:
     return OfferQuery(customer=customer_ref(request, violations),
                       overrides=overrides_to_domain(request.overrides, violations), terms=tuple(options.terms),
                       tiers=tuple(options.tiers), max_offers=options.max_offers, same_region=options.same_region,
-                      max_cars=options.max_cars, violations=tuple(violations.found))
+                      max_cars=options.max_cars, filters=filters_to_domain(request, violations),
+                      violations=tuple(violations.found))
 
 
 def subsidy_query(request: pb.FindMinimumSubsidyRequest) -> OfferQuery:
     violations = Violations()
     if len(request.car_ids) > 100_000:
         violations.add("car_ids", "too many car ids")
-    return customer_query(request, violations, same_region=request.same_region, max_cars=request.max_cars)
+    return customer_query(request, violations, same_region=request.same_region, max_cars=request.max_cars,
+                          filters=filters_to_domain(request, violations))
 
 
 def customer_query(request: Any, violations: Violations | None = None, **options) -> OfferQuery:

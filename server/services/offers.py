@@ -15,6 +15,7 @@ from engine_ext import (ALL_TIERS, CustomerTerms, Engine, EngineInputError, Offe
 from engine_ext.constants import REJECT_DOWN_PAYMENT_NOT_MET, REJECT_LOAN_NOT_POSITIVE
 
 from ..config import Settings, SettingsStore
+from ..data.filters import NO_FILTERS, ConsiderationFilters
 from ..data.inventory import InventoryCache, Selection
 from ..data.repository import Repository
 from ..deadline import Deadline
@@ -43,6 +44,7 @@ class OfferQuery:
     max_offers: int = 0                             # 0: all
     same_region: bool = False
     max_cars: int = 0                               # 0: the configured prefilter limit
+    filters: ConsiderationFilters = NO_FILTERS      # cars considered (before the limit)
     violations: tuple[Violation, ...] = ()          # found while reading the request: reported with the service's
 
 
@@ -88,8 +90,9 @@ def validate_customer(customer: Customer, inline: bool, table_rows: int, violati
                   f"down-payment table), got {customer.risk_profile_index}")
     if len(customer.risk_profile_name) > 16:
         found.add(f"{prefix}risk_profile_name", "must be at most 16 characters")
-    if len(customer.region) > 64:
-        found.add(f"{prefix}region", "must be at most 64 characters")
+    for name in ("region", "current_car_brand", "current_car_model"):
+        if len(getattr(customer, name)) > 64:
+            found.add(f"{prefix}{name}", "must be at most 64 characters")
     if violations is None:
         found.check()
 
@@ -168,13 +171,14 @@ class OfferService:
 
     @traced("prefilter")
     def prefilter(self, customer: Customer, same_region: bool, max_cars: int, deadline: Deadline,
-                  settings: Settings | None = None) -> Selection:
+                  settings: Settings | None = None, filters: ConsiderationFilters = NO_FILTERS) -> Selection:
         settings = (settings or self.settings.current).prefilter
         limit = max_cars or settings.default_limit  # at most max_limit (see check)
+        bounds = filters.resolve(customer)
         deadline.check("before the prefilter")
         if settings.mode == "sql":
-            return self.inventory.prefilter_sql(self.engine.kernel, customer, same_region, limit, deadline)
-        return self.inventory.snapshot(deadline).match(self.engine.kernel, customer, same_region, limit)
+            return self.inventory.prefilter_sql(self.engine.kernel, customer, same_region, limit, deadline, bounds)
+        return self.inventory.snapshot(deadline).match(self.engine.kernel, customer, same_region, limit, bounds)
 
     @staticmethod
     def terms_of(customer: Customer) -> CustomerTerms:
@@ -194,7 +198,7 @@ class OfferService:
     def _generate(self, query: OfferQuery, deadline: Deadline, started: float, tiers: tuple[int, ...],
                   settings: Settings, params: PricingParams) -> OfferResult:
         customer = self.load_customer(query.customer, deadline, settings)
-        selection = self.prefilter(customer, query.same_region, query.max_cars, deadline, settings)
+        selection = self.prefilter(customer, query.same_region, query.max_cars, deadline, settings, query.filters)
         priced = time.perf_counter()
         deadline.check("before pricing")
         offers = self.price(customer, selection, params, tiers)
@@ -218,11 +222,12 @@ class OfferService:
             raise FailedPrecondition(exc.reason, exc.field, reason="PRICING_INPUT_REJECTED") from None
 
     def subsidy_cars(self, customer: Customer, car_ids: Sequence[str], same_region: bool, max_cars: int,
-                     deadline: Deadline, settings: Settings | None = None) -> Selection:
+                     deadline: Deadline, settings: Settings | None = None,
+                     filters: ConsiderationFilters = NO_FILTERS) -> Selection:
         """The cars to search: the given ids (validated against the inventory), else the prefilter."""
         settings = settings or self.settings.current
         if not car_ids:
-            return self.prefilter(customer, same_region, max_cars, deadline, settings)
+            return self.prefilter(customer, same_region, max_cars, deadline, settings, filters)
         limit = settings.prefilter.max_limit
         if len(car_ids) > limit:
             raise InvalidArgument(f"at most {limit} cars, got {len(car_ids)}", "car_ids")
@@ -246,7 +251,8 @@ class OfferService:
         params = self.check(query, settings)
         with self.workers.place(deadline):
             customer = self.load_customer(query.customer, deadline, settings)
-            selection = self.subsidy_cars(customer, car_ids, query.same_region, query.max_cars, deadline, settings)
+            selection = self.subsidy_cars(customer, car_ids, query.same_region, query.max_cars, deadline, settings,
+                                          query.filters)
         total = len(selection.car_ids)
         for first in range(0, max(total, 1), batch_size):
             if first and not is_active():
