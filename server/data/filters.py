@@ -56,7 +56,7 @@ class ConsiderationFilters:
         for flag in ("same_brand_as_current", "other_brand_than_current"):
             if getattr(self, flag) and not current:
                 raise FailedPrecondition(f"the customer {customer.customer_id!r} has no current_car_brand",
-                                         f"filters.{flag}")
+                                         f"filters.{flag}", reason="CUSTOMER_BRAND_UNKNOWN")
         brands = frozenset(self.brands) if self.brands else None
         if self.same_brand_as_current:
             brands = frozenset({current}) & brands if brands is not None else frozenset({current})

@@ -54,6 +54,7 @@ class OfferServiceStub:
     NOT_FOUND: CUSTOMER_NOT_FOUND, CAR_NOT_FOUND
     FAILED_PRECONDITION: CUSTOMER_RECORD_INVALID (a stored customer that cannot be priced),
     PRICING_INPUT_REJECTED (the engine refuses stored data or configuration),
+    CUSTOMER_BRAND_UNKNOWN (a same/other-brand filter for a customer without a current brand),
     OFFER_NOT_FINANCEABLE (GetAmortizationTable: not financeable over that term for this customer),
     ADMIN_DISABLED (AdminService, the server has no admin token)
     UNAVAILABLE: STARTING, SHUTTING_DOWN, DATABASE_UNAVAILABLE (retry; the client library does)
@@ -131,6 +132,7 @@ class OfferServiceServicer:
     NOT_FOUND: CUSTOMER_NOT_FOUND, CAR_NOT_FOUND
     FAILED_PRECONDITION: CUSTOMER_RECORD_INVALID (a stored customer that cannot be priced),
     PRICING_INPUT_REJECTED (the engine refuses stored data or configuration),
+    CUSTOMER_BRAND_UNKNOWN (a same/other-brand filter for a customer without a current brand),
     OFFER_NOT_FINANCEABLE (GetAmortizationTable: not financeable over that term for this customer),
     ADMIN_DISABLED (AdminService, the server has no admin token)
     UNAVAILABLE: STARTING, SHUTTING_DOWN, DATABASE_UNAVAILABLE (retry; the client library does)
@@ -263,6 +265,7 @@ class OfferService:
     NOT_FOUND: CUSTOMER_NOT_FOUND, CAR_NOT_FOUND
     FAILED_PRECONDITION: CUSTOMER_RECORD_INVALID (a stored customer that cannot be priced),
     PRICING_INPUT_REJECTED (the engine refuses stored data or configuration),
+    CUSTOMER_BRAND_UNKNOWN (a same/other-brand filter for a customer without a current brand),
     OFFER_NOT_FINANCEABLE (GetAmortizationTable: not financeable over that term for this customer),
     ADMIN_DISABLED (AdminService, the server has no admin token)
     UNAVAILABLE: STARTING, SHUTTING_DOWN, DATABASE_UNAVAILABLE (retry; the client library does)
