@@ -10,12 +10,15 @@ from engine_ext import Offer, OfferSet, ScheduleRow, SubsidyResult
 from engine_ext.wire_py import length_delimited
 from engine_ext.constants import ALL_TIERS, TIER_MAX_UPGRADE, TIER_NAMES, TIER_REFRESH, TIER_UPGRADE
 
-from protos.tradeup.v1 import admin_pb2, offers_pb2 as pb
+from protos.tradeup.v1 import admin_pb2, offers_pb2 as pb, search_pb2
 
 from ..domain import ConfigChange, Customer
 from ..errors import InvalidArgument
-from ..services.offers import OVERRIDE_FIELDS, CustomerRef, OfferQuery, OfferResult
+from ..services.offers import (GRID_FIELDS, OVERRIDE_FIELDS, CustomerRef, OfferQuery, OfferResult, SubsidyQuery,
+                               SubsidyTotals)
 from ..services import watch
+from ..services.search import (MAX_QUERY_WORDS, MAX_TEXT, CarFilters, CarPage, CustomerQuery, Facets,
+                               InventoryQuery)
 
 MAX_TERMS_IN_REQUEST = 24
 SUBSIDY_OUTCOMES = {
@@ -87,11 +90,101 @@ def offer_query(request: Any) -> OfferQuery:
                       same_region=options.same_region, max_cars=options.max_cars)
 
 
-def subsidy_query(request: pb.FindMinimumSubsidyRequest) -> OfferQuery:
+def subsidy_query(request: pb.FindMinimumSubsidyRequest) -> SubsidyQuery:
     if len(request.car_ids) > 100_000:
         raise InvalidArgument("too many car ids", "car_ids")
-    return OfferQuery(customer=customer_ref(request), overrides=overrides_to_domain(request.overrides),
-                      same_region=request.same_region, max_cars=request.max_cars)
+    offer = OfferQuery(customer=customer_ref(request), overrides=overrides_to_domain(request.overrides),
+                       same_region=request.same_region, max_cars=request.max_cars)
+    grid = {name: getattr(request.grid, name) for name in GRID_FIELDS if request.grid.HasField(name)}
+    return SubsidyQuery(offer=offer, car_ids=tuple(request.car_ids), grid=grid, max_viable=request.max_viable)
+
+
+# --- search --------------------------------------------------------------------------------------
+MAX_FILTER_NAMES = 50
+# The filters relative to the customer's current car: the inventory search has no customer.
+CUSTOMER_FILTERS = ("max_price_vs_current", "max_km_vs_current", "same_brand_as_current", "other_brand_than_current")
+
+
+def car_filters(filters: pb.ConsiderationFilters) -> CarFilters:
+    """The filters that select cars by their own fields, validated (field names under `filters.`)."""
+    for name in CUSTOMER_FILTERS:
+        if filters.HasField(name) if name.startswith("max_") else getattr(filters, name):
+            raise InvalidArgument("compares with a customer's current car: not available in a search",
+                                  f"filters.{name}")
+    values: dict[str, Any] = {}
+    for name in ("price_min", "price_max"):
+        if filters.HasField(name):
+            value = getattr(filters, name)
+            if not (math.isfinite(value) and 0 <= value <= 1e10):
+                raise InvalidArgument(f"must be a finite amount within 0..1e10 MXN, got {value}", f"filters.{name}")
+            values[name] = value
+    for name in ("year_min", "year_max"):
+        if filters.HasField(name):
+            if not 1950 <= getattr(filters, name) <= 2100:
+                raise InvalidArgument(f"must be within 1950..2100, got {getattr(filters, name)}", f"filters.{name}")
+            values[name] = getattr(filters, name)
+    if filters.HasField("km_max"):
+        if filters.km_max < 0:
+            raise InvalidArgument(f"must be >= 0, got {filters.km_max}", "filters.km_max")
+        values["km_max"] = filters.km_max
+    for low, high in (("price_min", "price_max"), ("year_min", "year_max")):
+        if low in values and high in values and values[low] > values[high]:
+            raise InvalidArgument(f"must be >= filters.{low}", f"filters.{high}")
+    for name in ("brands", "exclude_brands", "regions", "colors"):
+        names = getattr(filters, name)
+        if len(names) > MAX_FILTER_NAMES:
+            raise InvalidArgument(f"at most {MAX_FILTER_NAMES} entries, got {len(names)}", f"filters.{name}")
+        values[name] = tuple(_text(v, f"filters.{name}[{k}]", MAX_TEXT).lower() for k, v in enumerate(names))
+    return CarFilters(promotion_only=filters.promotion_only, **values)
+
+
+def search_text(query: str, name: str = "query") -> str:
+    words = _text(query, name, MAX_QUERY_WORDS * (MAX_TEXT + 1)).split()
+    if len(words) > MAX_QUERY_WORDS or any(len(w) > MAX_TEXT for w in words):
+        raise InvalidArgument(f"at most {MAX_QUERY_WORDS} words of at most {MAX_TEXT} characters", name)
+    return " ".join(words)
+
+
+def inventory_query(request: search_pb2.SearchInventoryRequest) -> InventoryQuery:
+    return InventoryQuery(text=search_text(request.query), filters=car_filters(request.filters),
+                          order_by=_text(request.order_by, "order_by", MAX_TEXT), page_size=request.page_size,
+                          page_token=_text(request.page_token, "page_token", 1024))
+
+
+def customer_query(request: search_pb2.SearchCustomersRequest) -> CustomerQuery:
+    if not request.id_prefix.isascii():
+        raise InvalidArgument("customer ids are printable ASCII", "id_prefix")
+    return CustomerQuery(id_prefix=_text(request.id_prefix, "id_prefix", MAX_TEXT),
+                         text=_text(request.text, "text", MAX_TEXT), region=_text(request.region, "region", MAX_TEXT),
+                         risk_profile=_text(request.risk_profile, "risk_profile", 16),
+                         order_by=_text(request.order_by, "order_by", MAX_TEXT), page_size=request.page_size,
+                         page_token=_text(request.page_token, "page_token", 1024))
+
+
+def car_page_to_pb(page: CarPage) -> search_pb2.SearchInventoryResponse:
+    return search_pb2.SearchInventoryResponse(
+        cars=[search_pb2.InventoryCar(car_id=c.car_id, brand=c.brand, model=c.model, year=c.year,
+                                      kilometers=c.kilometers, price=c.price, regular_price=c.regular_price,
+                                      on_promotion=c.has_promotion, region=c.region, color=c.color)
+              for c in page.cars],
+        next_page_token=page.next_page_token, total_size=page.total_size, inventory_version=page.inventory_version)
+
+
+def facets_to_pb(facets: Facets) -> search_pb2.InventoryFacetsResponse:
+    counts = lambda pairs: [search_pb2.FacetCount(value=v, count=n) for v, n in pairs]  # noqa: E731
+    low, q1, median, q3, high = facets.prices
+    return search_pb2.InventoryFacetsResponse(
+        total_cars=facets.total_cars, brands=counts(facets.brands),
+        years=[search_pb2.YearCount(year=y, count=n) for y, n in facets.years],
+        prices=search_pb2.PriceStats(min=low, q1=q1, median=median, q3=q3, max=high),
+        regions=counts(facets.regions), colors=counts(facets.colors), promotion_count=facets.promotion_count,
+        inventory_version=facets.inventory_version)
+
+
+def customers_to_pb(customers: Sequence[Customer], next_page_token: str) -> search_pb2.SearchCustomersResponse:
+    return search_pb2.SearchCustomersResponse(
+        customers=[pb.CustomerProfile(**c.__dict__) for c in customers],
+        next_page_token=next_page_token)
 
 
 # --- domain -> responses -------------------------------------------------------------------------
@@ -149,6 +242,12 @@ def bulk_offers(index: int, customer_id: str, result: OfferResult) -> bytes:
 def bulk_error(index: int, customer_id: str, code: str, message: str) -> bytes:
     return pb.GenerateOffersBulkResponse(index=index, customer_id=customer_id,
                                          error=pb.CustomerError(code=code, message=message)).SerializeToString()
+
+
+def subsidy_summary(totals: SubsidyTotals) -> pb.SubsidySummary:
+    return pb.SubsidySummary(candidates=totals.candidates, searched=totals.searched, viable=totals.viable,
+                             iterations=totals.iterations, best_viable=subsidy_to_pb(totals.best_viable()),
+                             nearest_misses=subsidy_to_pb(totals.nearest_misses()))
 
 
 def subsidy_to_pb(results: Sequence[SubsidyResult]) -> list[pb.SubsidyResult]:
