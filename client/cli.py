@@ -25,6 +25,22 @@ OVERRIDE_FLAGS = (("service_fee_pct", "--service-fee", "service fee, fraction of
                   ("kavak_total_amount", "--kavak-total", "Kavak Total amount, MXN"),
                   ("insurance_amount", "--insurance", "annual insurance, MXN"),
                   ("interest_rate", "--rate", "annual rate (fraction, or percent above 1)"))
+# ConsiderationFilters fields: (field, flag, kind, help); list: the flag repeats, bool: a switch.
+FILTER_FLAGS = (("price_min", "--price-min", float, "financing price at least this, MXN"),
+                ("price_max", "--price-max", float, "financing price at most this, MXN"),
+                ("max_price_vs_current", "--max-price-vs-current", float,
+                 "price at most this ratio of the current car's value"),
+                ("brands", "--brand", list, "this brand (repeat for any of several)"),
+                ("exclude_brands", "--exclude-brand", list, "not this brand (repeat)"),
+                ("same_brand_as_current", "--same-brand", bool, "the current car's brand only"),
+                ("other_brand_than_current", "--other-brand", bool, "any brand but the current car's"),
+                ("year_min", "--year-min", int, "model year at least this"),
+                ("year_max", "--year-max", int, "model year at most this"),
+                ("km_max", "--km-max", int, "odometer at most this, km"),
+                ("max_km_vs_current", "--max-km-vs-current", float, "odometer at most this ratio of the current car's"),
+                ("promotion_only", "--promotion-only", bool, "cars on promotion only"),
+                ("regions", "--region", list, "cars in this region (repeat for any of several)"),
+                ("colors", "--color", list, "cars of this colour (repeat for any of several)"))
 
 
 def _as_json(message) -> str:
@@ -37,6 +53,10 @@ def _money(value: float) -> str:
 
 def _overrides(args) -> dict:
     return {name: getattr(args, name) for name, _, _ in OVERRIDE_FLAGS if getattr(args, name) is not None}
+
+
+def _filters(args) -> dict:
+    return {name: getattr(args, name) for name, _, _, _ in FILTER_FLAGS if getattr(args, name) not in (None, False)}
 
 
 PROFILE_FIELDS = tuple(f.name for f in pb.CustomerProfile.DESCRIPTOR.fields)
@@ -112,7 +132,7 @@ def _summary_line(summary: pb.OfferSummary) -> str:
 def cmd_offers(client: OfferClient, args) -> int:
     response = client.generate_offers(**_customer(args), overrides=_overrides(args), terms=args.terms or (),
                                       tiers=args.tiers or (), max_offers=args.max_offers,
-                                      same_region=args.same_region, max_cars=args.max_cars)
+                                      same_region=args.same_region, max_cars=args.max_cars, filters=_filters(args))
     if args.json:
         print(_as_json(response))
         return 0
@@ -172,7 +192,7 @@ def cmd_bulk(client: OfferClient, args) -> int:
     if not ids:
         print("bulk: give customer ids as arguments or with --file", file=sys.stderr)
         return 2
-    requests = ({"customer_id": c, "max_offers": args.max_offers} for c in ids)
+    requests = ({"customer_id": c, "max_offers": args.max_offers, "filters": _filters(args)} for c in ids)
     errors = 0
     progress = Progress(len(ids), args.progress or (sys.stderr.isatty() and not args.json))
     for done, item in enumerate(client.generate_offers_bulk(requests, timeout=args.timeout * len(ids)), 1):
@@ -227,8 +247,8 @@ def _subsidy_rows(rows: Iterable[pb.SubsidyResult]) -> list[str]:
 
 def cmd_subsidy(client: OfferClient, args) -> int:
     stream = client.find_minimum_subsidy(**_customer(args), car_ids=args.cars or (), overrides=_overrides(args),
-                                         same_region=args.same_region, max_cars=args.max_cars, grid=_grid(args),
-                                         max_viable=args.max_viable)
+                                         same_region=args.same_region, max_cars=args.max_cars, filters=_filters(args),
+                                         grid=_grid(args), max_viable=args.max_viable)
     rows: list[pb.SubsidyResult] = []
     last = None
     for message in stream:
@@ -249,16 +269,6 @@ def cmd_subsidy(client: OfferClient, args) -> int:
             print(f"{title} ({len(shown)} shown):")
             print("\n".join(_subsidy_rows(shown)))
     return 0
-
-
-def _filters(args) -> dict:
-    """ConsiderationFilters fields from the search flags."""
-    filters = {name: getattr(args, name) for name in ("price_min", "price_max", "year_min", "year_max", "km_max")
-               if getattr(args, name) is not None}
-    filters.update({name: getattr(args, name) for name in ("brands", "regions", "colors") if getattr(args, name)})
-    if args.promotion_only:
-        filters["promotion_only"] = True
-    return filters
 
 
 def cmd_search(client: OfferClient, args) -> int:
@@ -424,7 +434,7 @@ def cmd_watch(client: OfferClient, args) -> int:
         print("watch: give a customer id or --profile", file=sys.stderr)
         return 2
     stream = client.watch_offers(**_customer(args), overrides=_overrides(args), tiers=args.tiers or (),
-                                 max_offers=args.max_offers, same_region=args.same_region)
+                                 max_offers=args.max_offers, same_region=args.same_region, filters=_filters(args))
     redraw = sys.stdout.isatty() and not args.json
     live = LiveOffers()
     try:
@@ -455,6 +465,7 @@ def _add_watch(add) -> None:
     p.add_argument("--tiers", nargs="+", choices=sorted(TIERS), help="tiers wanted (default all)")
     p.add_argument("--max-offers", type=_whole(0), default=0, help="at most this many offers (0 = all)")
     p.add_argument("--same-region", action="store_true", help="only cars in the customer's region")
+    _add_filters(p)
     p.add_argument("--per-tier", type=_whole(0), default=5, help="offers shown per tier in the table")
     p.add_argument("--seconds", type=_seconds, default=None, help="stop after this long (default: until Ctrl-C)")
     p.add_argument("--json", action="store_true", help="one JSON line per message (also when not on a terminal)")
@@ -485,6 +496,18 @@ def _add_customer(parser: argparse.ArgumentParser, overrides: bool = True) -> No
             parser.add_argument(flag, dest=name, type=float, help=f"override: {doc}")
 
 
+def _add_filters(parser: argparse.ArgumentParser) -> None:
+    """The consideration filters: which cars are priced at all (before the prefilter limit)."""
+    group = parser.add_argument_group("filters", "cars considered (the server checks the values)")
+    for name, flag, kind, doc in FILTER_FLAGS:
+        if kind is list:
+            group.add_argument(flag, dest=name, action="append", metavar=name.upper()[:-1], help=doc)
+        elif kind is bool:
+            group.add_argument(flag, dest=name, action="store_true", help=doc)
+        else:
+            group.add_argument(flag, dest=name, type=kind, help=doc)
+
+
 def _login_name() -> str:
     """$LOGNAME or $USER, else the account's name (a root shell often sets neither)."""
     try:
@@ -508,6 +531,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-offers", type=_whole(0), default=0, help="at most this many offers (0 = all)")
     p.add_argument("--max-cars", type=_whole(0), default=0, help="prefilter limit (0 = server default)")
     p.add_argument("--same-region", action="store_true", help="only cars in the customer's region")
+    _add_filters(p)
     p.add_argument("--per-tier", type=_whole(0), default=5, help="offers shown per tier in the table")
     p.add_argument("--json", action="store_true", help="the whole response as JSON")
     p.set_defaults(run=cmd_offers)
@@ -517,6 +541,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--file", help="file with one customer id per line")
     p.add_argument("--max-offers", type=_whole(0), default=0)
     p.add_argument("--progress", action="store_true", help="show the progress bar even when not on a terminal")
+    _add_filters(p)
     p.add_argument("--json", action="store_true", help="one JSON object per customer")
     p.set_defaults(run=cmd_bulk)
 
@@ -525,6 +550,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cars", nargs="+", help="car ids (default: the prefiltered cars)")
     p.add_argument("--max-cars", type=_whole(0), default=0)
     p.add_argument("--same-region", action="store_true")
+    _add_filters(p)
     p.add_argument("--max-viable", type=_whole(0), default=0, help="stop after this many viable cars (0 = all)")
     for name, flag, doc in GRID_FLAGS:
         p.add_argument(flag, dest=name, type=float, help=f"grid: {doc} (default: configured)")
@@ -538,13 +564,7 @@ def build_parser() -> argparse.ArgumentParser:
                            ("facets", cmd_facets, "brands, years, prices, regions and colours of the matching cars")):
         p = add(name, help=doc)
         p.add_argument("words", nargs="*", help='words matching the car id, brand or model, e.g. "mazda 3"')
-        for flag, kind, what in (("--price-min", float, "MXN"), ("--price-max", float, "MXN"),
-                                 ("--year-min", int, "model year"), ("--year-max", int, "model year"),
-                                 ("--km-max", int, "km")):
-            p.add_argument(flag, type=kind, help=what)
-        for flag in ("--brands", "--regions", "--colors"):
-            p.add_argument(flag, nargs="+", help="any of these (case ignored)")
-        p.add_argument("--promotion-only", action="store_true", help="cars on promotion only")
+        _add_filters(p)
         if name == "search":
             p.add_argument("--order-by", default="", help='"price", "year" or "kilometers", optionally " desc"')
             p.add_argument("--page-size", type=_whole(0), default=20, help="cars per page (at most 500)")

@@ -40,13 +40,20 @@ RETRY_POLICY = {
 
 def offer_request(cls, customer_id: str | None = None, profile: dict | pb.CustomerProfile | None = None,
                   overrides: dict | None = None, terms: Sequence[int] = (), tiers: Sequence[str | int] = (),
-                  max_offers: int = 0, same_region: bool = False, max_cars: int = 0):
-    """A GenerateOffers / StreamOffers / bulk request from plain values."""
+                  max_offers: int = 0, same_region: bool = False, max_cars: int = 0,
+                  filters: dict | pb.ConsiderationFilters | None = None):
+    """A GenerateOffers / StreamOffers / bulk / watch request from plain values. `filters`: the
+    ConsiderationFilters fields, e.g. {"brands": ["Mazda"], "year_min": 2021, "price_max": 450000}."""
     request = cls(overrides=pb.PricingOverrides(**(overrides or {})),
                   options=pb.OfferOptions(terms=list(terms), tiers=[TIERS.get(t, t) for t in tiers],
-                                          max_offers=max_offers, same_region=same_region, max_cars=max_cars))
+                                          max_offers=max_offers, same_region=same_region, max_cars=max_cars),
+                  filters=_filters(filters))
     _set_customer(request, customer_id, profile)
     return request
+
+
+def _filters(filters: dict | pb.ConsiderationFilters | None) -> pb.ConsiderationFilters:
+    return filters if isinstance(filters, pb.ConsiderationFilters) else pb.ConsiderationFilters(**(filters or {}))
 
 
 def _set_customer(request, customer_id, profile) -> None:
@@ -117,12 +124,14 @@ class OfferClient:
 
     def find_minimum_subsidy(self, customer_id: str | None = None, profile=None, car_ids: Sequence[str] = (),
                              overrides: dict | None = None, same_region: bool = False, max_cars: int = 0,
-                             grid: dict | None = None, max_viable: int = 0, timeout: float | None = None,
+                             filters: dict | pb.ConsiderationFilters | None = None, grid: dict | None = None,
+                             max_viable: int = 0, timeout: float | None = None,
                              metadata=None) -> Iterator[pb.FindMinimumSubsidyResponse]:
         """`grid`: SubsidySearchGrid fields (e.g. {"cac_max": 20000, "cac_step": 1000}) replacing the
         configured grid for this call; `max_viable`: stop after that many viable cars."""
         request = pb.FindMinimumSubsidyRequest(car_ids=list(car_ids), overrides=pb.PricingOverrides(**(overrides or {})),
-                                               same_region=same_region, max_cars=max_cars, max_viable=max_viable)
+                                               same_region=same_region, max_cars=max_cars, filters=_filters(filters),
+                                               max_viable=max_viable)
         if grid:
             request.grid.CopyFrom(pb.SubsidySearchGrid(**grid))
         _set_customer(request, customer_id, profile)
@@ -143,17 +152,17 @@ class OfferClient:
                                        metadata=metadata)
 
     # --- search ---------------------------------------------------------------------------------
-    def search_inventory(self, query: str = "", filters: dict | None = None, order_by: str = "", page_size: int = 0,
+    def search_inventory(self, query: str = "", filters: dict | pb.ConsiderationFilters | None = None, order_by: str = "", page_size: int = 0,
                          page_token: str = "", timeout: float | None = None,
                          metadata=None) -> search_pb2.SearchInventoryResponse:
         """One page of available cars; `filters`: ConsiderationFilters fields, e.g. {"brands": ["Mazda"]}."""
-        request = search_pb2.SearchInventoryRequest(query=query, filters=pb.ConsiderationFilters(**(filters or {})),
+        request = search_pb2.SearchInventoryRequest(query=query, filters=_filters(filters),
                                                     order_by=order_by, page_size=page_size, page_token=page_token)
         return self.search.SearchInventory(request, timeout=self._timeout(timeout), metadata=metadata)
 
-    def inventory_facets(self, query: str = "", filters: dict | None = None, timeout: float | None = None,
+    def inventory_facets(self, query: str = "", filters: dict | pb.ConsiderationFilters | None = None, timeout: float | None = None,
                          metadata=None) -> search_pb2.InventoryFacetsResponse:
-        request = search_pb2.InventoryFacetsRequest(query=query, filters=pb.ConsiderationFilters(**(filters or {})))
+        request = search_pb2.InventoryFacetsRequest(query=query, filters=_filters(filters))
         return self.search.InventoryFacets(request, timeout=self._timeout(timeout), metadata=metadata)
 
     def search_customers(self, id_prefix: str = "", text: str = "", region: str = "", risk_profile: str = "",

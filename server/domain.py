@@ -17,6 +17,8 @@ class Customer:
     risk_profile_name: str
     risk_profile_index: int | None  # row of the down-payment table; None: from the name
     region: str = ""
+    current_car_brand: str = ""   # optional; the same/other-brand filters need it
+    current_car_model: str = ""
 
 
 @dataclass(frozen=True)

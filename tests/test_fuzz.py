@@ -39,13 +39,22 @@ optional = lambda strategy: st.none() | strategy  # noqa: E731
 
 profiles = st.builds(lambda *v: pb.CustomerProfile(**{k: x for k, x in zip(
     ("customer_id", "current_monthly_payment", "outstanding_balance", "current_car_price", "current_car_year",
-     "current_car_km", "risk_profile_name", "region"), v)}), text, doubles, doubles, doubles, int32, int32, text, text)
+     "current_car_km", "risk_profile_name", "region", "current_car_brand", "current_car_model"), v)}),
+    text, doubles, doubles, doubles, int32, int32, text, text, text, text)
 overrides = st.builds(lambda *v: pb.PricingOverrides(**{k: x for k, x in zip(
     ("service_fee_pct", "cxa_pct", "cac_bonus", "kavak_total_amount", "insurance_amount", "interest_rate"), v)
     if x is not None}), *[optional(doubles)] * 6)
 options = st.builds(lambda terms, tiers, max_offers, same_region, max_cars: pb.OfferOptions(
     terms=terms, tiers=tiers, max_offers=max_offers, same_region=same_region, max_cars=max_cars),
     st.lists(int32, max_size=30), st.lists(st.integers(-5, 8), max_size=15), uint32, st.booleans(), uint32)
+names = st.lists(st.sampled_from(["Mazda", "HONDA", "cdmx", "Blanco", "Querétaro"]) | text, max_size=4) | st.just(
+    ["Kia"] * 51)
+filters = st.none() | st.builds(lambda *v: pb.ConsiderationFilters(**{k: x for k, x in zip(
+    ("price_min", "price_max", "max_price_vs_current", "brands", "exclude_brands", "same_brand_as_current",
+     "other_brand_than_current", "year_min", "year_max", "km_max", "max_km_vs_current", "promotion_only", "regions",
+     "colors"), v) if x is not None}),
+    optional(doubles), optional(doubles), optional(doubles), names, names, st.booleans(), st.booleans(),
+    optional(int32), optional(int32), optional(int32), optional(doubles), st.booleans(), names, names)
 
 
 def with_customer(message, customer):
@@ -86,11 +95,11 @@ def stubs(tmp_path):
 
 
 @FUZZ
-@given(customer=customers, overrides=overrides, options=options)
-def test_fuzz_generate_and_stream(stubs, customer, overrides, options):
-    request = with_customer(pb.GenerateOffersRequest(overrides=overrides, options=options), customer)
+@given(customer=customers, overrides=overrides, options=options, filters=filters)
+def test_fuzz_generate_and_stream(stubs, customer, overrides, options, filters):
+    request = with_customer(pb.GenerateOffersRequest(overrides=overrides, options=options, filters=filters), customer)
     response = check(lambda: stubs.offers.GenerateOffers(request, timeout=30))
-    stream = with_customer(pb.StreamOffersRequest(overrides=overrides, options=options), customer)
+    stream = with_customer(pb.StreamOffersRequest(overrides=overrides, options=options, filters=filters), customer)
     messages = check(lambda: stubs.offers.StreamOffers(stream, timeout=30))
     if response is not None and messages is not None:
         assert sum(len(m.offers) for m in messages) == sum(len(g.offers) for g in response.groups)
@@ -98,11 +107,12 @@ def test_fuzz_generate_and_stream(stubs, customer, overrides, options):
 
 @FUZZ
 @given(customer=customers, cars=st.lists(car_ids, max_size=5) | st.just([CARS[-1]] * 2001),
-       overrides=overrides, same_region=st.booleans(), max_cars=st.sampled_from([0, 1, 20, 2000, 2001, 2**32 - 1]))
-def test_fuzz_minimum_subsidy(stubs, customer, cars, overrides, same_region, max_cars):
+       overrides=overrides, same_region=st.booleans(), max_cars=st.sampled_from([0, 1, 20, 2000, 2001, 2**32 - 1]),
+       filters=filters)
+def test_fuzz_minimum_subsidy(stubs, customer, cars, overrides, same_region, max_cars, filters):
     request = with_customer(pb.FindMinimumSubsidyRequest(car_ids=cars, overrides=overrides, same_region=same_region,
-                                                         max_cars=min(max_cars, 20) if not cars else max_cars),
-                            customer)
+                                                         max_cars=min(max_cars, 20) if not cars else max_cars,
+                                                         filters=filters), customer)
     check(lambda: stubs.offers.FindMinimumSubsidy(request, timeout=30))
 
 
@@ -114,9 +124,10 @@ def test_fuzz_amortization(stubs, customer, car, term, overrides):
 
 
 @FUZZ
-@given(requests=st.lists(st.tuples(customers, overrides, options), max_size=4))
+@given(requests=st.lists(st.tuples(customers, overrides, options, filters), max_size=4))
 def test_fuzz_bulk(stubs, requests):
-    messages = [with_customer(pb.GenerateOffersBulkRequest(overrides=o, options=p), c) for c, o, p in requests]
+    messages = [with_customer(pb.GenerateOffersBulkRequest(overrides=o, options=p, filters=f), c)
+                for c, o, p, f in requests]
     responses = check(lambda: stubs.offers.GenerateOffersBulk(iter(messages), timeout=30))
     if responses is not None:
         assert [r.index for r in responses] == list(range(len(messages)))
@@ -145,3 +156,12 @@ def test_fuzz_admin(stubs, changes):
     except grpc.RpcError as err:  # keys are the caller's own text: the message starts with their path
         assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and err.details().startswith("changes"), err.details()
     assert stubs.admin.GetStatus(admin_pb2.GetStatusRequest(), timeout=10, metadata=metadata).database_reachable
+
+
+@settings(FUZZ, max_examples=max(EXAMPLES // 10, 20))
+@given(customer=customers, options=options, filters=filters)
+def test_fuzz_watch(stubs, customer, options, filters):
+    call = stubs.offers.WatchOffers(with_customer(pb.WatchOffersRequest(options=options, filters=filters), customer),
+                                    timeout=30)
+    check(lambda: next(call))
+    call.cancel()

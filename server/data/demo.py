@@ -51,10 +51,13 @@ def demo_cars(count: int = 4000, seed: int = 20261125) -> list[Car]:
 
 def demo_customers(count: int = 5000, seed: int = 20261126, params: PricingParams | None = None) -> list[Customer]:
     rng = random.Random(seed)
+    cars = random.Random(seed + 1)  # the current brand and model, apart: the other fields stay as they were
+    brands = sorted(MODELS)
     params = params or PricingParams()
     names, weights = zip(*PROFILE_WEIGHTS.items())
     customers = []
     for k in range(1, count + 1):
+        brand = cars.choice(brands)
         year = rng.choices(range(2011, 2022), weights=(2, 3, 8, 27, 34, 37, 40, 28, 11, 9, 1))[0]
         price = _round_price(rng.lognormvariate(12.38, 0.3))
         profile = rng.choices(names, weights=weights)[0]
@@ -63,5 +66,5 @@ def demo_customers(count: int = 5000, seed: int = 20261126, params: PricingParam
             outstanding_balance=round(price * rng.uniform(0.03, 0.30), 2), current_car_price=price,
             current_car_year=year, current_car_km=int(max(5_000, rng.gauss(68_000, 25_000))),
             risk_profile_name=profile, risk_profile_index=params.profile_index(profile),
-            region=rng.choice(REGIONS)))
+            region=rng.choice(REGIONS), current_car_brand=brand, current_car_model=cars.choice(MODELS[brand])))
     return customers

@@ -23,10 +23,12 @@ from array import array
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
+import numpy as np
 from cachetools import TTLCache
 
 from ..deadline import Deadline
 from ..domain import Car, Customer
+from .filters import Bounds, fold
 from .repository import RECONCILE_BUCKETS, ChangeState, Repository, car_bucket, car_checksum
 
 # The bound of a snapshot load, and of the wait for one, outside any call (the change feed,
@@ -43,6 +45,39 @@ SnapshotListener = Callable[[int, tuple[str, ...] | None], None]  # (version, ca
 
 def _order(car: Car) -> tuple:
     return (-car.year, -car.price, car.car_id)
+
+
+@dataclass(frozen=True)
+class Codes:
+    """Each distinct name (region, brand, colour) of a snapshot's cars -> its code in the columns."""
+    regions: dict[str, int]
+    brands: dict[str, int]
+    colors: dict[str, int]
+
+    def copy(self) -> "Codes":
+        return Codes(dict(self.regions), dict(self.brands), dict(self.colors))
+
+    @staticmethod
+    def code(codes: dict[str, int], name: str) -> int:
+        return codes.setdefault(name, len(codes))
+
+    @staticmethod
+    def matching(codes: dict[str, int], folded: frozenset[str]) -> list[int]:
+        """The codes of the names that fold to one of these (a pass over the distinct names only)."""
+        return [code for name, code in codes.items() if fold(name) in folded]
+
+
+# The snapshot's columns, one value per car in prefilter order: name, array typecode, value of a car.
+_COLUMNS = (
+    ("years", "l", lambda car, ranks, codes: car.year),
+    ("prices", "d", lambda car, ranks, codes: car.price),
+    ("kilometers", "l", lambda car, ranks, codes: car.kilometers),
+    ("regions", "l", lambda car, ranks, codes: Codes.code(codes.regions, car.region)),
+    ("ranks", "l", lambda car, ranks, codes: ranks.rank_of[car.car_id]),
+    ("brands", "l", lambda car, ranks, codes: Codes.code(codes.brands, car.brand)),
+    ("colors", "l", lambda car, ranks, codes: Codes.code(codes.colors, car.color)),
+    ("promotions", "b", lambda car, ranks, codes: int(car.has_promotion)),
+)
 
 
 @dataclass(frozen=True)
@@ -107,18 +142,20 @@ class InventorySnapshot:
                  mark: Any = None, ranks: RankTable | None = None):
         cars = sorted(cars, key=_order)
         ranks = ranks or RankTable([c.car_id for c in cars])
-        region_codes: dict[str, int] = {}
-        self._set([c.car_id for c in cars], array("l", (c.year for c in cars)),
-                  array("d", (c.price for c in cars)), array("l", (c.kilometers for c in cars)),
-                  array("l", (region_codes.setdefault(c.region, len(region_codes)) for c in cars)),
-                  array("l", (ranks.rank_of[c.car_id] for c in cars)), region_codes,
-                  {c.car_id: c for c in cars}, loaded_at, version, reload_version, mark, ranks, next(_GENERATIONS))
+        codes = Codes({}, {}, {})
+        self._set([c.car_id for c in cars],
+                  tuple(array(typecode, (value(c, ranks, codes) for c in cars)) for _, typecode, value in _COLUMNS),
+                  codes, {c.car_id: c for c in cars}, loaded_at, version, reload_version, mark, ranks,
+                  next(_GENERATIONS))
 
-    def _set(self, car_ids, years, prices, kilometers, regions, ranks, region_codes, by_id,
-             loaded_at, version, reload_version, mark, rank_table, generation, checksums=None) -> None:
+    def _set(self, car_ids, columns, codes, by_id, loaded_at, version, reload_version, mark, rank_table,
+             generation, checksums=None) -> None:
         self.car_ids = car_ids
-        self.years, self.prices, self.kilometers, self.regions, self.ranks = years, prices, kilometers, regions, ranks
-        self.region_codes, self.by_id = region_codes, by_id
+        self.columns = columns
+        (self.years, self.prices, self.kilometers, self.regions, self.ranks, self.brands, self.colors,
+         self.promotions) = columns
+        self.codes, self.region_codes, self.by_id = codes, codes.regions, by_id
+        self._arrays: dict[str, np.ndarray] | None = None  # numpy views of the columns, made on first use
         self.loaded_at, self.version, self.reload_version, self.mark = loaded_at, version, reload_version, mark
         self.rank_table = rank_table
         self.generation = generation  # shared only by snapshots holding the very same columns
@@ -152,24 +189,23 @@ class InventorySnapshot:
                if self.by_id.get(car_id) != (car if car.available else None)]
         if not ids:
             return self._next(loaded_at, version, mark), []
-        events: list[tuple] = []  # (row, 0, car, rank): insert before row; (row, 1): drop row
+        events: list[tuple] = []  # (row, 0, car): insert before row; (row, 1): drop row
         for car_id in ids:
             old = self.by_id.get(car_id)
             if old is not None:
                 events.append((self.position(old), 1))
             car = latest[car_id]
             if car.available:
-                rank = self.rank_table.rank(car_id)
-                if rank is None:  # no room between neighbouring ids: rebuild in full
+                if self.rank_table.rank(car_id) is None:  # no room between neighbouring ids: rebuild in full
                     survivors = [c for c in self.by_id.values() if c.car_id not in latest]
                     fresh = [c for c in latest.values() if c.available]
                     rebuilt = InventorySnapshot(survivors + fresh, loaded_at, version, self.reload_version, mark,
                                                 RankTable([*self.rank_table.ids, *latest]))
                     return rebuilt, ids
-                events.append((self.position(car), 0, car, rank))
+                events.append((self.position(car), 0, car))
         events.sort(key=lambda e: (e[0], e[1], _order(e[2]) if e[1] == 0 else ()))
-        region_codes = dict(self.region_codes)
-        columns = (self.years, self.prices, self.kilometers, self.regions, self.ranks)
+        codes = self.codes.copy()
+        columns = self.columns
         out = tuple(array(column.typecode) for column in columns)
         views = tuple(memoryview(column).cast("B") for column in columns)
         out_ids: list[str] = []
@@ -183,12 +219,11 @@ class InventorySnapshot:
             if event[1] == 1:
                 start = row + 1
                 continue
-            car, rank = event[2], event[3]
+            car = event[2]
             start = max(start, row)
             out_ids.append(car.car_id)
-            for target, value in zip(out, (car.year, car.price, car.kilometers,
-                                            region_codes.setdefault(car.region, len(region_codes)), rank)):
-                target.append(value)
+            for target, (_, _, value) in zip(out, _COLUMNS):
+                target.append(value(car, self.rank_table, codes))
         out_ids += self.car_ids[start:]
         for target, view in zip(out, views):
             target.frombytes(view[start * target.itemsize:])
@@ -200,7 +235,7 @@ class InventorySnapshot:
             else:
                 by_id.pop(car_id, None)
         following = InventorySnapshot.__new__(InventorySnapshot)
-        following._set(out_ids, *out, region_codes, by_id, loaded_at, version, self.reload_version, mark,
+        following._set(out_ids, out, codes, by_id, loaded_at, version, self.reload_version, mark,
                        self.rank_table, next(_GENERATIONS), self._carry_checksums(ids, latest))
         return following, ids
 
@@ -237,9 +272,8 @@ class InventorySnapshot:
     def _next(self, loaded_at: float, version: int, mark: Any) -> "InventorySnapshot":
         """This snapshot's columns under a new version (nothing changed in them)."""
         following = InventorySnapshot.__new__(InventorySnapshot)
-        following._set(self.car_ids, self.years, self.prices, self.kilometers, self.regions, self.ranks,
-                       self.region_codes, self.by_id, loaded_at, version, self.reload_version, mark, self.rank_table,
-                       self.generation, self._checksums)
+        following._set(self.car_ids, self.columns, self.codes, self.by_id, loaded_at, version, self.reload_version,
+                       mark, self.rank_table, self.generation, self._checksums)
         return following
 
     def select(self, kernel, rows: Sequence[int]) -> Selection:
@@ -248,14 +282,51 @@ class InventorySnapshot:
         return Selection(car_ids=[ids[r] for r in rows], prices=kernel.take(self.prices, rows),
                          ranks=kernel.take(self.ranks, rows), rows=rows, inventory_version=self.version)
 
-    def match(self, kernel, customer: Customer, same_region: bool, limit: int) -> Selection:
-        """SPEC §2 against the snapshot, with the compiled (or twin) kernel."""
+    def match(self, kernel, customer: Customer, same_region: bool, limit: int, bounds: Bounds | None = None
+              ) -> Selection:
+        """SPEC §2 against the snapshot, with the compiled (or twin) kernel; with filters, the
+        logical trade-ups among the rows of mask(bounds), by numpy over the columns."""
         # -1: any region; a region no car is in gets a code no row has.
         region = self.region_codes.get(customer.region, len(self.region_codes)) if same_region else -1
-        rows = kernel.match_cars(self.years, self.prices, self.kilometers, self.regions,
-                                 float(customer.current_car_price), int(customer.current_car_year),
-                                 int(customer.current_car_km), region, limit)
-        return self.select(kernel, rows)
+        if bounds is None:
+            rows = kernel.match_cars(self.years, self.prices, self.kilometers, self.regions,
+                                     float(customer.current_car_price), int(customer.current_car_year),
+                                     int(customer.current_car_km), region, limit)
+            return self.select(kernel, rows)
+        a = self.arrays()
+        passing = (self.mask(bounds) & (a["prices"] > customer.current_car_price)
+                   & (a["years"] >= customer.current_car_year) & (a["kilometers"] < customer.current_car_km))
+        if region >= 0:
+            passing &= a["regions"] == region
+        return self.select(kernel, array("l", np.flatnonzero(passing)[:limit].astype("l").tobytes()))
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The columns as numpy arrays (views: no copy), by name."""
+        if self._arrays is None:
+            self._arrays = {name: np.frombuffer(column, dtype=column.typecode)
+                            for (name, _, _), column in zip(_COLUMNS, self.columns)}
+        return self._arrays
+
+    def mask(self, bounds: Bounds) -> np.ndarray:
+        """Which rows pass the filters (a bool per row): one vectorized pass per bound given."""
+        a = self.arrays()
+        passing = np.ones(len(self), dtype=bool)
+        for column, low, high in (("prices", bounds.price_low, bounds.price_high),
+                                  ("years", bounds.year_low, bounds.year_high), ("kilometers", None, bounds.km_high)):
+            if low is not None:
+                passing &= a[column] >= low
+            if high is not None:
+                passing &= a[column] <= high
+        for column, codes, wanted in (("brands", self.codes.brands, bounds.brands),
+                                      ("regions", self.codes.regions, bounds.regions),
+                                      ("colors", self.codes.colors, bounds.colors)):
+            if wanted is not None:
+                passing &= np.isin(a[column], self.codes.matching(codes, wanted))
+        if bounds.excluded_brands:
+            passing &= ~np.isin(a["brands"], self.codes.matching(self.codes.brands, bounds.excluded_brands))
+        if bounds.promotion_only:
+            passing &= a["promotions"].astype(bool)
+        return passing
 
 
 class InventoryCache:
@@ -390,15 +461,16 @@ class InventoryCache:
         return snapshot.apply(fresh + gone, snapshot.loaded_at, snapshot.version, snapshot.mark)
 
     def prefilter_sql(self, kernel, customer: Customer, same_region: bool, limit: int,
-                      deadline: Deadline | None = None) -> Selection:
-        """SPEC §2 in the database (ids only), the cars' details from the snapshot."""
+                      deadline: Deadline | None = None, bounds: Bounds | None = None) -> Selection:
+        """SPEC §2 in the database (ids only), the cars' details from the snapshot. The cache key
+        holds the filters bound to the customer (`bounds`, canonical: equal filters, equal key)."""
         snapshot = self.snapshot(deadline)
         region = customer.region if same_region else None
         key = (float(customer.current_car_price), int(customer.current_car_year), int(customer.current_car_km),
-               region, limit, snapshot.generation)
+               region, limit, bounds, snapshot.generation)
         rows = self._get("prefilter", self._prefilter, key)
         if rows is None:
-            ids = self.repository.prefilter_ids(*key[:5], deadline=deadline)
+            ids = self.repository.prefilter_ids(*key[:6], deadline=deadline)
             # A car sold after the snapshot was taken is not priced until the snapshot catches up.
             row_of = snapshot.row_of
             rows = array("l", (row_of[i] for i in ids if i in row_of))

@@ -19,6 +19,7 @@ from ..deadline import Deadline
 from ..errors import Unavailable
 from .breaker import CircuitBreaker
 from .database import MySQLDatabase, SQLiteDatabase
+from .filters import Bounds, fold
 
 T = TypeVar("T")
 log = logging.getLogger("tradeup.data")
@@ -37,7 +38,9 @@ SCHEMA = (
         current_car_km INT NOT NULL,
         risk_profile_name VARCHAR(16) NOT NULL,
         risk_profile_index SMALLINT NOT NULL,
-        region VARCHAR(64) NOT NULL DEFAULT ''
+        region VARCHAR(64) NOT NULL DEFAULT '',
+        current_car_brand VARCHAR(64) NOT NULL DEFAULT '',
+        current_car_model VARCHAR(128) NOT NULL DEFAULT ''
     ){suffix}""",
     """CREATE TABLE IF NOT EXISTS inventory (
         car_id {id_type} NOT NULL PRIMARY KEY,
@@ -117,9 +120,15 @@ CHANGE_SCHEMA = (
 _SEED_VERSIONS = {"mysql": "INSERT IGNORE INTO change_versions (id) VALUES (1)",
                   "sqlite": "INSERT OR IGNORE INTO change_versions (id) VALUES (1)"}
 _HAS_COLUMN = {"mysql": "SELECT COUNT(*) FROM information_schema.columns WHERE table_schema = DATABASE() "
-                        "AND table_name = 'inventory' AND column_name = 'updated_at'",
-               "sqlite": "SELECT COUNT(*) FROM pragma_table_info('inventory') WHERE name = 'updated_at'"}
-ADD_STAMP_COLUMN = "ALTER TABLE inventory ADD COLUMN {column}"
+                        "AND table_name = '{table}' AND column_name = '{column}'",
+               "sqlite": "SELECT COUNT(*) FROM pragma_table_info('{table}') WHERE name = '{column}'"}
+ADD_COLUMN = "ALTER TABLE {table} ADD COLUMN {definition}"
+# Columns added since a table's first release: (table, column, definition per backend).
+ADDED_COLUMNS = (
+    ("inventory", "updated_at", _STAMP_COLUMN),
+    ("customers", "current_car_brand", dict.fromkeys(_STAMP_COLUMN, "current_car_brand VARCHAR(64) NOT NULL DEFAULT ''")),
+    ("customers", "current_car_model", dict.fromkeys(_STAMP_COLUMN, "current_car_model VARCHAR(128) NOT NULL DEFAULT ''")),
+)
 # SQLite stamps come from a counter (not MAX + 1: REPLACE deletes the newest row before inserting).
 _STAMP = ("UPDATE change_versions SET stamp_sequence = stamp_sequence + 1 WHERE id = 1; "
           "UPDATE inventory SET updated_at = (SELECT stamp_sequence FROM change_versions WHERE id = 1) "
@@ -160,13 +169,14 @@ _BEGIN = {("mysql", False): "START TRANSACTION", ("mysql", True): "START TRANSAC
           ("sqlite", False): "BEGIN", ("sqlite", True): "BEGIN IMMEDIATE"}
 
 _CUSTOMER_COLUMNS = ("customer_id, current_monthly_payment, outstanding_balance, current_car_price, "
-                     "current_car_year, current_car_km, risk_profile_name, risk_profile_index, region")
+                     "current_car_year, current_car_km, risk_profile_name, risk_profile_index, region, "
+                     "current_car_brand, current_car_model")
 _CAR_COLUMNS = "car_id, brand, model, year, kilometers, regular_price, promotion_price, region, color, available"
 
 SELECT_ONE = "SELECT 1"
 GET_CUSTOMER = f"SELECT {_CUSTOMER_COLUMNS} FROM customers WHERE customer_id = %s"
 GET_CUSTOMERS = f"SELECT {_CUSTOMER_COLUMNS} FROM customers WHERE customer_id IN "  # + (%s, ...)
-PUT_CUSTOMER = f"REPLACE INTO customers ({_CUSTOMER_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
+PUT_CUSTOMER = f"REPLACE INTO customers ({_CUSTOMER_COLUMNS}) VALUES ({', '.join(['%s'] * 11)})"
 PUT_CAR = f"REPLACE INTO inventory ({_CAR_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
 SET_CAR_AVAILABLE = "UPDATE inventory SET available = %s WHERE car_id = %s"
 AVAILABLE_CARS = (f"SELECT {_CAR_COLUMNS} FROM inventory WHERE available = 1 "
@@ -175,6 +185,14 @@ _PREFILTER_WHERE = "WHERE available = 1 AND price > %s AND year >= %s AND kilome
 _PREFILTER_ORDER = " ORDER BY year DESC, price DESC, car_id ASC LIMIT %s"
 PREFILTER = f"SELECT car_id FROM inventory {_PREFILTER_WHERE}{_PREFILTER_ORDER}"
 PREFILTER_SAME_REGION = f"SELECT car_id FROM inventory {_PREFILTER_WHERE} AND region = %s{_PREFILTER_ORDER}"
+# Consideration filters (server/data/filters.py), added to the prefilter's WHERE for the bounds
+# given. Names compare folded, exactly: MySQL lowers under a binary collation (its default one
+# ignores accents), SQLite is lent Python's lower (its own folds ASCII only).
+_FOLDED = {"mysql": "LOWER({column}) COLLATE utf8mb4_bin", "sqlite": "LOWER({column})"}
+_FILTER_RANGES = (("price", "price_low", "price_high"), ("year", "year_low", "year_high"),
+                  ("kilometers", None, "km_high"))
+_FILTER_NAMES = (("brand", "brands", "IN"), ("brand", "excluded_brands", "NOT IN"), ("region", "regions", "IN"),
+                 ("color", "colors", "IN"))
 EXPLAIN_PREFILTER = "EXPLAIN " + PREFILTER
 # Customer search: each condition is added only when asked for, values always as parameters. An
 # id prefix is a range of the primary key (case as stored on both databases); text is a LIKE
@@ -271,7 +289,8 @@ def _car(row) -> Car:
 def _customer(row) -> Customer:
     return Customer(customer_id=row[0], current_monthly_payment=float(row[1]), outstanding_balance=float(row[2]),
                     current_car_price=float(row[3]), current_car_year=int(row[4]), current_car_km=int(row[5]),
-                    risk_profile_name=row[6], risk_profile_index=int(row[7]), region=row[8] or "")
+                    risk_profile_name=row[6], risk_profile_index=int(row[7]), region=row[8] or "",
+                    current_car_brand=row[9] or "", current_car_model=row[10] or "")
 
 
 def _car_rows(cars: Iterable[Car]) -> list[tuple]:
@@ -281,8 +300,8 @@ def _car_rows(cars: Iterable[Car]) -> list[tuple]:
 
 def _customer_rows(customers: Iterable[Customer]) -> list[tuple]:
     return [(c.customer_id, c.current_monthly_payment, c.outstanding_balance, c.current_car_price,
-             c.current_car_year, c.current_car_km, c.risk_profile_name, c.risk_profile_index, c.region)
-            for c in customers]
+             c.current_car_year, c.current_car_km, c.risk_profile_name, c.risk_profile_index, c.region,
+             c.current_car_brand, c.current_car_model) for c in customers]
 
 
 def _delete_all(cursor) -> None:
@@ -347,7 +366,9 @@ class Repository:
             for statement in SCHEMA + CHANGE_SCHEMA:
                 cursor.execute(statement.format(**names))
             cursor.execute(_SEED_VERSIONS[backend])
-            _ensure(cursor, _HAS_COLUMN[backend], ADD_STAMP_COLUMN.format(column=_STAMP_COLUMN[backend]))
+            for table, column, definition in ADDED_COLUMNS:
+                _ensure(cursor, _HAS_COLUMN[backend].format(table=table, column=column),
+                        ADD_COLUMN.format(table=table, definition=definition[backend]))
             for name, table, columns in INDEXES:
                 cursor.execute(self._sql(INDEX_EXISTS[backend]), (table, name))
                 if cursor.fetchone()[0]:
@@ -495,15 +516,44 @@ class Repository:
         return [_customer(row) for row in self._run("search_customers", work, deadline)]
 
     def prefilter_ids(self, min_price: float, min_year: int, max_km: int, region: str | None, limit: int,
-                      deadline: Deadline | None = None) -> list[str]:
-        """Stage 1 (SPEC §2): ids of the available cars that are logical trade-ups, in order."""
+                      bounds: Bounds | None = None, deadline: Deadline | None = None) -> list[str]:
+        """Stage 1 (SPEC §2): ids of the available cars that are logical trade-ups, in order; with
+        `bounds`, only those passing the consideration filters too (before the limit)."""
+        statement, values = (PREFILTER, [min_price, min_year, max_km]) if region is None else \
+            (PREFILTER_SAME_REGION, [min_price, min_year, max_km, region])
+        if bounds is not None:
+            where, extra = self._filter_where(bounds)
+            statement = statement.replace(_PREFILTER_ORDER, where + _PREFILTER_ORDER)
+            values += extra
+
         def work(cursor):
-            if region is None:
-                cursor.execute(self._sql(PREFILTER), (min_price, min_year, max_km, limit))
-            else:
-                cursor.execute(self._sql(PREFILTER_SAME_REGION), (min_price, min_year, max_km, region, limit))
+            if bounds is not None and self.backend == "sqlite":
+                cursor.connection.create_function("LOWER", 1, fold, deterministic=True)
+            cursor.execute(self._sql(statement), (*values, limit))
             return [row[0] for row in cursor.fetchall()]
         return self._run("prefilter", work, deadline)
+
+    def _filter_where(self, bounds: Bounds) -> tuple[str, list]:
+        """The prefilter's conditions for these bounds (AND ...) and their values."""
+        where, values = [], []
+        for column, low, high in _FILTER_RANGES:
+            for name, operator in ((low, ">="), (high, "<=")):
+                value = getattr(bounds, name) if name else None
+                if value is not None:
+                    where.append(f"{column} {operator} %s")
+                    values.append(value)
+        for column, name, operator in _FILTER_NAMES:
+            wanted = getattr(bounds, name)
+            if wanted is None or (operator == "NOT IN" and not wanted):
+                continue
+            if not wanted:  # no name can match
+                where.append("1 = 0")
+                continue
+            where.append(f"{_FOLDED[self.backend].format(column=column)} {operator} ({', '.join(['%s'] * len(wanted))})")
+            values += sorted(wanted)
+        if bounds.promotion_only:
+            where.append("price < regular_price")
+        return "".join(f" AND {condition}" for condition in where), values
 
     def explain_prefilter(self) -> list[dict[str, Any]]:
         """The query plan of the prefilter (MySQL's EXPLAIN or SQLite's EXPLAIN QUERY PLAN)."""

@@ -12,15 +12,19 @@ from engine_ext.constants import ALL_TIERS, TIER_MAX_UPGRADE, TIER_NAMES, TIER_R
 
 from protos.tradeup.v1 import admin_pb2, offers_pb2 as pb, search_pb2
 
+from ..data.filters import CUSTOMER_FILTERS, ConsiderationFilters, names
 from ..domain import ConfigChange, Customer
 from ..errors import InvalidArgument
 from ..services.offers import (GRID_FIELDS, OVERRIDE_FIELDS, CustomerRef, OfferQuery, OfferResult, SubsidyQuery,
                                SubsidyTotals)
 from ..services import watch
-from ..services.search import (MAX_QUERY_WORDS, MAX_TEXT, CarFilters, CarPage, CustomerQuery, Facets,
-                               InventoryQuery)
+from ..services.search import MAX_QUERY_WORDS, MAX_TEXT, CarPage, CustomerQuery, Facets, InventoryQuery
 
 MAX_TERMS_IN_REQUEST = 24
+MAX_FILTER_NAMES = 50  # entries of each name list of ConsiderationFilters, each of at most MAX_NAME_LENGTH
+MAX_NAME_LENGTH = 64
+MAX_FILTER_AMOUNT = 1e10  # MXN, as the customer's amounts
+MAX_FILTER_RATIO = 1e6
 SUBSIDY_OUTCOMES = {
     None: pb.SUBSIDY_OUTCOME_VIABLE,
     "Payment_Delta_Too_High": pb.SUBSIDY_OUTCOME_PAYMENT_DELTA_TOO_HIGH,
@@ -62,7 +66,9 @@ def profile_to_domain(profile: pb.CustomerProfile) -> Customer:
                     outstanding_balance=profile.outstanding_balance, current_car_price=profile.current_car_price,
                     current_car_year=profile.current_car_year, current_car_km=profile.current_car_km,
                     risk_profile_name=name, risk_profile_index=index,
-                    region=_text(profile.region, "profile.region", 64))
+                    region=_text(profile.region, "profile.region", 64),
+                    current_car_brand=_text(profile.current_car_brand, "profile.current_car_brand", 64),
+                    current_car_model=_text(profile.current_car_model, "profile.current_car_model", 64))
 
 
 def overrides_to_domain(overrides: pb.PricingOverrides) -> dict[str, float]:
@@ -76,6 +82,53 @@ def overrides_to_domain(overrides: pb.PricingOverrides) -> dict[str, float]:
     return values
 
 
+def _bound(filters: pb.ConsiderationFilters, name: str, low: float, high: float, above_low: bool = False):
+    """An optional number of the filters, within [low, high] ((low, high] if above_low); None if unset."""
+    if not filters.HasField(name):
+        return None
+    value = getattr(filters, name)
+    if not (math.isfinite(value) and (value > low if above_low else value >= low) and value <= high):
+        raise InvalidArgument(f"must be {'>' if above_low else '>='} {low:g} and <= {high:g}, got {value}",
+                              f"filters.{name}")
+    return value
+
+
+def _names(filters: pb.ConsiderationFilters, name: str) -> tuple[str, ...]:
+    values = getattr(filters, name)
+    if len(values) > MAX_FILTER_NAMES:
+        raise InvalidArgument(f"at most {MAX_FILTER_NAMES} entries, got {len(values)}", f"filters.{name}")
+    for k, value in enumerate(values):
+        if not value:
+            raise InvalidArgument("must not be empty", f"filters.{name}[{k}]")
+        _text(value, f"filters.{name}[{k}]", MAX_NAME_LENGTH)
+    return names(values)
+
+
+def _ordered(low, high, low_name: str, high_name: str) -> None:
+    if low is not None and high is not None and high < low:
+        raise InvalidArgument(f"must be >= {low_name} ({low:g}), got {high:g}", f"filters.{high_name}")
+
+
+def filters_to_domain(filters: pb.ConsiderationFilters) -> ConsiderationFilters:
+    """The request's filters, every field validated (the field named in the error)."""
+    price_min = _bound(filters, "price_min", 0.0, MAX_FILTER_AMOUNT)
+    price_max = _bound(filters, "price_max", 0.0, MAX_FILTER_AMOUNT)
+    _ordered(price_min, price_max, "price_min", "price_max")
+    year_min = _bound(filters, "year_min", 1950, 2100)
+    year_max = _bound(filters, "year_max", 1950, 2100)
+    _ordered(year_min, year_max, "year_min", "year_max")
+    if filters.same_brand_as_current and filters.other_brand_than_current:
+        raise InvalidArgument("cannot be given with same_brand_as_current", "filters.other_brand_than_current")
+    return ConsiderationFilters(
+        price_min=price_min, price_max=price_max,
+        max_price_vs_current=_bound(filters, "max_price_vs_current", 0.0, MAX_FILTER_RATIO, above_low=True),
+        brands=_names(filters, "brands"), exclude_brands=_names(filters, "exclude_brands"),
+        same_brand_as_current=filters.same_brand_as_current, other_brand_than_current=filters.other_brand_than_current,
+        year_min=year_min, year_max=year_max, km_max=_bound(filters, "km_max", 0, 2**31 - 1),
+        max_km_vs_current=_bound(filters, "max_km_vs_current", 0.0, MAX_FILTER_RATIO),
+        promotion_only=filters.promotion_only, regions=_names(filters, "regions"), colors=_names(filters, "colors"))
+
+
 def offer_query(request: Any) -> OfferQuery:
     options = request.options
     if len(options.terms) > MAX_TERMS_IN_REQUEST:
@@ -87,55 +140,29 @@ def offer_query(request: Any) -> OfferQuery:
             raise InvalidArgument(f"must be TIER_REFRESH, TIER_UPGRADE or TIER_MAX_UPGRADE, got {tier}", "options.tiers")
     return OfferQuery(customer=customer_ref(request), overrides=overrides_to_domain(request.overrides),
                       terms=tuple(options.terms), tiers=tuple(options.tiers), max_offers=options.max_offers,
-                      same_region=options.same_region, max_cars=options.max_cars)
+                      same_region=options.same_region, max_cars=options.max_cars,
+                      filters=filters_to_domain(request.filters))
 
 
 def subsidy_query(request: pb.FindMinimumSubsidyRequest) -> SubsidyQuery:
     if len(request.car_ids) > 100_000:
         raise InvalidArgument("too many car ids", "car_ids")
     offer = OfferQuery(customer=customer_ref(request), overrides=overrides_to_domain(request.overrides),
-                       same_region=request.same_region, max_cars=request.max_cars)
+                       same_region=request.same_region, max_cars=request.max_cars,
+                       filters=filters_to_domain(request.filters))
     grid = {name: getattr(request.grid, name) for name in GRID_FIELDS if request.grid.HasField(name)}
     return SubsidyQuery(offer=offer, car_ids=tuple(request.car_ids), grid=grid, max_viable=request.max_viable)
 
 
 # --- search --------------------------------------------------------------------------------------
-MAX_FILTER_NAMES = 50
-# The filters relative to the customer's current car: the inventory search has no customer.
-CUSTOMER_FILTERS = ("max_price_vs_current", "max_km_vs_current", "same_brand_as_current", "other_brand_than_current")
-
-
-def car_filters(filters: pb.ConsiderationFilters) -> CarFilters:
-    """The filters that select cars by their own fields, validated (field names under `filters.`)."""
+def search_filters(filters: pb.ConsiderationFilters) -> ConsiderationFilters:
+    """The filters of a search: validated as on the offer calls, without those that need a customer."""
+    domain = filters_to_domain(filters)
     for name in CUSTOMER_FILTERS:
-        if filters.HasField(name) if name.startswith("max_") else getattr(filters, name):
-            raise InvalidArgument("compares with a customer's current car: not available in a search",
+        if getattr(domain, name) not in (None, False):
+            raise InvalidArgument("compares with a customer's current car: a search has no customer",
                                   f"filters.{name}")
-    values: dict[str, Any] = {}
-    for name in ("price_min", "price_max"):
-        if filters.HasField(name):
-            value = getattr(filters, name)
-            if not (math.isfinite(value) and 0 <= value <= 1e10):
-                raise InvalidArgument(f"must be a finite amount within 0..1e10 MXN, got {value}", f"filters.{name}")
-            values[name] = value
-    for name in ("year_min", "year_max"):
-        if filters.HasField(name):
-            if not 1950 <= getattr(filters, name) <= 2100:
-                raise InvalidArgument(f"must be within 1950..2100, got {getattr(filters, name)}", f"filters.{name}")
-            values[name] = getattr(filters, name)
-    if filters.HasField("km_max"):
-        if filters.km_max < 0:
-            raise InvalidArgument(f"must be >= 0, got {filters.km_max}", "filters.km_max")
-        values["km_max"] = filters.km_max
-    for low, high in (("price_min", "price_max"), ("year_min", "year_max")):
-        if low in values and high in values and values[low] > values[high]:
-            raise InvalidArgument(f"must be >= filters.{low}", f"filters.{high}")
-    for name in ("brands", "exclude_brands", "regions", "colors"):
-        names = getattr(filters, name)
-        if len(names) > MAX_FILTER_NAMES:
-            raise InvalidArgument(f"at most {MAX_FILTER_NAMES} entries, got {len(names)}", f"filters.{name}")
-        values[name] = tuple(_text(v, f"filters.{name}[{k}]", MAX_TEXT).lower() for k, v in enumerate(names))
-    return CarFilters(promotion_only=filters.promotion_only, **values)
+    return domain
 
 
 def search_text(query: str, name: str = "query") -> str:
@@ -146,7 +173,7 @@ def search_text(query: str, name: str = "query") -> str:
 
 
 def inventory_query(request: search_pb2.SearchInventoryRequest) -> InventoryQuery:
-    return InventoryQuery(text=search_text(request.query), filters=car_filters(request.filters),
+    return InventoryQuery(text=search_text(request.query), filters=search_filters(request.filters),
                           order_by=_text(request.order_by, "order_by", MAX_TEXT), page_size=request.page_size,
                           page_token=_text(request.page_token, "page_token", 1024))
 

@@ -16,6 +16,7 @@ from engine_ext import (ALL_TIERS, CustomerTerms, Engine, EngineInputError, Offe
 from engine_ext.constants import REJECT_DOWN_PAYMENT_NOT_MET, REJECT_LOAN_NOT_POSITIVE
 
 from ..config import Settings, SettingsStore
+from ..data.filters import NO_FILTERS, ConsiderationFilters
 from ..data.inventory import InventoryCache, Selection
 from ..data.repository import Repository
 from ..deadline import Deadline
@@ -48,6 +49,7 @@ class OfferQuery:
     max_offers: int = 0                             # 0: all
     same_region: bool = False
     max_cars: int = 0                               # 0: the configured prefilter limit
+    filters: ConsiderationFilters = NO_FILTERS      # cars considered (before the limit)
 
 
 @dataclass(frozen=True)
@@ -135,8 +137,9 @@ def validate_customer(customer: Customer, inline: bool, table_rows: int) -> None
                     f"got {customer.risk_profile_index}", f"{prefix}risk_profile_index")
     if len(customer.risk_profile_name) > 16:
         raise error("must be at most 16 characters", f"{prefix}risk_profile_name")
-    if len(customer.region) > 64:
-        raise error("must be at most 64 characters", f"{prefix}region")
+    for name in ("region", "current_car_brand", "current_car_model"):
+        if len(getattr(customer, name)) > 64:
+            raise error("must be at most 64 characters", f"{prefix}{name}")
 
 
 class OfferService:
@@ -182,15 +185,16 @@ class OfferService:
             raise InvalidArgument(exc.reason, name) from None
 
     def prefilter(self, customer: Customer, same_region: bool, max_cars: int, deadline: Deadline,
-                  settings: Settings | None = None) -> Selection:
+                  settings: Settings | None = None, filters: ConsiderationFilters = NO_FILTERS) -> Selection:
         settings = (settings or self.settings.current).prefilter
         if max_cars > settings.max_limit:
             raise InvalidArgument(f"must be at most {settings.max_limit}, got {max_cars}", "options.max_cars")
         limit = max_cars or settings.default_limit
+        bounds = filters.resolve(customer)
         deadline.check("before the prefilter")
         if settings.mode == "sql":
-            return self.inventory.prefilter_sql(self.engine.kernel, customer, same_region, limit, deadline)
-        return self.inventory.snapshot(deadline).match(self.engine.kernel, customer, same_region, limit)
+            return self.inventory.prefilter_sql(self.engine.kernel, customer, same_region, limit, deadline, bounds)
+        return self.inventory.snapshot(deadline).match(self.engine.kernel, customer, same_region, limit, bounds)
 
     @staticmethod
     def terms_of(customer: Customer) -> CustomerTerms:
@@ -212,7 +216,7 @@ class OfferService:
     def _generate(self, query: OfferQuery, deadline: Deadline, started: float, tiers: tuple[int, ...],
                   settings: Settings, params: PricingParams) -> OfferResult:
         customer = self.load_customer(query.customer, deadline, settings)
-        selection = self.prefilter(customer, query.same_region, query.max_cars, deadline, settings)
+        selection = self.prefilter(customer, query.same_region, query.max_cars, deadline, settings, query.filters)
         priced = time.perf_counter()
         deadline.check("before pricing")
         try:
@@ -230,11 +234,12 @@ class OfferService:
         return result
 
     def subsidy_cars(self, customer: Customer, car_ids: Sequence[str], same_region: bool, max_cars: int,
-                     deadline: Deadline, settings: Settings | None = None) -> Selection:
+                     deadline: Deadline, settings: Settings | None = None,
+                     filters: ConsiderationFilters = NO_FILTERS) -> Selection:
         """The cars to search: the given ids (validated against the inventory), else the prefilter."""
         settings = settings or self.settings.current
         if not car_ids:
-            return self.prefilter(customer, same_region, max_cars, deadline, settings)
+            return self.prefilter(customer, same_region, max_cars, deadline, settings, filters)
         limit = settings.prefilter.max_limit
         if len(car_ids) > limit:
             raise InvalidArgument(f"at most {limit} cars, got {len(car_ids)}", "car_ids")
@@ -275,7 +280,7 @@ class OfferService:
         with self.workers.place(deadline):
             customer = self.load_customer(query.offer.customer, deadline, settings)
             selection = self.subsidy_cars(customer, query.car_ids, query.offer.same_region, query.offer.max_cars,
-                                          deadline, settings)
+                                          deadline, settings, query.offer.filters)
         totals = SubsidyTotals(candidates=len(selection.car_ids), max_viable=query.max_viable)
         for first in range(0, max(totals.candidates, 1), batch_size):
             if first and not is_active():

@@ -16,11 +16,12 @@ import bisect
 import hashlib
 import json
 import threading
-from dataclasses import dataclass, field, replace
-from typing import Any, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy
 
+from ..data.filters import NO_FILTERS, ConsiderationFilters
 from ..data.inventory import InventoryCache, InventorySnapshot
 from ..data.repository import Repository
 from ..deadline import Deadline
@@ -37,24 +38,9 @@ CUSTOMER_ORDERS = ("customer_id", "customer_id desc")
 
 
 @dataclass(frozen=True)
-class CarFilters:
-    """The ConsiderationFilters that select cars by their own fields. Lists hold lower-cased names."""
-    price_min: float | None = None
-    price_max: float | None = None
-    brands: tuple[str, ...] = ()
-    exclude_brands: tuple[str, ...] = ()
-    year_min: int | None = None
-    year_max: int | None = None
-    km_max: int | None = None
-    promotion_only: bool = False
-    regions: tuple[str, ...] = ()
-    colors: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
 class InventoryQuery:
     text: str = ""
-    filters: CarFilters = field(default_factory=CarFilters)
+    filters: ConsiderationFilters = NO_FILTERS
     order_by: str = ""
     page_size: int = 0
     page_token: str = ""
@@ -125,95 +111,64 @@ def read_token(query: Any, arity: int) -> list | None:
 
 
 # --- the inventory index -------------------------------------------------------------------------
-def _codes(values: Sequence[str]) -> tuple[list[str], numpy.ndarray]:
-    """(distinct values, the code of each value), codes in order of first appearance."""
-    table: dict[str, int] = {}
-    codes = numpy.fromiter((table.setdefault(v, len(table)) for v in values), dtype=numpy.int32, count=len(values))
-    return list(table), codes
-
-
-def _matching(names: list[str], wanted: Sequence[str]) -> numpy.ndarray:
-    """Codes of the names that equal one of `wanted` (lower-cased), ignoring case."""
-    wanted = set(wanted)
-    return numpy.array([k for k, name in enumerate(names) if name.lower() in wanted], dtype=numpy.int32)
-
-
 class InventoryIndex:
-    """Search columns over one snapshot's cars, in the snapshot's row order."""
+    """What a search needs of one snapshot beyond its columns: each car's brand and model (the
+    free text), the rows by car_id (the id prefix, the tie-break) and one order per sort key."""
 
     def __init__(self, snapshot: InventorySnapshot):
+        self.snapshot = snapshot
         self.generation = snapshot.generation
         self.version = snapshot.version
+        columns = snapshot.arrays()
+        self.id_rank = columns["ranks"]  # increases with car_id
         ids = snapshot.car_ids
-        self.cars = [snapshot.by_id[car_id] for car_id in ids]
-        self.years = numpy.frombuffer(snapshot.years, dtype=numpy.dtype(snapshot.years.typecode))
-        self.prices = numpy.frombuffer(snapshot.prices, dtype=numpy.float64)
-        self.kilometers = numpy.frombuffer(snapshot.kilometers, dtype=numpy.dtype(snapshot.kilometers.typecode))
-        self.promotion = numpy.fromiter((c.has_promotion for c in self.cars), dtype=bool, count=len(ids))
-        self.brands, self.brand_codes = _codes([c.brand for c in self.cars])
-        self.regions, self.region_codes = _codes([c.region for c in self.cars])
-        self.colors, self.color_codes = _codes([c.color for c in self.cars])
-        self.models, self.model_codes = _codes([f"{c.brand}\n{c.model}".lower() for c in self.cars])
-        # Rows by car_id: the tie-break of every order, and the id-prefix search.
-        self.by_id = numpy.array(sorted(range(len(ids)), key=ids.__getitem__), dtype=numpy.int64)
-        self.sorted_ids = [ids[r].lower() for r in self.by_id]
-        self.id_rank = numpy.empty(len(ids), dtype=numpy.int64)
-        self.id_rank[self.by_id] = numpy.arange(len(ids))
+        models: dict[str, int] = {}
+        self.model_codes = numpy.fromiter(
+            (models.setdefault(f"{car.brand}\n{car.model}".lower(), len(models))
+             for car in map(snapshot.by_id.__getitem__, ids)), dtype=numpy.int32, count=len(ids))
+        self.models = [name.split("\n") for name in models]
+        self.by_id = numpy.argsort(self.id_rank, kind="stable")
+        self.sorted_ids = [ids[r] for r in self.by_id]
+        by_folded_id = sorted(range(len(ids)), key=lambda r: ids[r].lower())
+        self.by_folded_id = numpy.array(by_folded_id, dtype=numpy.int64)
+        self.folded_ids = [ids[r].lower() for r in by_folded_id]
+        self.sort_values = {"price": columns["prices"], "year": columns["years"],
+                            "kilometers": columns["kilometers"], "car_id": self.id_rank}
         self._orders: dict[tuple[str, bool], numpy.ndarray] = {}
         self._lock = threading.Lock()
-
-    def __len__(self) -> int:
-        return len(self.cars)
-
-    def values(self, key: str) -> numpy.ndarray:
-        return {"price": self.prices, "year": self.years, "kilometers": self.kilometers, "car_id": self.id_rank}[key]
 
     def order(self, key: str, descending: bool) -> numpy.ndarray:
         """Rows sorted by `key` (descending if asked), ties by car_id ascending; computed once."""
         with self._lock:
             rows = self._orders.get((key, descending))
             if rows is None:
-                values = self.values(key)
+                values = self.sort_values[key]
                 rows = self.by_id if key == "car_id" else numpy.lexsort(
                     (self.id_rank, -values if descending else values))
                 self._orders[key, descending] = rows
             return rows
 
-    def mask(self, text: str, filters: CarFilters) -> numpy.ndarray | None:
-        """The rows matching (None: every row)."""
-        tests = []
-        f = filters
-        for bound, column, above in ((f.price_min, self.prices, True), (f.price_max, self.prices, False),
-                                     (f.year_min, self.years, True), (f.year_max, self.years, False),
-                                     (f.km_max, self.kilometers, False)):
-            if bound is not None:
-                tests.append(column >= bound if above else column <= bound)
-        for wanted, names, codes, keep in ((f.brands, self.brands, self.brand_codes, True),
-                                           (f.exclude_brands, self.brands, self.brand_codes, False),
-                                           (f.regions, self.regions, self.region_codes, True),
-                                           (f.colors, self.colors, self.color_codes, True)):
-            if wanted:
-                found = numpy.isin(codes, _matching(names, wanted))
-                tests.append(found if keep else ~found)
-        if f.promotion_only:
-            tests.append(self.promotion)
-        tests += [self._word(word) for word in text.lower().split()]
-        if not tests:
-            return None
-        mask = tests[0].copy()
-        for test in tests[1:]:
-            mask &= test
+    def mask(self, text: str, filters: ConsiderationFilters) -> numpy.ndarray | None:
+        """The rows matching every word and the filters (None: every row)."""
+        bounds = filters.resolve(None)
+        mask = None if bounds is None else self.snapshot.mask(bounds)
+        for word in text.lower().split():
+            mask = self._word(word) if mask is None else mask & self._word(word)
         return mask
 
     def _word(self, word: str) -> numpy.ndarray:
-        """Rows whose id starts with `word` or whose brand or model contains it."""
-        models = numpy.array([k for k, name in enumerate(self.models)
-                              if any(word in part for part in name.split("\n"))], dtype=numpy.int32)
-        matched = numpy.isin(self.model_codes, models)
-        first = bisect.bisect_left(self.sorted_ids, word)
-        last = bisect.bisect_left(self.sorted_ids, word + "\U0010ffff")
-        matched[self.by_id[first:last]] = True
+        """Rows whose id starts with `word` or whose brand or model contains it (case folded)."""
+        models = [k for k, (brand, model) in enumerate(self.models) if word in brand or word in model]
+        matched = numpy.isin(self.model_codes, numpy.array(models, dtype=numpy.int32))
+        first = bisect.bisect_left(self.folded_ids, word)
+        last = bisect.bisect_left(self.folded_ids, word + "\U0010ffff")
+        matched[self.by_folded_id[first:last]] = True
         return matched
+
+    def rank_after(self, car_id: str) -> int:
+        """The id rank after which the cars following `car_id` start, even if it has been sold since."""
+        at = bisect.bisect_right(self.sorted_ids, car_id)
+        return int(self.id_rank[self.by_id[at - 1]]) if at else -1
 
 
 class SearchService:
@@ -256,10 +211,9 @@ class SearchService:
                 rows = rows[mask[rows]]
             start = 0 if after is None else self._start(index, rows, key, descending, after)
             page = rows[start:start + size]
-            cars = [index.cars[r] for r in page]
+            cars = [index.snapshot.by_id[index.snapshot.car_ids[r]] for r in page]
             more = start + size < len(rows)
-            token = make_token(query, [_json_value(index.values(key)[page[-1]]) if key != "car_id" else 0,
-                                       cars[-1].car_id]) if more else ""
+            token = make_token(query, [index.sort_values[key][page[-1]].item(), cars[-1].car_id]) if more else ""
             return CarPage(cars=cars, next_page_token=token, total_size=len(rows), inventory_version=index.version)
 
     @staticmethod
@@ -268,32 +222,30 @@ class SearchService:
         value, car_id = after
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not isinstance(car_id, str):
             raise InvalidArgument("is not a token of this query", "page_token")
-        # car_id's position among the sorted ids, even when it has been sold since.
-        at = bisect.bisect_left(index.sorted_ids, car_id.lower())
-        threshold = at if at < len(index.sorted_ids) and index.sorted_ids[at] == car_id.lower() else at - 0.5
         ranks = index.id_rank[rows]
+        rank = index.rank_after(car_id)
         if key == "car_id":
-            later = ranks > threshold
+            later = ranks > rank
         else:
-            values = index.values(key)[rows]
-            beyond = values < value if descending else values > value
-            later = beyond | ((values == value) & (ranks > threshold))
+            values = index.sort_values[key][rows]
+            later = (values < value if descending else values > value) | ((values == value) & (ranks > rank))
         return int(numpy.argmax(later)) if later.any() else len(rows)
 
-    def facets(self, text: str, filters: CarFilters, deadline: Deadline) -> Facets:
+    def facets(self, text: str, filters: ConsiderationFilters, deadline: Deadline) -> Facets:
         with self.workers.place(deadline):
             index = self.index(deadline)
+            snapshot = index.snapshot
             mask = index.mask(text, filters)
-            pick = (lambda column: column) if mask is None else (lambda column: column[mask])
-            prices = pick(index.prices)
-            years, counts = numpy.unique(pick(index.years), return_counts=True)
+            columns = {name: column if mask is None else column[mask] for name, column in snapshot.arrays().items()}
+            prices = columns["prices"]
+            years, counts = numpy.unique(columns["years"], return_counts=True)
             quartiles = numpy.percentile(prices, [0, 25, 50, 75, 100]).tolist() if len(prices) else [0.0] * 5
             return Facets(
-                total_cars=len(prices), brands=_counted(index.brands, pick(index.brand_codes)),
+                total_cars=len(prices), brands=_counted(snapshot.codes.brands, columns["brands"]),
                 years=[(int(y), int(c)) for y, c in zip(years[::-1], counts[::-1])], prices=tuple(quartiles),
-                regions=_counted(index.regions, pick(index.region_codes)),
-                colors=_counted(index.colors, pick(index.color_codes)),
-                promotion_count=int(pick(index.promotion).sum()), inventory_version=index.version)
+                regions=_counted(snapshot.codes.regions, columns["regions"]),
+                colors=_counted(snapshot.codes.colors, columns["colors"]),
+                promotion_count=int(numpy.count_nonzero(columns["promotions"])), inventory_version=index.version)
 
     def search_customers(self, query: CustomerQuery, deadline: Deadline) -> tuple[list[Customer], str]:
         size = page_size_of(query.page_size)
@@ -313,10 +265,8 @@ class SearchService:
         return customers, make_token(query, [customers[-1].customer_id]) if more else ""
 
 
-def _counted(names: list[str], codes: numpy.ndarray) -> list[tuple[str, int]]:
-    counts = numpy.bincount(codes, minlength=len(names))
-    return sorted(((names[k], int(n)) for k, n in enumerate(counts) if n), key=lambda item: (-item[1], item[0]))
-
-
-def _json_value(value: Any) -> int | float:
-    return value.item() if hasattr(value, "item") else value
+def _counted(codes: dict[str, int], column: numpy.ndarray) -> list[tuple[str, int]]:
+    """(name, cars) of the names in a column of codes, most cars first, then by name."""
+    counts = numpy.bincount(column, minlength=len(codes))
+    return sorted(((name, int(counts[code])) for name, code in codes.items() if counts[code]),
+                  key=lambda item: (-item[1], item[0]))

@@ -5,8 +5,8 @@ the number of streams. One dispatcher thread per process hears the change feed (
 that keeps the caches fresh, so it works on every process of every replica, by polling or by
 Redis push) and re-prices only the groups a change can concern:
 - a car sold, added or repriced: the groups whose prefilter its old or new row passes
-  (price > P, year >= Y, km < K, region, and before the last car when the limit cut the
-  selection), found through an index sorted by P;
+  (price > P, year >= Y, km < K, region, the group's consideration filters, and before the
+  last car when the limit cut the selection), found through an index sorted by P;
 - a configuration version: every group;
 - the customer's stored record: re-read for all watched customers in one query every
   `server.watch_customer_poll_seconds` (customers carry no version of their own).
@@ -28,6 +28,7 @@ from typing import Any, Iterator
 
 from engine_ext import Offer
 
+from ..data.filters import Bounds
 from ..data.inventory import InventorySnapshot, _order as prefilter_order
 from ..domain import Car, Customer
 from ..errors import ResourceExhausted, ServiceError, Unavailable
@@ -163,6 +164,15 @@ class Group:
         self.answer = answer
         self.lock = threading.Lock()
         self.watchers: set[Watcher] = set()
+        self._bounds: tuple[Customer, Bounds | None] | None = None  # the filters bound to the customer
+
+    @property
+    def bounds(self) -> Bounds | None:
+        customer = self.customer
+        if self._bounds is None or self._bounds[0] is not customer:
+            # Resolvable: the answer was priced with this customer and these filters.
+            self._bounds = (customer, self.query.filters.resolve(customer))
+        return self._bounds[1]
 
     @property
     def customer(self) -> Customer:
@@ -177,7 +187,8 @@ class Group:
         meets the conditions and, when the limit cut the selection, sorts before its last car."""
         c = self.customer
         if not (car.price > c.current_car_price and car.year >= c.current_car_year
-                and car.kilometers < c.current_car_km and (not self.query.same_region or car.region == c.region)):
+                and car.kilometers < c.current_car_km and (not self.query.same_region or car.region == c.region)
+                and (self.bounds is None or self.bounds.passes(car))):
             return False
         last = self.answer.last_key
         return last is None or prefilter_order(car) <= last
@@ -196,7 +207,7 @@ class Group:
 
 def group_key(query: OfferQuery) -> tuple:
     return (query.customer, tuple(sorted(query.overrides.items())), query.terms, tuple(sorted(set(query.tiers))),
-            query.max_offers, query.same_region, query.max_cars)
+            query.max_offers, query.same_region, query.max_cars, query.filters)
 
 
 class WatchService:
