@@ -158,8 +158,8 @@ class InventoryIndex:
 
     def _word(self, word: str) -> numpy.ndarray:
         """Rows whose id starts with `word` or whose brand or model contains it (case folded)."""
-        models = [k for k, (brand, model) in enumerate(self.models) if word in brand or word in model]
-        matched = numpy.isin(self.model_codes, numpy.array(models, dtype=numpy.int32))
+        wanted = numpy.array([word in brand or word in model for brand, model in self.models], dtype=bool)
+        matched = wanted[self.model_codes]  # one lookup per car: a pass over the distinct models only
         first = bisect.bisect_left(self.folded_ids, word)
         last = bisect.bisect_left(self.folded_ids, word + "\U0010ffff")
         matched[self.by_folded_id[first:last]] = True
@@ -236,16 +236,18 @@ class SearchService:
             index = self.index(deadline)
             snapshot = index.snapshot
             mask = index.mask(text, filters)
-            columns = {name: column if mask is None else column[mask] for name, column in snapshot.arrays().items()}
-            prices = columns["prices"]
-            years, counts = numpy.unique(columns["years"], return_counts=True)
+            columns = snapshot.arrays()
+            pick = (lambda name: columns[name]) if mask is None else (lambda name: columns[name][mask])  # noqa: E731
+            prices, years = pick("prices"), pick("years")
             quartiles = numpy.percentile(prices, [0, 25, 50, 75, 100]).tolist() if len(prices) else [0.0] * 5
+            oldest = int(years.min()) if len(years) else 0
+            year_counts = numpy.bincount(years - oldest) if len(years) else numpy.zeros(0, dtype=numpy.int64)
             return Facets(
-                total_cars=len(prices), brands=_counted(snapshot.codes.brands, columns["brands"]),
-                years=[(int(y), int(c)) for y, c in zip(years[::-1], counts[::-1])], prices=tuple(quartiles),
-                regions=_counted(snapshot.codes.regions, columns["regions"]),
-                colors=_counted(snapshot.codes.colors, columns["colors"]),
-                promotion_count=int(numpy.count_nonzero(columns["promotions"])), inventory_version=index.version)
+                total_cars=len(prices), brands=_counted(snapshot.codes.brands, pick("brands")),
+                years=[(oldest + k, int(year_counts[k])) for k in numpy.flatnonzero(year_counts)[::-1]],
+                prices=tuple(quartiles), regions=_counted(snapshot.codes.regions, pick("regions")),
+                colors=_counted(snapshot.codes.colors, pick("colors")),
+                promotion_count=int(numpy.count_nonzero(pick("promotions"))), inventory_version=index.version)
 
     def search_customers(self, query: CustomerQuery, deadline: Deadline) -> tuple[list[Customer], str]:
         size = page_size_of(query.page_size)
