@@ -279,11 +279,11 @@ def cmd_search(client: OfferClient, args) -> int:
         return 0
     print(f"{response.total_size} cars match; {len(response.cars)} shown")
     if response.cars:
-        print(f"  {'car':10} {'brand':12} {'model':16} {'year':>4} {'km':>8} {'price MXN':>12} {'region':10} color")
+        print(f"  {'car':10} {'brand':12} {'model':16} {'year':>4} {'km':>8} {'price MXN':>12} {'region':11} color")
     for c in response.cars:
         price = _money(c.price) + ("*" if c.on_promotion else " ")
         print(f"  {c.car_id:10} {c.brand[:12]:12} {c.model[:16]:16} {c.year:>4} {c.kilometers:>8,} {price:>13} "
-              f"{c.region[:10]:10} {c.color}")
+              f"{c.region[:11]:11} {c.color}")
     if response.next_page_token:
         print(f"next page: --page-token {response.next_page_token}")
     return 0
