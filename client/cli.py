@@ -508,6 +508,12 @@ def _add_filters(parser: argparse.ArgumentParser) -> None:
             group.add_argument(flag, dest=name, type=kind, help=doc)
 
 
+def _add_paging(parser: argparse.ArgumentParser, items: str, orders: str) -> None:
+    parser.add_argument("--order-by", default="", help=orders)
+    parser.add_argument("--page-size", type=_whole(0), default=20, help=f"{items} per page (at most 500)")
+    parser.add_argument("--page-token", default="", help="next_page_token of the previous page (same query)")
+
+
 def _login_name() -> str:
     """$LOGNAME or $USER, else the account's name (a root shell often sets neither)."""
     try:
@@ -566,9 +572,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("words", nargs="*", help='words matching the car id, brand or model, e.g. "mazda 3"')
         _add_filters(p)
         if name == "search":
-            p.add_argument("--order-by", default="", help='"price", "year" or "kilometers", optionally " desc"')
-            p.add_argument("--page-size", type=_whole(0), default=20, help="cars per page (at most 500)")
-            p.add_argument("--page-token", default="", help="next_page_token of the previous page")
+            _add_paging(p, "cars", '"price", "year" or "kilometers", optionally " desc" (default: car id)')
         p.add_argument("--json", action="store_true")
         p.set_defaults(run=run)
 
@@ -577,9 +581,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text", default="", help="text in the customer id or region")
     p.add_argument("--region", default="", help="this region only")
     p.add_argument("--risk", default="", help="this risk profile only, e.g. A1")
-    p.add_argument("--order-by", default="", help='"customer_id" (default) or "customer_id desc"')
-    p.add_argument("--page-size", type=_whole(0), default=20, help="customers per page (at most 500)")
-    p.add_argument("--page-token", default="", help="next_page_token of the previous page")
+    _add_paging(p, "customers", '"customer_id" (default) or "customer_id desc"')
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=cmd_customers)
 

@@ -60,6 +60,14 @@ def test_a_request_grid_replaces_the_configured_one(server):
     assert (s.candidates, s.searched, s.viable) == (len(results), len(results), sum(r.viable for r in results))
     assert s.iterations == sum(r.iterations_tried for r in results)
     assert (last.viable_count, last.cars_searched) == (s.viable, s.searched)
+    for grid, field in (
+            ({"cac_step": 0.0}, "grid.cac_step"), ({"service_fee_step": -0.01}, "grid.service_fee_step"),
+            ({"service_fee_max": 1.5}, "grid.service_fee_max"), ({"cxa_min": -0.01}, "grid.cxa_min"),
+            ({"cxa_min": 0.035, "cxa_max": 0.02}, "grid.cxa_min"), ({"cac_min": 5e3, "cac_max": 1e3}, "grid.cac_min"),
+            ({"kavak_total_amount": float("nan")}, "grid.kavak_total_amount"),
+            ({"cac_step": 10.0}, "grid")):  # 4 terms x 7 x 1,001 x 7 combinations per car
+        err = rpc_error(lambda: subsidy(server.client, customer_id=customer, max_cars=5, grid=grid))
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and err.details().startswith(f"{field}: "), grid
 
 
 def test_max_viable_stops_after_that_many_viable_cars_and_ranks_them(server):
@@ -82,17 +90,6 @@ def test_max_viable_stops_after_that_many_viable_cars_and_ranks_them(server):
     # Without max_viable every car is searched and every viable car ranked.
     assert len(last.summary.best_viable) == 3 and subsidy(server.client, customer_id=customer, max_cars=300)[1] \
         .summary.searched == len(full)
-
-
-def test_a_bad_grid_is_invalid_argument_naming_the_field(server):
-    for grid, field in (
-            ({"cac_step": 0.0}, "grid.cac_step"), ({"service_fee_step": -0.01}, "grid.service_fee_step"),
-            ({"service_fee_max": 1.5}, "grid.service_fee_max"), ({"cxa_min": -0.01}, "grid.cxa_min"),
-            ({"cxa_min": 0.035, "cxa_max": 0.02}, "grid.cxa_min"), ({"cac_min": 5e3, "cac_max": 1e3}, "grid.cac_min"),
-            ({"kavak_total_amount": float("nan")}, "grid.kavak_total_amount"),
-            ({"cac_step": 10.0}, "grid")):  # 4 terms x 7 x 1,001 x 7 combinations per car
-        err = rpc_error(lambda: subsidy(server.client, customer_id=golden.customer_ids()[0], max_cars=5, grid=grid))
-        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and err.details().startswith(f"{field}: "), grid
 
 
 # --- SearchInventory ----------------------------------------------------------------------------
@@ -146,6 +143,7 @@ def test_search_inventory_refuses_what_it_cannot_answer(server):
         (dict(page_size=-1), "page_size"), (dict(order_by="colour"), "order_by"), (dict(order_by="car_id desc"), "order_by"),
         (dict(filters={"same_brand_as_current": True}), "filters.same_brand_as_current"),
         (dict(filters={"max_price_vs_current": 1.5}), "filters.max_price_vs_current"),
+        (dict(filters={"max_km_vs_current": 0.0}), "filters.max_km_vs_current"),
         (dict(filters={"year_min": 2020, "year_max": 2019}), "filters.year_max"),
         (dict(query=" ".join(["w"] * 11)), "query"),
     ]
@@ -231,6 +229,9 @@ def test_search_customers_pages_on_indexed_columns(server):
         err = rpc_error(lambda: server.client.search_customers(**request))
         assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and err.details().startswith(f"{field}: "), request
     assert server.client.search_customers(text="\u00e9\u00e8").customers == []  # not ASCII: only regions can hold it
+    # The service's calls pass the interceptors as every call does: the request id comes back.
+    _, call = server.client.search.SearchCustomers.with_call(search_pb2.SearchCustomersRequest(page_size=1), timeout=5)
+    assert dict(call.trailing_metadata())["x-request-id"]
 
 
 def test_search_customers_by_region_and_risk(demo_server):
@@ -258,7 +259,36 @@ def test_migrate_adds_the_customer_indexes_to_an_existing_database(repository):
     assert all(map(exists, names))
 
 
-def test_search_service_is_served_with_health_reflection_and_interceptors(server):
-    assert server.client.health("tradeup.v1.SearchService") == "SERVING"
-    call = server.client.search.SearchInventory.with_call(search_pb2.SearchInventoryRequest(page_size=1), timeout=5)
-    assert dict(call[1].trailing_metadata())["x-request-id"]
+def test_the_commands_print_what_the_calls_answer(demo_server):
+    from test_cli import run_cli
+    client = demo_server.client
+
+    def ids(output: str, prefix: str) -> list[str]:
+        return [line.split()[0] for line in output.splitlines() if line.strip().startswith(prefix)]
+
+    first = run_cli(demo_server, "search", "mazda", "3", "--order-by", "price desc", "--page-size", "4")
+    assert first.returncode == 0, first.stderr
+    page = client.search_inventory("mazda 3", order_by="price desc", page_size=4)
+    assert first.stdout.startswith(f"{page.total_size} cars match; 4 shown")
+    assert ids(first.stdout, "INV") == [c.car_id for c in page.cars]
+    token = first.stdout.splitlines()[-1].removeprefix("next page: --page-token ")
+    second = run_cli(demo_server, "search", "mazda", "3", "--order-by", "price desc", "--page-size", "4",
+                     "--page-token", token)
+    assert ids(second.stdout, "INV") == [c.car_id for c in client.search_inventory(
+        "mazda 3", order_by="price desc", page_size=8).cars[4:]]
+    facets = client.inventory_facets(filters={"brands": ["Mazda"], "price_max": 400000})
+    shown = run_cli(demo_server, "facets", "--brand", "Mazda", "--price-max", "400000").stdout.splitlines()
+    assert shown[0] == f"{facets.total_cars:,} cars, {facets.promotion_count:,} on promotion"
+    assert shown[2] == f"brands: Mazda {facets.total_cars:,}"
+    customers = run_cli(demo_server, "customers", "C00", "--risk", "A1", "--region", "CDMX", "--page-size", "5")
+    assert ids(customers.stdout, "C0") == [c.customer_id for c in client.search_customers(
+        id_prefix="C00", risk_profile="A1", region="CDMX", page_size=5).customers]
+    grid = ("--grid-cac-max", "20000", "--grid-cac-step", "2000", "--grid-kavak-total-enabled", "off")
+    searched = run_cli(demo_server, "subsidy", "C00042", "--max-viable", "2", *grid)
+    *_, last = client.find_minimum_subsidy(customer_id="C00042", max_viable=2, grid={
+        "cac_max": 20000, "cac_step": 2000, "kavak_total_enabled": False})
+    s = last.summary
+    assert searched.stdout.startswith(f"{s.viable} of {s.searched} cars viable ({s.candidates} candidates, "
+                                      f"{s.iterations:,} combinations tried)"), searched.stdout
+    bad = run_cli(demo_server, "subsidy", "C00042", "--grid-cac-step", "0")
+    assert bad.returncode == 1 and "INVALID_ARGUMENT: grid.cac_step" in bad.stderr

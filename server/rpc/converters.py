@@ -159,7 +159,8 @@ def search_filters(filters: pb.ConsiderationFilters) -> ConsiderationFilters:
     """The filters of a search: validated as on the offer calls, without those that need a customer."""
     domain = filters_to_domain(filters)
     for name in CUSTOMER_FILTERS:
-        if getattr(domain, name) not in (None, False):
+        value = getattr(domain, name)
+        if value is not None and value is not False:  # a ratio of 0 is given too
             raise InvalidArgument("compares with a customer's current car: a search has no customer",
                                   f"filters.{name}")
     return domain
