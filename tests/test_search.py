@@ -292,3 +292,33 @@ def test_the_commands_print_what_the_calls_answer(demo_server):
                                       f"{s.iterations:,} combinations tried)"), searched.stdout
     bad = run_cli(demo_server, "subsidy", "C00042", "--grid-cac-step", "0")
     assert bad.returncode == 1 and "INVALID_ARGUMENT: grid.cac_step" in bad.stderr
+
+
+def test_a_page_token_goes_on_after_the_cars_sold_since(tmp_path):
+    """Keyset tokens: the cars sold between two pages (the last one shown among them) neither
+    shift the next page nor make it repeat or skip a car."""
+    import time
+
+    from conftest import load_golden, make_settings, start_server
+    from server.app import open_repository
+    environ = {"TRADEUP_SQLITE_PATH": str(tmp_path / "sold.db")}
+    load_golden(environ)
+    running = start_server(environ)
+    repository = open_repository(make_settings(environ))
+    try:
+        before = [c.car_id for c in running.client.search_inventory("toyota", order_by="price desc",
+                                                                     page_size=500).cars]
+        first = running.client.search_inventory("toyota", order_by="price desc", page_size=10)
+        sold = [first.cars[-1].car_id, before[10], before[12]]  # the last shown, and two of the next page
+        for car_id in sold:
+            repository.set_car_available(car_id, False)
+        deadline = time.monotonic() + 10
+        while running.client.search_inventory("toyota", page_size=1).total_size != len(before) - 3:
+            assert time.monotonic() < deadline, "the sale did not reach the snapshot in 10 s"
+            time.sleep(0.1)
+        second = running.client.search_inventory("toyota", order_by="price desc", page_size=10,
+                                                 page_token=first.next_page_token)
+        assert [c.car_id for c in second.cars] == [i for i in before[10:] if i not in sold][:10]
+    finally:
+        repository.database.close()
+        running.stop()
