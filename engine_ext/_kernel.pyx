@@ -123,6 +123,42 @@ def match_cars(const long[:] years, const double[:] prices, const long[:] kilome
     return found[:count]  # a copy: `found` cannot shrink while `out` views it
 
 
+def match_filtered(const long[:] years, const double[:] prices, const long[:] kilometers, const long[:] regions,
+                   const long[:] brands, const long[:] colors, const signed char[:] promotions,
+                   double min_price, long min_year, long max_km, long region,
+                   double price_low, double price_high, long year_low, long year_high, double km_high,
+                   const unsigned char[:] brand_ok, const unsigned char[:] region_ok,
+                   const unsigned char[:] color_ok, bint promotion_only, Py_ssize_t limit):
+    cdef Py_ssize_t n = prices.shape[0], row, count = 0, bad = -1
+    cdef Py_ssize_t brand_codes = brand_ok.shape[0], region_codes = region_ok.shape[0], color_codes = color_ok.shape[0]
+    cdef long brand, place, color, year, km
+    cdef double price
+    if (years.shape[0] != n or kilometers.shape[0] != n or regions.shape[0] != n or brands.shape[0] != n
+            or colors.shape[0] != n or promotions.shape[0] != n):
+        raise ValueError("snapshot columns differ in length")
+    found = array("l", bytes(array("l").itemsize * min(max(limit, 0), n)))
+    cdef long[:] out = found
+    with nogil:
+        for row in range(n):
+            if count >= limit:
+                break
+            brand, place, color = brands[row], regions[row], colors[row]
+            if (brand < 0 or brand >= brand_codes or place < 0 or place >= region_codes
+                    or color < 0 or color >= color_codes):
+                bad = row
+                break
+            price, year, km = prices[row], years[row], kilometers[row]
+            if (price > min_price and year >= min_year and km < max_km and (region < 0 or place == region)
+                    and price_low <= price <= price_high and year_low <= year <= year_high and km <= km_high
+                    and brand_ok[brand] and region_ok[place] and color_ok[color]
+                    and (not promotion_only or promotions[row])):
+                out[count] = row
+                count += 1
+    if bad >= 0:
+        raise IndexError(f"row {bad}: a name code outside its table")
+    return found[:count]
+
+
 def take(source, const long[:] rows):
     """array of source[r] for r in rows ('d' or 'l' arrays): the snapshot columns of a selection."""
     cdef Py_ssize_t n = rows.shape[0], k, size = len(source)

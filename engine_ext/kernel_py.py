@@ -37,6 +37,25 @@ def match_cars(years, prices, kilometers, regions, min_price, min_year, max_km, 
     return found
 
 
+def match_filtered(years, prices, kilometers, regions, brands, colors, promotions, min_price, min_year, max_km, region,
+                   price_low, price_high, year_low, year_high, km_high, brand_ok, region_ok, color_ok,
+                   promotion_only, limit):
+    """match_cars, among the rows that also pass the consideration filters: price and year within
+    [low, high], km <= km_high, brand_ok/region_ok/color_ok[code] true for the row's names (the
+    names' codes index these tables), on promotion if promotion_only. At most `limit`, in order."""
+    found = array("l")
+    for row in range(len(prices)):
+        if len(found) >= limit:
+            break
+        price, year, km = prices[row], years[row], kilometers[row]
+        if (price > min_price and year >= min_year and km < max_km and (region < 0 or regions[row] == region)
+                and price_low <= price <= price_high and year_low <= year <= year_high and km <= km_high
+                and brand_ok[brands[row]] and region_ok[regions[row]] and color_ok[colors[row]]
+                and (not promotion_only or promotions[row])):
+            found.append(row)
+    return found
+
+
 def take(source, rows):
     """array of source[r] for r in rows: the snapshot columns of a selection."""
     return array(source.typecode, (source[r] for r in rows))

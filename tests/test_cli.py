@@ -321,3 +321,28 @@ def test_health_watch_ends_after_the_given_seconds_without_an_error(started_as_m
     assert result.returncode == 0, result.stderr  # cancelled by the client: no DEADLINE_EXCEEDED
     assert result.stdout.splitlines() == ["SERVING"] and result.stderr == ""
     assert 2 <= time.monotonic() - started < 15
+
+
+def test_every_filter_has_a_flag_and_the_flags_filter_as_the_library_does(server):
+    from client.cli import FILTER_FLAGS, _filters, build_parser
+    from protos.tradeup.v1 import offers_pb2 as pb
+    assert {name for name, *_ in FILTER_FLAGS} == set(pb.ConsiderationFilters.DESCRIPTOR.fields_by_name)
+    every = [arg for name, flag, kind, _ in FILTER_FLAGS
+             for arg in ((flag,) if kind is bool else (flag, "1", flag, "2") if kind is list else (flag, "3"))]
+    parsed = _filters(build_parser().parse_args(["offers", "C1", *every]))
+    assert parsed.keys() == {name for name, *_ in FILTER_FLAGS} and parsed["brands"] == ["1", "2"]
+    customer = golden.customer_with_offers(20)
+    car = golden.inventory()[golden.offers_of(customer)["cars"][0]]
+    brand, year = car["model"].split(" ")[0], car["year"]
+    shown = run_cli(server, "offers", customer, "--brand", brand.upper(), "--brand", "Tesla", "--year-min", str(year),
+                    "--price-max", "2000000", "--json")
+    assert shown.returncode == 0, shown.stderr
+    expected = server.client.generate_offers(customer_id=customer, filters={
+        "brands": [brand], "year_min": year, "price_max": 2e6})
+    data = json.loads(shown.stdout)
+    assert 0 < data["summary"]["cars_evaluated"] == expected.summary.cars_evaluated < len(golden.offers_of(customer)["cars"])
+    assert [o["car_id"] for g in data["groups"] for o in g.get("offers", [])] == \
+        [o.car_id for g in expected.groups for o in g.offers]
+    refused = run_cli(server, "offers", customer, "--year-min", "2022", "--year-max", "2020")
+    assert refused.returncode == 1 and refused.stderr.startswith("error: INVALID_ARGUMENT: filters.year_max: ")
+    assert run_cli(server, "bulk", customer, "--km-max", "lots").returncode == 2

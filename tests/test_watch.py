@@ -410,3 +410,36 @@ def test_a_car_change_is_evaluated_only_for_the_watchers_it_can_concern(environ)
         for stream in streams:
             stream.cancel()
         server.stop()
+
+
+def test_watch_groups_are_keyed_by_their_filters_and_a_car_reaches_only_those_it_passes(environ):
+    server = start_server(environ, TRADEUP_CHANGE_POLL_SECONDS=0.2)
+    service = server.app.watch
+    repository = open_repository(make_settings(environ))
+    snapshot = server.app.inventory.snapshot()
+    brand_of = lambda car: car.brand  # noqa: E731
+    offered = [snapshot.by_id[o["car_id"]] for o in golden.offers_of(A)["offers"]]  # a reprice shows in these
+    cars = [snapshot.by_id[car_id] for car_id in golden.offers_of(A)["cars"]]
+    first = brand_of(offered[0])
+    second = next(brand_of(car) for car in cars if brand_of(car) != first)
+    watches = []
+    try:
+        for brands in ([first], [first.upper(), first.lower()], [second]):
+            watches.append(Watch(server.client, customer_id=A, filters={"brands": brands}))
+        groups = {g.query.filters.brands: g for g in service._groups.values()}
+        assert len(groups) == 2 and len(groups[(first.lower(),)].watchers) == 2  # one group for both spellings
+        mine, other = groups[(first.lower(),)], groups[(second.lower(),)]
+        car = offered[0]
+        assert service.touched([car]) == [mine]
+        assert service.touched([dataclasses.replace(car, brand=second.upper())]) == [other]
+        # The car repriced in the database: the watchers of its brand hear of it, the others not.
+        repository.put_cars([dataclasses.replace(car, regular_price=car.regular_price + 1000.0)])
+        applied([server], repository)
+        for watch in watches[:2]:
+            assert watch.follow(pb.WATCH_REASON_INVENTORY) is not None
+        watches[2].quiet()
+    finally:
+        for watch in watches:
+            watch.close()
+        repository.database.close()
+        server.stop()

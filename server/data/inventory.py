@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import bisect
 import itertools
+import math
+import sys
 import threading
 import time
 from array import array
@@ -62,9 +64,13 @@ class Codes:
         return codes.setdefault(name, len(codes))
 
     @staticmethod
-    def matching(codes: dict[str, int], folded: frozenset[str]) -> list[int]:
-        """The codes of the names that fold to one of these (a pass over the distinct names only)."""
-        return [code for name, code in codes.items() if fold(name) in folded]
+    def passing(codes: dict[str, int], wanted: frozenset[str] | None, excluded: frozenset[str] = frozenset()
+                ) -> bytes:
+        """By code, 1 for the names that pass (folded: among `wanted`, None: any; not `excluded`):
+        a pass over the distinct names only. Codes are given in order, so they index it."""
+        if wanted is None and not excluded:
+            return b"\x01" * len(codes)
+        return bytes((wanted is None or folded in wanted) and folded not in excluded for folded in map(fold, codes))
 
 
 # The snapshot's columns, one value per car in prefilter order: name, array typecode, value of a car.
@@ -155,7 +161,6 @@ class InventorySnapshot:
         (self.years, self.prices, self.kilometers, self.regions, self.ranks, self.brands, self.colors,
          self.promotions) = columns
         self.codes, self.region_codes, self.by_id = codes, codes.regions, by_id
-        self._arrays: dict[str, np.ndarray] | None = None  # numpy views of the columns, made on first use
         self.loaded_at, self.version, self.reload_version, self.mark = loaded_at, version, reload_version, mark
         self.rank_table = rank_table
         self.generation = generation  # shared only by snapshots holding the very same columns
@@ -284,49 +289,40 @@ class InventorySnapshot:
 
     def match(self, kernel, customer: Customer, same_region: bool, limit: int, bounds: Bounds | None = None
               ) -> Selection:
-        """SPEC §2 against the snapshot, with the compiled (or twin) kernel; with filters, the
-        logical trade-ups among the rows of mask(bounds), by numpy over the columns."""
+        """SPEC §2 against the snapshot, with the compiled (or twin) kernel; with filters, among
+        the rows that pass them (one pass, stopping at the limit as without)."""
         # -1: any region; a region no car is in gets a code no row has.
         region = self.region_codes.get(customer.region, len(self.region_codes)) if same_region else -1
+        trade_up = (float(customer.current_car_price), int(customer.current_car_year), int(customer.current_car_km),
+                    region)
         if bounds is None:
-            rows = kernel.match_cars(self.years, self.prices, self.kilometers, self.regions,
-                                     float(customer.current_car_price), int(customer.current_car_year),
-                                     int(customer.current_car_km), region, limit)
-            return self.select(kernel, rows)
-        a = self.arrays()
-        passing = (self.mask(bounds) & (a["prices"] > customer.current_car_price)
-                   & (a["years"] >= customer.current_car_year) & (a["kilometers"] < customer.current_car_km))
-        if region >= 0:
-            passing &= a["regions"] == region
-        return self.select(kernel, array("l", np.flatnonzero(passing)[:limit].astype("l").tobytes()))
+            rows = kernel.match_cars(self.years, self.prices, self.kilometers, self.regions, *trade_up, limit)
+        else:
+            rows = self._filtered(kernel, trade_up, bounds, limit)
+        return self.select(kernel, rows)
 
-    def arrays(self) -> dict[str, np.ndarray]:
-        """The columns as numpy arrays (views: no copy), by name."""
-        if self._arrays is None:
-            self._arrays = {name: np.frombuffer(column, dtype=column.typecode)
-                            for (name, _, _), column in zip(_COLUMNS, self.columns)}
-        return self._arrays
-
-    def mask(self, bounds: Bounds) -> np.ndarray:
-        """Which rows pass the filters (a bool per row): one vectorized pass per bound given."""
-        a = self.arrays()
-        passing = np.ones(len(self), dtype=bool)
-        for column, low, high in (("prices", bounds.price_low, bounds.price_high),
-                                  ("years", bounds.year_low, bounds.year_high), ("kilometers", None, bounds.km_high)):
-            if low is not None:
-                passing &= a[column] >= low
-            if high is not None:
-                passing &= a[column] <= high
-        for column, codes, wanted in (("brands", self.codes.brands, bounds.brands),
-                                      ("regions", self.codes.regions, bounds.regions),
-                                      ("colors", self.codes.colors, bounds.colors)):
-            if wanted is not None:
-                passing &= np.isin(a[column], self.codes.matching(codes, wanted))
-        if bounds.excluded_brands:
-            passing &= ~np.isin(a["brands"], self.codes.matching(self.codes.brands, bounds.excluded_brands))
-        if bounds.promotion_only:
-            passing &= a["promotions"].astype(bool)
+    def mask(self, kernel, bounds: Bounds) -> np.ndarray:
+        """Which rows pass the filters, whatever the customer (a bool per row)."""
+        passing = np.zeros(len(self), dtype=bool)
+        rows = self._filtered(kernel, (-math.inf, -sys.maxsize, sys.maxsize, -1), bounds, len(self))
+        passing[np.frombuffer(rows, dtype=rows.typecode)] = True
         return passing
+
+    def _filtered(self, kernel, trade_up: tuple, bounds: Bounds, limit: int) -> array:
+        """The rows passing the trade-up conditions (min price, min year, max km, region code)
+        and the filters, in order, at most `limit`. Names become tables of the codes that pass."""
+        codes = self.codes
+        return kernel.match_filtered(
+            self.years, self.prices, self.kilometers, self.regions, self.brands, self.colors, self.promotions,
+            *trade_up, _or(bounds.price_low, -math.inf), _or(bounds.price_high, math.inf),
+            _or(bounds.year_low, -sys.maxsize), _or(bounds.year_high, sys.maxsize), _or(bounds.km_high, math.inf),
+            codes.passing(codes.brands, bounds.brands, bounds.excluded_brands),
+            codes.passing(codes.regions, bounds.regions), codes.passing(codes.colors, bounds.colors),
+            bounds.promotion_only, limit)
+
+
+def _or(value, unbounded):
+    return unbounded if value is None else value
 
 
 class InventoryCache:

@@ -37,12 +37,24 @@ from tests.bench.loadtest import RANDOM_CUSTOMER, Server, find_ghz, ghz, seed, s
 
 CONCURRENCY = 16
 FIXED_CUSTOMER = "C00042"
+NARROW = '{"brands":["Mazda","Honda","Toyota"],"year_min":2020,"price_max":600000}'
+WIDE = '{"year_min":1990,"exclude_brands":["Tesla"]}'
 # name -> (method, ghz data with random customers, request message for h2load, streaming)
 RPCS = {
     "health": ("grpc.health.v1.Health/Check", "{}", None, False),
     "GenerateOffers top50": ("tradeup.v1.OfferService/GenerateOffers",
                              "{" + RANDOM_CUSTOMER + ',"options":{"max_offers":50}}',
                              {"customer_id": FIXED_CUSTOMER, "options": {"max_offers": 50}}, False),
+    # The same with consideration filters: a narrow one (a few dozen cars priced instead of 500) and
+    # one every car passes (as many priced, plus the filter's cost).
+    "GenerateOffers filtered": ("tradeup.v1.OfferService/GenerateOffers",
+                                "{" + RANDOM_CUSTOMER + ',"options":{"max_offers":50},"filters":' + NARROW + "}",
+                                {"customer_id": FIXED_CUSTOMER, "options": {"max_offers": 50},
+                                 "filters": json.loads(NARROW)}, False),
+    "GenerateOffers wide": ("tradeup.v1.OfferService/GenerateOffers",
+                            "{" + RANDOM_CUSTOMER + ',"options":{"max_offers":50},"filters":' + WIDE + "}",
+                            {"customer_id": FIXED_CUSTOMER, "options": {"max_offers": 50},
+                             "filters": json.loads(WIDE)}, False),
     "GenerateOffers full": ("tradeup.v1.OfferService/GenerateOffers", "{" + RANDOM_CUSTOMER + "}",
                             {"customer_id": FIXED_CUSTOMER}, False),
     "StreamOffers": ("tradeup.v1.OfferService/StreamOffers", "{" + RANDOM_CUSTOMER + "}",
