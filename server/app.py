@@ -70,7 +70,7 @@ class Application:
                                   self.redis)
         s = settings.server
         workers = Workers(s.max_workers)  # pricing and search share the process's places
-        self.search = SearchService(self.repository, self.inventory, workers)
+        self.search = SearchService(self.repository, self.inventory, workers, kernel)
         self.offers = OfferService(self.settings, self.repository, self.inventory, self.engine, workers,
                                    on_priced=lambda r: self.metrics.offers_priced(
                                        r.offers.tier_counts, r.offers.rejected, r.offers.cars_evaluated,

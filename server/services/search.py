@@ -36,6 +36,8 @@ MAX_QUERY_WORDS = 10
 MAX_TEXT = 64
 INVENTORY_ORDERS = ("car_id", "price", "year", "kilometers")  # each also " desc" but car_id
 CUSTOMER_ORDERS = ("customer_id", "customer_id desc")
+# The snapshot's columns a search reads (InventorySnapshot attributes, one value per car).
+COLUMNS = ("years", "prices", "kilometers", "ranks", "brands", "regions", "colors", "promotions")
 
 
 @dataclass(frozen=True)
@@ -118,11 +120,14 @@ class InventoryIndex:
     Each part is computed on first use, so a change of the inventory costs a search only the
     parts it needs (a plain page: its sort order, a few milliseconds at 100,000 cars)."""
 
-    def __init__(self, snapshot: InventorySnapshot):
+    def __init__(self, snapshot: InventorySnapshot, kernel):
         self.snapshot = snapshot
+        self.kernel = kernel  # the filters run in it (InventorySnapshot.mask)
         self.generation = snapshot.generation
         self.version = snapshot.version
-        columns = snapshot.arrays()
+        # numpy views of the snapshot's columns (no copy), by name
+        self.columns = columns = {name: numpy.frombuffer(column, dtype=column.typecode) for name, column in (
+            (name, getattr(snapshot, name)) for name in COLUMNS)}
         self.id_rank = columns["ranks"]  # increases with car_id
         self.sort_values = {"price": columns["prices"], "year": columns["years"],
                             "kilometers": columns["kilometers"], "car_id": self.id_rank}
@@ -169,7 +174,7 @@ class InventoryIndex:
     def mask(self, text: str, filters: ConsiderationFilters) -> numpy.ndarray | None:
         """The rows matching every word and the filters (None: every row)."""
         bounds = filters.resolve(None)
-        mask = None if bounds is None else self.snapshot.mask(bounds)
+        mask = None if bounds is None else self.snapshot.mask(self.kernel, bounds)
         for word in text.lower().split():
             mask = self._word(word) if mask is None else mask & self._word(word)
         return mask
@@ -192,9 +197,10 @@ class InventoryIndex:
 
 
 class SearchService:
-    def __init__(self, repository: Repository, inventory: InventoryCache, workers: Workers):
+    def __init__(self, repository: Repository, inventory: InventoryCache, workers: Workers, kernel):
         self.repository = repository
         self.inventory = inventory
+        self.kernel = kernel  # compiled or twin, as the engine's
         self.workers = workers  # the searches compute as pricing does: they share its places
         self._index: InventoryIndex | None = None
         self._index_lock = threading.Lock()
@@ -209,7 +215,7 @@ class SearchService:
         try:
             if self._index is None or self._index.generation != snapshot.generation:
                 deadline.check("before indexing the inventory")
-                self._index = InventoryIndex(snapshot)
+                self._index = InventoryIndex(snapshot, self.kernel)
             return self._index
         finally:
             self._index_lock.release()
@@ -256,7 +262,7 @@ class SearchService:
             index = self.index(deadline)
             snapshot = index.snapshot
             mask = index.mask(text, filters)
-            columns = snapshot.arrays()
+            columns = index.columns
             pick = (lambda name: columns[name]) if mask is None else (lambda name: columns[name][mask])  # noqa: E731
             prices, years = pick("prices"), pick("years")
             quartiles = numpy.percentile(prices, [0, 25, 50, 75, 100]).tolist() if len(prices) else [0.0] * 5

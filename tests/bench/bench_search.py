@@ -22,6 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from conftest import make_settings  # noqa: E402
+from engine_ext import load_kernel  # noqa: E402
 from server.app import open_repository  # noqa: E402
 from server.data import demo  # noqa: E402
 from server.data.filters import ConsiderationFilters  # noqa: E402
@@ -59,7 +60,7 @@ def main() -> int:
         repository.migrate()
         repository.seed(demo.demo_cars(args.cars), demo.demo_customers(20_000), replace=True)
         cache = InventoryCache(repository, ttl_seconds=3600, prefilter_entries=10)
-        service = SearchService(repository, cache, Workers(4))
+        service = SearchService(repository, cache, Workers(4), load_kernel())
         deadline = lambda: Deadline.after(30)  # noqa: E731
         snapshot = cache.snapshot(deadline())
         print(f"{len(snapshot):,} available cars; median and p95 of {args.repeat} calls, ms "
