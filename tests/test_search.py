@@ -222,8 +222,11 @@ def test_search_customers_pages_on_indexed_columns(server):
     record = server.client.search_customers(id_prefix=a1[0], page_size=1).customers[0]
     assert (record.customer_id, record.risk_profile_name, record.current_monthly_payment) == (
         a1[0], "A1", customers[a1[0]]["current_monthly_payment"])
+    from server.services.search import CustomerQuery, make_token
     first = server.client.search_customers(id_prefix="C01", page_size=2)
+    forged = make_token(CustomerQuery(id_prefix="C01"), ["C\u00e9"])  # right query, not an id: never reaches SQL
     for request, field in ((dict(id_prefix="C02", page_token=first.next_page_token), "page_token"),
+                           (dict(id_prefix="C01", page_token=forged), "page_token"),
                            (dict(id_prefix="C\u00e9"), "id_prefix"), (dict(order_by="region"), "order_by"),
                            (dict(text="x" * 65), "text"), (dict(page_size=-5), "page_size")):
         err = rpc_error(lambda: server.client.search_customers(**request))

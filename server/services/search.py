@@ -1,8 +1,9 @@
 """Inventory and customer search: the pages and facets of the screens that pick a car or a customer.
 
-Cars are answered from the inventory snapshot the offers are priced from, through a columnar
-index built once per snapshot generation (numpy columns, one sort order per sort key), so a
-page or the facets cost a few vectorized passes over the cars. Customers are read from the
+Cars are answered from the inventory snapshot the offers are priced from, through an index of
+each snapshot generation (numpy views of its columns, one sort order per sort key, the words of
+each car; each part built on first use), so a page or the facets cost a few vectorized passes
+over the cars. Customers are read from the
 database (Repository.search_customers), a page at a time on indexed columns.
 
 Pages use keyset tokens: a token names the query it belongs to (a digest of every field but
@@ -282,7 +283,8 @@ class SearchService:
             raise InvalidArgument(f'must be "customer_id" or "customer_id desc", got {query.order_by[:MAX_TEXT]!r}',
                                   "order_by")
         after = read_token(query, 1)
-        if after is not None and not isinstance(after[0], str):
+        if after is not None and not (isinstance(after[0], str) and after[0].isascii() and after[0].isprintable()
+                                      and len(after[0]) <= MAX_TEXT):  # a customer id, as stored
             raise InvalidArgument("is not a token of this query", "page_token")
         customers = self.repository.search_customers(
             id_prefix=query.id_prefix, text=query.text, region=query.region, risk_profile=query.risk_profile,
