@@ -105,22 +105,68 @@ cdef inline void _check_range(Py_ssize_t first, Py_ssize_t last, Py_ssize_t n) e
 
 
 # --- SPEC §2: the stage-1 match against an inventory snapshot --------------------------------
-def match_cars(const long[:] years, const double[:] prices, const long[:] kilometers, const long[:] regions,
-               double min_price, long min_year, long max_km, long region, Py_ssize_t limit):
-    cdef Py_ssize_t n = prices.shape[0], row, count = 0
-    if years.shape[0] != n or kilometers.shape[0] != n or regions.shape[0] != n:
-        raise ValueError("snapshot columns differ in length")
+cdef struct Filter:
+    # The consideration filters of match_filtered, as kernel_py.match_filtered reads them.
+    const long* brands
+    const long* colors
+    const signed char* promotions
+    double price_low, price_high, km_high
+    long year_low, year_high
+    const unsigned char* brand_ok
+    const unsigned char* region_ok
+    const unsigned char* color_ok
+    Py_ssize_t brand_codes, region_codes, color_codes
+    bint promotion_only
+
+
+cdef Py_ssize_t _match(const long[:] years, const double[:] prices, const long[:] kilometers, const long[:] regions,
+                       double min_price, long min_year, long max_km, long region, const Filter* f,
+                       long[:] out, Py_ssize_t limit, Py_ssize_t* bad) noexcept nogil:
+    """The rows of match_cars (f NULL) or match_filtered into `out`; their count. A name code
+    outside its table stops it, its row in `bad`."""
+    cdef Py_ssize_t row, count = 0
+    cdef long brand, place, color
+    cdef double price
+    for row in range(prices.shape[0]):
+        if count >= limit:
+            break
+        price, place = prices[row], regions[row]
+        if not (price > min_price and years[row] >= min_year and kilometers[row] < max_km
+                and (region < 0 or place == region)):
+            continue
+        if f != NULL:
+            brand, color = f.brands[row], f.colors[row]
+            if (brand < 0 or brand >= f.brand_codes or place < 0 or place >= f.region_codes
+                    or color < 0 or color >= f.color_codes):
+                bad[0] = row
+                break
+            if not (f.price_low <= price <= f.price_high and f.year_low <= years[row] <= f.year_high
+                    and kilometers[row] <= f.km_high and f.brand_ok[brand] and f.region_ok[place]
+                    and f.color_ok[color] and (not f.promotion_only or f.promotions[row])):
+                continue
+        out[count] = row
+        count += 1
+    return count
+
+
+cdef object _matched(const long[:] years, const double[:] prices, const long[:] kilometers, const long[:] regions,
+                     double min_price, long min_year, long max_km, long region, const Filter* f, Py_ssize_t limit):
+    cdef Py_ssize_t n = prices.shape[0], count, bad = -1
     found = array("l", bytes(array("l").itemsize * min(max(limit, 0), n)))
     cdef long[:] out = found
     with nogil:
-        for row in range(n):
-            if count >= limit:
-                break
-            if (prices[row] > min_price and years[row] >= min_year and kilometers[row] < max_km
-                    and (region < 0 or regions[row] == region)):
-                out[count] = row
-                count += 1
+        count = _match(years, prices, kilometers, regions, min_price, min_year, max_km, region, f, out, limit, &bad)
+    if bad >= 0:
+        raise IndexError(f"row {bad}: a name code outside its table")
     return found[:count]  # a copy: `found` cannot shrink while `out` views it
+
+
+def match_cars(const long[:] years, const double[:] prices, const long[:] kilometers, const long[:] regions,
+               double min_price, long min_year, long max_km, long region, Py_ssize_t limit):
+    cdef Py_ssize_t n = prices.shape[0]
+    if years.shape[0] != n or kilometers.shape[0] != n or regions.shape[0] != n:
+        raise ValueError("snapshot columns differ in length")
+    return _matched(years, prices, kilometers, regions, min_price, min_year, max_km, region, NULL, limit)
 
 
 def match_filtered(const long[:] years, const double[:] prices, const long[:] kilometers, const long[:] regions,
@@ -129,34 +175,20 @@ def match_filtered(const long[:] years, const double[:] prices, const long[:] ki
                    double price_low, double price_high, long year_low, long year_high, double km_high,
                    const unsigned char[:] brand_ok, const unsigned char[:] region_ok,
                    const unsigned char[:] color_ok, bint promotion_only, Py_ssize_t limit):
-    cdef Py_ssize_t n = prices.shape[0], row, count = 0, bad = -1
-    cdef Py_ssize_t brand_codes = brand_ok.shape[0], region_codes = region_ok.shape[0], color_codes = color_ok.shape[0]
-    cdef long brand, place, color, year, km
-    cdef double price
+    cdef Py_ssize_t n = prices.shape[0]
+    cdef Filter f
     if (years.shape[0] != n or kilometers.shape[0] != n or regions.shape[0] != n or brands.shape[0] != n
             or colors.shape[0] != n or promotions.shape[0] != n):
         raise ValueError("snapshot columns differ in length")
-    found = array("l", bytes(array("l").itemsize * min(max(limit, 0), n)))
-    cdef long[:] out = found
-    with nogil:
-        for row in range(n):
-            if count >= limit:
-                break
-            brand, place, color = brands[row], regions[row], colors[row]
-            if (brand < 0 or brand >= brand_codes or place < 0 or place >= region_codes
-                    or color < 0 or color >= color_codes):
-                bad = row
-                break
-            price, year, km = prices[row], years[row], kilometers[row]
-            if (price > min_price and year >= min_year and km < max_km and (region < 0 or place == region)
-                    and price_low <= price <= price_high and year_low <= year <= year_high and km <= km_high
-                    and brand_ok[brand] and region_ok[place] and color_ok[color]
-                    and (not promotion_only or promotions[row])):
-                out[count] = row
-                count += 1
-    if bad >= 0:
-        raise IndexError(f"row {bad}: a name code outside its table")
-    return found[:count]
+    if n == 0:
+        return array("l")
+    f.brands, f.colors, f.promotions = &brands[0], &colors[0], &promotions[0]
+    f.price_low, f.price_high, f.km_high, f.year_low, f.year_high = price_low, price_high, km_high, year_low, year_high
+    f.brand_ok, f.region_ok, f.color_ok = &brand_ok[0] if brand_ok.shape[0] else NULL, \
+        &region_ok[0] if region_ok.shape[0] else NULL, &color_ok[0] if color_ok.shape[0] else NULL
+    f.brand_codes, f.region_codes, f.color_codes = brand_ok.shape[0], region_ok.shape[0], color_ok.shape[0]
+    f.promotion_only = promotion_only
+    return _matched(years, prices, kilometers, regions, min_price, min_year, max_km, region, &f, limit)
 
 
 def take(source, const long[:] rows):

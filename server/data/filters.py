@@ -51,7 +51,7 @@ class ConsiderationFilters:
         """The bounds for this customer (None: nothing filtered); customer None: a search without
         one, whose CUSTOMER_FILTERS are unset. FailedPrecondition when a same/other-brand filter
         meets a customer without a current brand."""
-        if not self:
+        if self is NO_FILTERS or not self:
             return None
         current = fold(customer.current_car_brand) if customer is not None else ""
         for flag in ("same_brand_as_current", "other_brand_than_current"):

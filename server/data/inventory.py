@@ -2,7 +2,9 @@
 
 The snapshot holds every available car as compact columns sorted in prefilter order (year
 desc, price desc, car_id asc), so a request matches its cars in memory with the compiled
-kernel instead of fetching and parsing hundreds of rows. It is built once in full, then kept
+kernel instead of fetching and parsing hundreds of rows; a request's consideration filters are
+matched in the same pass, over the brand, colour and promotion columns (names as codes, each
+filter's names as a table of the codes that pass). It is built once in full, then kept
 fresh incrementally: the change feed hands it the rows changed since its version and
 `InventorySnapshot.apply` builds the next snapshot from slices of the previous one (a few
 milliseconds at 100,000 cars) while requests go on reading the old one. What stamps cannot

@@ -40,7 +40,7 @@ SCHEMA = (
         risk_profile_index SMALLINT NOT NULL,
         region VARCHAR(64) NOT NULL DEFAULT '',
         current_car_brand VARCHAR(64) NOT NULL DEFAULT '',
-        current_car_model VARCHAR(128) NOT NULL DEFAULT ''
+        current_car_model VARCHAR(64) NOT NULL DEFAULT ''
     ){suffix}""",
     """CREATE TABLE IF NOT EXISTS inventory (
         car_id {id_type} NOT NULL PRIMARY KEY,
@@ -126,8 +126,8 @@ ADD_COLUMN = "ALTER TABLE {table} ADD COLUMN {definition}"
 # Columns added since a table's first release: (table, column, definition per backend).
 ADDED_COLUMNS = (
     ("inventory", "updated_at", _STAMP_COLUMN),
-    ("customers", "current_car_brand", dict.fromkeys(_STAMP_COLUMN, "current_car_brand VARCHAR(64) NOT NULL DEFAULT ''")),
-    ("customers", "current_car_model", dict.fromkeys(_STAMP_COLUMN, "current_car_model VARCHAR(128) NOT NULL DEFAULT ''")),
+    *(("customers", name, dict.fromkeys(_STAMP_COLUMN, f"{name} VARCHAR(64) NOT NULL DEFAULT ''"))
+      for name in ("current_car_brand", "current_car_model")),
 )
 # SQLite stamps come from a counter (not MAX + 1: REPLACE deletes the newest row before inserting).
 _STAMP = ("UPDATE change_versions SET stamp_sequence = stamp_sequence + 1 WHERE id = 1; "

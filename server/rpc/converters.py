@@ -12,7 +12,7 @@ from engine_ext.constants import ALL_TIERS, TIER_MAX_UPGRADE, TIER_NAMES, TIER_R
 
 from protos.tradeup.v1 import admin_pb2, offers_pb2 as pb, search_pb2
 
-from ..data.filters import CUSTOMER_FILTERS, ConsiderationFilters, names
+from ..data.filters import CUSTOMER_FILTERS, NO_FILTERS, ConsiderationFilters, names
 from ..domain import ConfigChange, Customer
 from ..errors import InvalidArgument
 from ..services.offers import (GRID_FIELDS, OVERRIDE_FIELDS, CustomerRef, OfferQuery, OfferResult, SubsidyQuery,
@@ -109,8 +109,11 @@ def _ordered(low, high, low_name: str, high_name: str) -> None:
         raise InvalidArgument(f"must be >= {low_name} ({low:g}), got {high:g}", f"filters.{high_name}")
 
 
-def filters_to_domain(filters: pb.ConsiderationFilters) -> ConsiderationFilters:
+def filters_to_domain(request: Any) -> ConsiderationFilters:
     """The request's filters, every field validated (the field named in the error)."""
+    if not request.HasField("filters"):
+        return NO_FILTERS  # the unfiltered call pays nothing for the filters
+    filters = request.filters
     price_min = _bound(filters, "price_min", 0.0, MAX_FILTER_AMOUNT)
     price_max = _bound(filters, "price_max", 0.0, MAX_FILTER_AMOUNT)
     _ordered(price_min, price_max, "price_min", "price_max")
@@ -141,7 +144,7 @@ def offer_query(request: Any) -> OfferQuery:
     return OfferQuery(customer=customer_ref(request), overrides=overrides_to_domain(request.overrides),
                       terms=tuple(options.terms), tiers=tuple(options.tiers), max_offers=options.max_offers,
                       same_region=options.same_region, max_cars=options.max_cars,
-                      filters=filters_to_domain(request.filters))
+                      filters=filters_to_domain(request))
 
 
 def subsidy_query(request: pb.FindMinimumSubsidyRequest) -> SubsidyQuery:
@@ -149,15 +152,15 @@ def subsidy_query(request: pb.FindMinimumSubsidyRequest) -> SubsidyQuery:
         raise InvalidArgument("too many car ids", "car_ids")
     offer = OfferQuery(customer=customer_ref(request), overrides=overrides_to_domain(request.overrides),
                        same_region=request.same_region, max_cars=request.max_cars,
-                       filters=filters_to_domain(request.filters))
+                       filters=filters_to_domain(request))
     grid = {name: getattr(request.grid, name) for name in GRID_FIELDS if request.grid.HasField(name)}
     return SubsidyQuery(offer=offer, car_ids=tuple(request.car_ids), grid=grid, max_viable=request.max_viable)
 
 
 # --- search --------------------------------------------------------------------------------------
-def search_filters(filters: pb.ConsiderationFilters) -> ConsiderationFilters:
+def search_filters(request: Any) -> ConsiderationFilters:
     """The filters of a search: validated as on the offer calls, without those that need a customer."""
-    domain = filters_to_domain(filters)
+    domain = filters_to_domain(request)
     for name in CUSTOMER_FILTERS:
         value = getattr(domain, name)
         if value is not None and value is not False:  # a ratio of 0 is given too
@@ -174,7 +177,7 @@ def search_text(query: str, name: str = "query") -> str:
 
 
 def inventory_query(request: search_pb2.SearchInventoryRequest) -> InventoryQuery:
-    return InventoryQuery(text=search_text(request.query), filters=search_filters(request.filters),
+    return InventoryQuery(text=search_text(request.query), filters=search_filters(request),
                           order_by=_text(request.order_by, "order_by", MAX_TEXT), page_size=request.page_size,
                           page_token=_text(request.page_token, "page_token", 1024))
 

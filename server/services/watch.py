@@ -391,7 +391,7 @@ class WatchService:
             bounds, ordered = self._index
         found: dict[int, Group] = {}
         for car in cars:
-            # Only groups with price bound < the car's price can pass; then year, km, region.
+            # Only groups with price bound < the car's price can pass; then year, km, region, filters.
             for group in ordered[:bisect.bisect_left(bounds, car.price)]:
                 if id(group) not in found and group.passes(car):
                     found[id(group)] = group
