@@ -17,7 +17,8 @@ BUF := tools/buf/node_modules/.bin/buf
 NODE_CLIENT := tests/node/node_modules/.package-lock.json
 
 .PHONY: install build-deps system-deps build protos run migrate seed test test-python bench bench-engine bench-db \
-	bench-growth bench-server bench-fleet bench-watch loadtest soak chaos tools buf node-client constraints clean
+	bench-growth bench-server bench-fleet bench-watch bench-search loadtest soak chaos tools buf node-client \
+	constraints clean
 
 # What building needs, from Debian's packages when missing: a C compiler, the Python headers
 # and venv (Debian splits both out of python3).
@@ -123,6 +124,10 @@ bench-server: system-deps build
 # WatchOffers: change -> watcher latency (polling, Redis), 1,000 watchers idle CPU and one car sold.
 bench-watch: system-deps build
 	PATH="/usr/sbin:$$PATH" $(PYTHON) -m tests.bench.bench_watch
+
+# SearchService at 100,000 cars: facets, inventory pages, customer pages (median, p95, goals).
+bench-search: build
+	$(PYTHON) -m tests.bench.bench_search
 
 bench-growth: system-deps build
 	@[ -x $(BIN)/ghz ] || $(MAKE) tools

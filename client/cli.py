@@ -214,9 +214,41 @@ def cmd_bulk(client: OfferClient, args) -> int:
     return 1 if errors else 0
 
 
+# The subsidy command's grid flags: (SubsidySearchGrid field, flag, help).
+GRID_FLAGS = (("service_fee_max", "--grid-service-fee-max", "first service fee tried, fraction"),
+              ("service_fee_min", "--grid-service-fee-min", "last service fee tried, fraction"),
+              ("service_fee_step", "--grid-service-fee-step", "service fee step, fraction"),
+              ("cac_min", "--grid-cac-min", "first customer bonus tried, MXN"),
+              ("cac_max", "--grid-cac-max", "last customer bonus tried, MXN"),
+              ("cac_step", "--grid-cac-step", "customer bonus step, MXN"),
+              ("cxa_max", "--grid-cxa-max", "first opening fee tried, fraction"),
+              ("cxa_min", "--grid-cxa-min", "last opening fee tried, fraction"),
+              ("cxa_step", "--grid-cxa-step", "opening fee step, fraction"),
+              ("kavak_total_amount", "--grid-kavak-total", "Kavak Total in the search, MXN"))
+
+
+def _grid(args) -> dict:
+    grid = {name: getattr(args, name) for name, _, _ in GRID_FLAGS if getattr(args, name) is not None}
+    if args.grid_kavak_total_enabled is not None:
+        grid["kavak_total_enabled"] = args.grid_kavak_total_enabled == "on"
+    return grid
+
+
+def _subsidy_rows(rows: Iterable[pb.SubsidyResult]) -> list[str]:
+    lines = [f"  {'car':10} {'outcome':24} {'term':>4} {'fee':>6} {'bonus MXN':>10} {'cxa':>6} "
+             f"{'monthly MXN':>12} {'delta':>8} {'npv MXN':>10} {'tried':>6}"]
+    for r in rows:
+        outcome = pb.SubsidyOutcome.Name(r.outcome).removeprefix("SUBSIDY_OUTCOME_")
+        lines.append(f"  {r.car_id:10} {outcome:24} {r.term:>4} {r.service_fee_pct:>6.1%} {_money(r.cac_bonus):>10} "
+                     f"{r.cxa_pct:>6.1%} {_money(r.monthly_payment):>12} {r.payment_delta:>+8.2%} {_money(r.npv):>10} "
+                     f"{r.iterations_tried:>6}")
+    return lines
+
+
 def cmd_subsidy(client: OfferClient, args) -> int:
     stream = client.find_minimum_subsidy(**_customer(args), car_ids=args.cars or (), overrides=_overrides(args),
-                                         same_region=args.same_region, max_cars=args.max_cars, filters=_filters(args))
+                                         same_region=args.same_region, max_cars=args.max_cars, filters=_filters(args),
+                                         grid=_grid(args), max_viable=args.max_viable)
     rows: list[pb.SubsidyResult] = []
     last = None
     for message in stream:
@@ -225,17 +257,70 @@ def cmd_subsidy(client: OfferClient, args) -> int:
     if args.json:
         print(json.dumps([json_format.MessageToDict(r, preserving_proto_field_name=True) for r in rows], indent=1))
         return 0
-    shown = [r for r in rows if r.viable or args.all][: args.limit]
-    print(f"{last.viable_count if last else 0} of {last.cars_searched if last else 0} cars viable"
-          + (f"; first {len(shown)} shown" if shown else ""))
-    if shown:
-        print(f"  {'car':10} {'outcome':24} {'term':>4} {'fee':>6} {'bonus MXN':>10} {'cxa':>6} "
-              f"{'monthly MXN':>12} {'delta':>8} {'npv MXN':>10} {'tried':>6}")
-    for r in shown:
-        outcome = pb.SubsidyOutcome.Name(r.outcome).removeprefix("SUBSIDY_OUTCOME_")
-        print(f"  {r.car_id:10} {outcome:24} {r.term:>4} {r.service_fee_pct:>6.1%} {_money(r.cac_bonus):>10} "
-              f"{r.cxa_pct:>6.1%} {_money(r.monthly_payment):>12} {r.payment_delta:>+8.2%} {_money(r.npv):>10} "
-              f"{r.iterations_tried:>6}")
+    s = last.summary if last else pb.SubsidySummary()
+    print(f"{s.viable} of {s.searched} cars viable ({s.candidates} candidates, {s.iterations:,} combinations tried)")
+    if args.all:
+        tables = (("Every car searched, in search order", rows[:args.limit]),)
+    else:
+        tables = (("Viable, best npv first", s.best_viable[:args.limit]),
+                  ("Nearest misses, smallest payment delta first", s.nearest_misses))
+    for title, shown in tables:
+        if shown:
+            print(f"{title} ({len(shown)} shown):")
+            print("\n".join(_subsidy_rows(shown)))
+    return 0
+
+
+def cmd_search(client: OfferClient, args) -> int:
+    response = client.search_inventory(" ".join(args.words), _filters(args), order_by=args.order_by,
+                                       page_size=args.page_size, page_token=args.page_token)
+    if args.json:
+        print(_as_json(response))
+        return 0
+    print(f"{response.total_size} cars match; {len(response.cars)} shown")
+    if response.cars:
+        print(f"  {'car':10} {'brand':12} {'model':16} {'year':>4} {'km':>8} {'price MXN':>12} {'region':11} color")
+    for c in response.cars:
+        price = _money(c.price) + ("*" if c.on_promotion else " ")
+        print(f"  {c.car_id:10} {c.brand[:12]:12} {c.model[:16]:16} {c.year:>4} {c.kilometers:>8,} {price:>13} "
+              f"{c.region[:11]:11} {c.color}")
+    if response.next_page_token:
+        print(f"next page: --page-token {response.next_page_token}")
+    return 0
+
+
+def cmd_facets(client: OfferClient, args) -> int:
+    response = client.inventory_facets(" ".join(args.words), _filters(args))
+    if args.json:
+        print(_as_json(response))
+        return 0
+    p = response.prices
+    listed = lambda counts: ", ".join(f"{c.value or '(none)'} {c.count:,}" for c in counts)  # noqa: E731
+    print(f"{response.total_cars:,} cars, {response.promotion_count:,} on promotion")
+    print(f"price MXN: {_money(p.min)} .. {_money(p.max)} (quartiles {_money(p.q1)}, {_money(p.median)}, "
+          f"{_money(p.q3)})")
+    print("brands: " + listed(response.brands))
+    print("years: " + ", ".join(f"{y.year} {y.count:,}" for y in response.years))
+    print("regions: " + listed(response.regions))
+    print("colors: " + listed(response.colors))
+    return 0
+
+
+def cmd_customers(client: OfferClient, args) -> int:
+    response = client.search_customers(id_prefix=args.prefix, text=args.text, region=args.region,
+                                       risk_profile=args.risk, order_by=args.order_by, page_size=args.page_size,
+                                       page_token=args.page_token)
+    if args.json:
+        print(_as_json(response))
+        return 0
+    print(f"  {'customer':10} {'risk':5} {'region':10} {'monthly MXN':>12} {'balance MXN':>12} {'car MXN':>12} "
+          f"{'year':>4} {'km':>8}")
+    for c in response.customers:
+        print(f"  {c.customer_id:10} {c.risk_profile_name:5} {c.region[:10]:10} {_money(c.current_monthly_payment):>12} "
+              f"{_money(c.outstanding_balance):>12} {_money(c.current_car_price):>12} {c.current_car_year:>4} "
+              f"{c.current_car_km:>8,}")
+    if response.next_page_token:
+        print(f"next page: --page-token {response.next_page_token}")
     return 0
 
 
@@ -255,7 +340,8 @@ def cmd_amortization(client: OfferClient, args) -> int:
     return 0
 
 
-HEALTH_SERVICES = ('"" (the whole server)', "tradeup.v1.OfferService", "tradeup.v1.AdminService")
+HEALTH_SERVICES = ('"" (the whole server)', "tradeup.v1.OfferService", "tradeup.v1.SearchService",
+                   "tradeup.v1.AdminService")
 
 
 def cmd_health(client: OfferClient, args) -> int:
@@ -422,6 +508,12 @@ def _add_filters(parser: argparse.ArgumentParser) -> None:
             group.add_argument(flag, dest=name, type=kind, help=doc)
 
 
+def _add_paging(parser: argparse.ArgumentParser, items: str, orders: str) -> None:
+    parser.add_argument("--order-by", default="", help=orders)
+    parser.add_argument("--page-size", type=_whole(0), default=20, help=f"{items} per page (at most 500)")
+    parser.add_argument("--page-token", default="", help="next_page_token of the previous page (same query)")
+
+
 def _login_name() -> str:
     """$LOGNAME or $USER, else the account's name (a root shell often sets neither)."""
     try:
@@ -465,10 +557,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-cars", type=_whole(0), default=0)
     p.add_argument("--same-region", action="store_true")
     _add_filters(p)
-    p.add_argument("--all", action="store_true", help="show non-viable cars too")
-    p.add_argument("--limit", type=_whole(0), default=10, help="rows shown")
+    p.add_argument("--max-viable", type=_whole(0), default=0, help="stop after this many viable cars (0 = all)")
+    for name, flag, doc in GRID_FLAGS:
+        p.add_argument(flag, dest=name, type=float, help=f"grid: {doc} (default: configured)")
+    p.add_argument("--grid-kavak-total-enabled", choices=("on", "off"), help="grid: Kavak Total in the search")
+    p.add_argument("--all", action="store_true", help="every car searched, in search order, instead of the ranking")
+    p.add_argument("--limit", type=_whole(0), default=10, help="rows shown per table")
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=cmd_subsidy)
+
+    for name, run, doc in (("search", cmd_search, "available cars matching words and filters, one page"),
+                           ("facets", cmd_facets, "brands, years, prices, regions and colours of the matching cars")):
+        p = add(name, help=doc)
+        p.add_argument("words", nargs="*", help='words matching the car id, brand or model, e.g. "mazda 3"')
+        _add_filters(p)
+        if name == "search":
+            _add_paging(p, "cars", '"price", "year" or "kilometers", optionally " desc" (default: car id)')
+        p.add_argument("--json", action="store_true")
+        p.set_defaults(run=run)
+
+    p = add("customers", help="stored customers by id prefix, text, region and risk profile, one page")
+    p.add_argument("prefix", nargs="?", default="", help="customer id prefix, e.g. C000")
+    p.add_argument("--text", default="", help="text in the customer id or region")
+    p.add_argument("--region", default="", help="this region only")
+    p.add_argument("--risk", default="", help="this risk profile only, e.g. A1")
+    _add_paging(p, "customers", '"customer_id" (default) or "customer_id desc"')
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=cmd_customers)
 
     p = add("amortization", help="month-by-month schedule of one offer")
     _add_customer(p)
@@ -478,7 +593,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_amortization)
 
     p = add("health", help="grpc.health.v1 status (exit 0 when SERVING)")
-    p.add_argument("--service", default="", help='"" (overall), tradeup.v1.OfferService, tradeup.v1.AdminService')
+    p.add_argument("--service", default="", help='"" (overall), tradeup.v1.OfferService, tradeup.v1.SearchService, tradeup.v1.AdminService')
     p.add_argument("--watch", action="store_true", help="stream status changes")
     p.add_argument("--watch-seconds", type=_seconds, default=None, help="stop watching after this long")
     p.set_defaults(run=cmd_health)

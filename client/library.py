@@ -25,12 +25,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opentelemetry import propagate
 from grpc_status import rpc_status
 
-from protos.tradeup.v1 import admin_pb2, admin_pb2_grpc, offers_pb2 as pb, offers_pb2_grpc
+from protos.tradeup.v1 import admin_pb2, admin_pb2_grpc, offers_pb2 as pb, offers_pb2_grpc, search_pb2, search_pb2_grpc
 
 TIERS = {"refresh": pb.TIER_REFRESH, "upgrade": pb.TIER_UPGRADE, "max_upgrade": pb.TIER_MAX_UPGRADE}
 RETRY_POLICY = {
     "methodConfig": [{
-        "name": [{"service": "tradeup.v1.OfferService"}, {"service": "tradeup.v1.AdminService"},
+        "name": [{"service": "tradeup.v1.OfferService"}, {"service": "tradeup.v1.SearchService"},
+                 {"service": "tradeup.v1.AdminService"},
                  {"service": "grpc.health.v1.Health", "method": "Check"}],
         # Up to 4 attempts over up to 0.1 + 0.2 + 0.4 s of backoff (each a random part of it):
         # enough to reach another replica or a server finishing its start-up (about 0.3 s), short
@@ -125,6 +126,7 @@ class OfferClient:
         self.timeout = timeout
         self.admin_token = admin_token
         self.offers = offers_pb2_grpc.OfferServiceStub(self.channel)
+        self.search = search_pb2_grpc.SearchServiceStub(self.channel)
         self.admin = admin_pb2_grpc.AdminServiceStub(self.channel)
         self.health_stub = health_pb2_grpc.HealthStub(self.channel)
 
@@ -157,10 +159,16 @@ class OfferClient:
 
     def find_minimum_subsidy(self, customer_id: str | None = None, profile=None, car_ids: Sequence[str] = (),
                              overrides: dict | None = None, same_region: bool = False, max_cars: int = 0,
-                             filters: dict | pb.ConsiderationFilters | None = None, timeout: float | None = None,
+                             filters: dict | pb.ConsiderationFilters | None = None, grid: dict | None = None,
+                             max_viable: int = 0, timeout: float | None = None,
                              metadata=None) -> Iterator[pb.FindMinimumSubsidyResponse]:
+        """`grid`: SubsidySearchGrid fields (e.g. {"cac_max": 20000, "cac_step": 1000}) replacing the
+        configured grid for this call; `max_viable`: stop after that many viable cars."""
         request = pb.FindMinimumSubsidyRequest(car_ids=list(car_ids), overrides=pb.PricingOverrides(**(overrides or {})),
-                                               same_region=same_region, max_cars=max_cars, filters=_filters(filters))
+                                               same_region=same_region, max_cars=max_cars, filters=_filters(filters),
+                                               max_viable=max_viable)
+        if grid:
+            request.grid.CopyFrom(pb.SubsidySearchGrid(**grid))
         _set_customer(request, customer_id, profile)
         return self.offers.FindMinimumSubsidy(request, timeout=self._timeout(timeout), metadata=metadata)
 
@@ -177,6 +185,28 @@ class OfferClient:
         No deadline unless `timeout` is given; `.cancel()` on the result ends the stream."""
         return self.offers.WatchOffers(offer_request(pb.WatchOffersRequest, **request), timeout=timeout,
                                        metadata=metadata)
+
+    # --- search ---------------------------------------------------------------------------------
+    def search_inventory(self, query: str = "", filters: dict | pb.ConsiderationFilters | None = None, order_by: str = "", page_size: int = 0,
+                         page_token: str = "", timeout: float | None = None,
+                         metadata=None) -> search_pb2.SearchInventoryResponse:
+        """One page of available cars; `filters`: ConsiderationFilters fields, e.g. {"brands": ["Mazda"]}."""
+        request = search_pb2.SearchInventoryRequest(query=query, filters=_filters(filters),
+                                                    order_by=order_by, page_size=page_size, page_token=page_token)
+        return self.search.SearchInventory(request, timeout=self._timeout(timeout), metadata=metadata)
+
+    def inventory_facets(self, query: str = "", filters: dict | pb.ConsiderationFilters | None = None, timeout: float | None = None,
+                         metadata=None) -> search_pb2.InventoryFacetsResponse:
+        request = search_pb2.InventoryFacetsRequest(query=query, filters=_filters(filters))
+        return self.search.InventoryFacets(request, timeout=self._timeout(timeout), metadata=metadata)
+
+    def search_customers(self, id_prefix: str = "", text: str = "", region: str = "", risk_profile: str = "",
+                         order_by: str = "", page_size: int = 0, page_token: str = "", timeout: float | None = None,
+                         metadata=None) -> search_pb2.SearchCustomersResponse:
+        request = search_pb2.SearchCustomersRequest(id_prefix=id_prefix, text=text, region=region,
+                                                    risk_profile=risk_profile, order_by=order_by,
+                                                    page_size=page_size, page_token=page_token)
+        return self.search.SearchCustomers(request, timeout=self._timeout(timeout), metadata=metadata)
 
     # --- health ---------------------------------------------------------------------------------
     def health(self, service: str = "", timeout: float | None = None) -> str:

@@ -19,11 +19,12 @@ from .data.redislink import RedisLink
 from .data.repository import Repository
 from .metrics import Metrics
 from .rpc.server import PROBE_TIMEOUT, CallInterceptors, HealthMonitor, create_server, rpc_threads
-from .rpc.servicers import AdminServicer, OfferServicer
+from .rpc.servicers import AdminServicer, OfferServicer, SearchServicer
 from .services.admin import AdminService
 from .services.changefeed import ChangeFeed
 from .services.offers import OfferService
 from .services.ratelimit import SharedTokenBuckets, TokenBuckets
+from .services.search import SearchService
 from .services.watch import WatchService
 from .services.workers import Workers
 from .tracing import Tracing
@@ -74,7 +75,9 @@ class Application:
         self.changes = ChangeFeed(self.repository, self.settings, self.inventory, settings.cache.change_poll_seconds,
                                   self.redis)
         s = settings.server
-        self.offers = OfferService(self.settings, self.repository, self.inventory, self.engine, Workers(s.max_workers),
+        workers = Workers(s.max_workers)  # pricing and search share the process's places
+        self.search = SearchService(self.repository, self.inventory, workers, kernel)
+        self.offers = OfferService(self.settings, self.repository, self.inventory, self.engine, workers,
                                    on_priced=lambda r: self.metrics.offers_priced(
                                        r.offers.tier_counts, r.offers.rejected, r.offers.cars_evaluated,
                                        r.engine_ms / 1e3))
@@ -104,6 +107,7 @@ class Application:
         self.server, self.port = create_server(
             settings, OfferServicer(self.offers, s.stream_batch_size, s.max_bulk_customers, self.watch,
                                     s.default_deadline_seconds),
+            SearchServicer(self.search, s.default_deadline_seconds),
             AdminServicer(self.admin, s.default_deadline_seconds), self.health, self.calls.chain,
             self._rpc_pool, address)
         self._prepared = False

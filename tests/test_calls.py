@@ -15,7 +15,7 @@ from google.protobuf import struct_pb2
 import golden_data as golden
 from client import OfferClient
 from conftest import free_port, start_server
-from protos.tradeup.v1 import admin_pb2, admin_pb2_grpc, offers_pb2 as pb, offers_pb2_grpc
+from protos.tradeup.v1 import admin_pb2, admin_pb2_grpc, offers_pb2 as pb, offers_pb2_grpc, search_pb2, search_pb2_grpc
 from server.deadline import Deadline
 from server.errors import DeadlineExceeded
 
@@ -68,6 +68,7 @@ def test_every_rpc_answers_without_a_deadline(golden_database):
     running = start_server(golden_database[1], TRADEUP_INVENTORY_TTL_SECONDS=1, TRADEUP_ADMIN_TOKEN="test-admin-token")
     channel, stub = no_deadline_stub(running.target)
     admin = admin_pb2_grpc.AdminServiceStub(channel)
+    search = search_pb2_grpc.SearchServiceStub(channel)
     try:
         offers = len(golden.offers_of(STORED)["offers"])
         for round in range(2):
@@ -85,6 +86,9 @@ def test_every_rpc_answers_without_a_deadline(golden_database):
             watch = stub.WatchOffers(pb.WatchOffersRequest(customer_id=STORED))
             assert next(watch).summary.total_offers == offers
             watch.cancel()
+            assert search.SearchInventory(search_pb2.SearchInventoryRequest(query="audi")).total_size > 0
+            assert search.InventoryFacets(search_pb2.InventoryFacetsRequest()).total_cars > 0
+            assert search.SearchCustomers(search_pb2.SearchCustomersRequest(id_prefix=STORED)).customers
             token = (("authorization", "Bearer test-admin-token"),)
             assert admin.GetStatus(admin_pb2.GetStatusRequest(), metadata=token).inventory_cars > 0
             assert admin.GetConfig(admin_pb2.GetConfigRequest(), metadata=token).config_version >= 0

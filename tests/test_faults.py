@@ -55,6 +55,7 @@ def test_outage_and_recovery(private_mariadb, tmp_path):
         assert client.health() == "SERVING"
         watcher.start()
         assert client.generate_offers(customer_id=customer).summary.total_offers > 0
+        cars = client.search_inventory("audi").total_size
         mariadb.stop()
         codes, reasons = [], set()
         deadline = time.monotonic() + 10
@@ -72,6 +73,12 @@ def test_outage_and_recovery(private_mariadb, tmp_path):
             assert details.retry_after is None or 0 < details.retry_after <= 0.5  # the circuit closes by then
             assert time.monotonic() - started < 3.5
         assert set(codes) == {grpc.StatusCode.UNAVAILABLE} and reasons == {"DATABASE_UNAVAILABLE"}
+        # The search: customers are read from the database, cars from the snapshot in memory.
+        assert client.health("tradeup.v1.SearchService") == "NOT_SERVING"
+        with pytest.raises(grpc.RpcError) as err:
+            client.search_customers(id_prefix="C0", timeout=3)
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert client.search_inventory("audi", timeout=3).total_size == cars
         status = client.status()
         assert not status.database_reachable and status.circuit_state in ("open", "half_open")
         mariadb.start()

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import golden_data as golden
-from protos.tradeup.v1 import admin_pb2, offers_pb2 as pb
+from protos.tradeup.v1 import admin_pb2, offers_pb2 as pb, search_pb2
 
 EXAMPLES = int(os.environ.get("TRADEUP_FUZZ_EXAMPLES", "2000"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None,
@@ -55,6 +55,15 @@ filters = st.none() | st.builds(lambda *v: pb.ConsiderationFilters(**{k: x for k
      "colors"), v) if x is not None}),
     optional(doubles), optional(doubles), optional(doubles), names, names, st.booleans(), st.booleans(),
     optional(int32), optional(int32), optional(int32), optional(doubles), st.booleans(), names, names)
+
+grid_values = doubles | st.sampled_from([0.005, 0.01, 0.02, 0.05, 0.3, 1.0, 250.0, 1000.0, 10000.0])
+grids = st.none() | st.builds(lambda *v: pb.SubsidySearchGrid(**{k: x for k, x in zip(
+    ("service_fee_max", "service_fee_min", "service_fee_step", "cac_min", "cac_max", "cac_step", "cxa_max", "cxa_min",
+     "cxa_step", "kavak_total_enabled", "kavak_total_amount"), v) if x is not None}),
+    *[optional(grid_values)] * 9, optional(st.booleans()), optional(grid_values))
+orders = st.sampled_from(["", "price", "year desc", "kilometers desc", "car_id", "customer_id desc", "price  desc"]) | text
+page_sizes = st.integers(-2**31, 2**31 - 1) | st.sampled_from([0, 1, 3, 500, 501])
+tokens = st.sampled_from(["", "WyJ4Il0", "WyIwMTIzNDU2Nzg5YWJjZGVmIiwgMSwgIklOVjAwMDAxIl0"]) | text
 
 
 def with_customer(message, customer):
@@ -108,12 +117,34 @@ def test_fuzz_generate_and_stream(stubs, customer, overrides, options, filters):
 @FUZZ
 @given(customer=customers, cars=st.lists(car_ids, max_size=5) | st.just([CARS[-1]] * 2001),
        overrides=overrides, same_region=st.booleans(), max_cars=st.sampled_from([0, 1, 20, 2000, 2001, 2**32 - 1]),
-       filters=filters)
-def test_fuzz_minimum_subsidy(stubs, customer, cars, overrides, same_region, max_cars, filters):
+       filters=filters, grid=grids, max_viable=uint32)
+def test_fuzz_minimum_subsidy(stubs, customer, cars, overrides, same_region, max_cars, filters, grid, max_viable):
     request = with_customer(pb.FindMinimumSubsidyRequest(car_ids=cars, overrides=overrides, same_region=same_region,
                                                          max_cars=min(max_cars, 20) if not cars else max_cars,
-                                                         filters=filters), customer)
-    check(lambda: stubs.offers.FindMinimumSubsidy(request, timeout=30))
+                                                         filters=filters, grid=grid, max_viable=max_viable), customer)
+    messages = check(lambda: stubs.offers.FindMinimumSubsidy(request, timeout=30))
+    if messages:
+        summary = messages[-1].summary
+        assert summary.searched == sum(len(m.results) for m in messages) <= summary.candidates
+        assert len(summary.best_viable) == summary.viable <= (max_viable or summary.viable)
+
+
+# The three search RPCs in one test (one server), on a quarter of the examples: their fields are few.
+@settings(FUZZ, max_examples=max(EXAMPLES // 4, 1))
+@given(query=text, filters=filters, order_by=orders, page_size=page_sizes, page_token=tokens, id_prefix=ids,
+       region=text, risk_profile=st.sampled_from(["A1", "B", ""]) | text)
+def test_fuzz_search(stubs, query, filters, order_by, page_size, page_token, id_prefix, region, risk_profile):
+    page = check(lambda: stubs.search.SearchInventory(search_pb2.SearchInventoryRequest(
+        query=query, filters=filters, order_by=order_by, page_size=page_size, page_token=page_token), timeout=30))
+    facets = check(lambda: stubs.search.InventoryFacets(search_pb2.InventoryFacetsRequest(query=query, filters=filters),
+                                                        timeout=30))
+    if page is not None and facets is not None:
+        assert page.total_size == facets.total_cars and len(page.cars) <= min(page_size or 50, 500)
+    customers = check(lambda: stubs.search.SearchCustomers(search_pb2.SearchCustomersRequest(
+        id_prefix=id_prefix, text=query, region=region, risk_profile=risk_profile, order_by=order_by,
+        page_size=page_size, page_token=page_token), timeout=30))
+    if customers is not None:
+        assert all(c.customer_id.startswith(id_prefix) for c in customers.customers)
 
 
 @FUZZ

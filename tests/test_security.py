@@ -49,9 +49,11 @@ def test_rate_limit_per_caller(limited):
     customer = golden.customer_ids()[0]
     for _ in range(3):
         limited.client.generate_offers(customer_id=customer, max_offers=1, metadata=as_a)
-    with pytest.raises(grpc.RpcError) as err:
-        limited.client.generate_offers(customer_id=customer, max_offers=1, metadata=as_a)
-    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    for call in (lambda: limited.client.generate_offers(customer_id=customer, max_offers=1, metadata=as_a),
+                 lambda: limited.client.search_inventory("audi", metadata=as_a)):
+        with pytest.raises(grpc.RpcError) as err:
+            call()
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     retry_ms = int(dict(err.value.trailing_metadata())["retry-after-ms"])
     assert 0 < retry_ms <= 500
     # Another caller, health checks and streams of another caller go on.

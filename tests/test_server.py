@@ -199,18 +199,20 @@ def test_health_and_reflection(server):
     assert server.client.health() == "SERVING"
     assert server.client.health("tradeup.v1.OfferService") == "SERVING"
     assert server.client.health("tradeup.v1.AdminService") == "SERVING"
+    assert server.client.health("tradeup.v1.SearchService") == "SERVING"
     with pytest.raises(grpc.RpcError) as err:
         server.client.health("no.such.Service")
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
     stub = reflection_pb2_grpc.ServerReflectionStub(server.client.channel)
     (answer,) = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5)
     names = {s.name for s in answer.list_services_response.service}
-    assert names == {"tradeup.v1.OfferService", "tradeup.v1.AdminService", "grpc.health.v1.Health",
-                     "grpc.reflection.v1alpha.ServerReflection"}
+    assert names == {"tradeup.v1.OfferService", "tradeup.v1.SearchService", "tradeup.v1.AdminService",
+                     "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"}
     # Load tools (ghz) ask for the file of a method symbol.
     for symbol, filename in (("tradeup.v1.OfferService.GenerateOffers", "tradeup/v1/offers.proto"),
                              ("grpc.health.v1.Health.Check", "grpc_health/v1/health.proto"),
-                             ("tradeup.v1.AdminService.GetStatus", "tradeup/v1/admin.proto")):
+                             ("tradeup.v1.AdminService.GetStatus", "tradeup/v1/admin.proto"),
+                             ("tradeup.v1.SearchService.SearchInventory", "tradeup/v1/search.proto")):
         (answer,) = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(
             file_containing_symbol=symbol)]), timeout=5)
         assert answer.WhichOneof("message_response") == "file_descriptor_response", symbol

@@ -47,12 +47,13 @@ class ConsiderationFilters:
     def __bool__(self) -> bool:
         return self != NO_FILTERS
 
-    def resolve(self, customer: Customer) -> "Bounds | None":
-        """The bounds for this customer (None: nothing filtered). FailedPrecondition when a
-        same/other-brand filter meets a customer without a current brand."""
+    def resolve(self, customer: Customer | None) -> "Bounds | None":
+        """The bounds for this customer (None: nothing filtered); customer None: a search without
+        one, whose CUSTOMER_FILTERS are unset. FailedPrecondition when a same/other-brand filter
+        meets a customer without a current brand."""
         if self is NO_FILTERS or not self:
             return None
-        current = fold(customer.current_car_brand)
+        current = fold(customer.current_car_brand) if customer is not None else ""
         for flag in ("same_brand_as_current", "other_brand_than_current"):
             if getattr(self, flag) and not current:
                 raise FailedPrecondition(f"the customer {customer.customer_id!r} has no current_car_brand",
@@ -73,6 +74,8 @@ class ConsiderationFilters:
 
 
 NO_FILTERS = ConsiderationFilters()
+# The filters relative to the customer's current car: a search without a customer refuses them.
+CUSTOMER_FILTERS = ("max_price_vs_current", "same_brand_as_current", "other_brand_than_current", "max_km_vs_current")
 
 
 def _lowest(*values):

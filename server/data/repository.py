@@ -64,6 +64,9 @@ INDEXES = (
     ("idx_inventory_trade_up", "inventory", "(available, year DESC, price DESC, car_id, kilometers, region)"),
     # The change feed reads the rows stamped since a process's snapshot (below).
     ("idx_inventory_updated_at", "inventory", "(updated_at)"),
+    # Customer search pages by customer_id within a region or a risk profile (SEARCH_CUSTOMERS).
+    ("idx_customers_region", "customers", "(region, customer_id)"),
+    ("idx_customers_risk_profile", "customers", "(risk_profile_name, customer_id)"),
 )
 # `CREATE INDEX IF NOT EXISTS` is MariaDB and SQLite only: ask the catalogue first (MySQL too).
 INDEX_EXISTS = {
@@ -191,6 +194,22 @@ _FILTER_RANGES = (("price", "price_low", "price_high"), ("year", "year_low", "ye
 _FILTER_NAMES = (("brand", "brands", "IN"), ("brand", "excluded_brands", "NOT IN"), ("region", "regions", "IN"),
                  ("color", "colors", "IN"))
 EXPLAIN_PREFILTER = "EXPLAIN " + PREFILTER
+# Customer search: each condition is added only when asked for, values always as parameters. An
+# id prefix is a range of the primary key (case as stored on both databases); text is a LIKE
+# pattern whose own `%`, `_` and `!` are escaped with `!` (a backslash means different things to
+# MySQL and SQLite). Customer ids are ASCII: text with other characters can only be in a region.
+SEARCH_CUSTOMERS = f"SELECT {_CUSTOMER_COLUMNS} FROM customers"
+SEARCH_CONDITIONS = {
+    "id_prefix": "customer_id >= %s AND customer_id < %s",
+    "text": "(customer_id LIKE %s ESCAPE '!' OR region LIKE %s ESCAPE '!')",
+    "text_not_ascii": "region LIKE %s ESCAPE '!'",
+    "region": "region = %s",
+    "risk_profile": "risk_profile_name = %s",
+    "after": "customer_id > %s",
+    "before": "customer_id < %s",
+}
+SEARCH_ORDER = {False: " ORDER BY customer_id ASC LIMIT %s", True: " ORDER BY customer_id DESC LIMIT %s"}
+ID_PREFIX_END = "\x7f"  # above every printable ASCII character: the end of an id-prefix range
 COUNT_CARS = "SELECT COUNT(*) FROM inventory"
 COUNT_CUSTOMERS = "SELECT COUNT(*) FROM customers"
 HOLDS_DATA = "SELECT EXISTS (SELECT 1 FROM inventory) OR EXISTS (SELECT 1 FROM customers)"
@@ -464,6 +483,37 @@ class Repository:
                 rows += cursor.fetchall()
             return rows
         return {row[0]: _customer(row) for row in self._run("get_customers", work, deadline)} if ids else {}
+
+    def search_customers(self, id_prefix: str, text: str, region: str, risk_profile: str, descending: bool,
+                         after: str | None, limit: int, deadline: Deadline | None = None) -> list[Customer]:
+        """A page of stored customers by customer_id (after `after`, in the direction asked)."""
+        conditions, values = [], []
+
+        def add(name: str, *parameters) -> None:
+            conditions.append(SEARCH_CONDITIONS[name])
+            values.extend(parameters)
+
+        if id_prefix:
+            add("id_prefix", id_prefix, id_prefix + ID_PREFIX_END)
+        if text:
+            pattern = "%" + text.replace("!", "!!").replace("%", "!%").replace("_", "!_") + "%"
+            if text.isascii():
+                add("text", pattern, pattern)
+            else:
+                add("text_not_ascii", pattern)
+        if region:
+            add("region", region)
+        if risk_profile:
+            add("risk_profile", risk_profile)
+        if after is not None:
+            add("before" if descending else "after", after)
+        statement = SEARCH_CUSTOMERS + (" WHERE " + " AND ".join(conditions) if conditions else "") \
+            + SEARCH_ORDER[descending]
+
+        def work(cursor):
+            cursor.execute(self._sql(statement), (*values, limit))
+            return cursor.fetchall()
+        return [_customer(row) for row in self._run("search_customers", work, deadline)]
 
     def prefilter_ids(self, min_price: float, min_year: int, max_km: int, region: str | None, limit: int,
                       bounds: Bounds | None = None, deadline: Deadline | None = None) -> list[str]:

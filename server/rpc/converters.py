@@ -10,13 +10,15 @@ from engine_ext import Offer, OfferSet, ScheduleRow, SubsidyResult
 from engine_ext.wire_py import length_delimited
 from engine_ext.constants import ALL_TIERS, TIER_MAX_UPGRADE, TIER_NAMES, TIER_REFRESH, TIER_UPGRADE
 
-from protos.tradeup.v1 import admin_pb2, offers_pb2 as pb
+from protos.tradeup.v1 import admin_pb2, offers_pb2 as pb, search_pb2
 
-from ..data.filters import NO_FILTERS, ConsiderationFilters, names
+from ..data.filters import CUSTOMER_FILTERS, NO_FILTERS, ConsiderationFilters, names
 from ..domain import ConfigChange, Customer
 from ..errors import InvalidArgument, ServiceError, Violations, violation
-from ..services.offers import OVERRIDE_FIELDS, CustomerRef, OfferQuery, OfferResult
+from ..services.offers import (GRID_FIELDS, OVERRIDE_FIELDS, CustomerRef, OfferQuery, OfferResult, SubsidyQuery,
+                               SubsidyTotals)
 from ..services import watch
+from ..services.search import MAX_QUERY_WORDS, MAX_TEXT, CarPage, CustomerQuery, Facets, InventoryQuery
 from ..tracing import traced
 
 MAX_TERMS_IN_REQUEST = 24
@@ -159,12 +161,14 @@ def offer_query(request: Any) -> OfferQuery:
                       violations=tuple(violations.found))
 
 
-def subsidy_query(request: pb.FindMinimumSubsidyRequest) -> OfferQuery:
+def subsidy_query(request: pb.FindMinimumSubsidyRequest) -> SubsidyQuery:
     violations = Violations()
     if len(request.car_ids) > 100_000:
         violations.add("car_ids", "too many car ids")
-    return customer_query(request, violations, same_region=request.same_region, max_cars=request.max_cars,
-                          filters=filters_to_domain(request, violations))
+    offer = customer_query(request, violations, same_region=request.same_region, max_cars=request.max_cars,
+                           filters=filters_to_domain(request, violations))
+    grid = {name: getattr(request.grid, name) for name in GRID_FIELDS if request.grid.HasField(name)}
+    return SubsidyQuery(offer=offer, car_ids=tuple(request.car_ids), grid=grid, max_viable=request.max_viable)
 
 
 def customer_query(request: Any, violations: Violations | None = None, **options) -> OfferQuery:
@@ -174,6 +178,68 @@ def customer_query(request: Any, violations: Violations | None = None, **options
     return OfferQuery(customer=customer_ref(request, violations),
                       overrides=overrides_to_domain(request.overrides, violations),
                       violations=tuple(violations.found), **options)
+
+
+# --- search --------------------------------------------------------------------------------------
+def search_filters(request: Any) -> ConsiderationFilters:
+    """The filters of a search: validated as on the offer calls, without those that need a customer."""
+    violations = Violations()
+    domain = filters_to_domain(request, violations)
+    given = {field.name for field, _ in request.filters.ListFields()}  # a ratio of 0 is given too
+    for name in CUSTOMER_FILTERS:
+        if name in given:
+            violations.add(f"filters.{name}", "compares with a customer's current car: a search has no customer")
+    violations.check()
+    return domain
+
+
+def search_text(query: str, name: str = "query") -> str:
+    words = _text(query, name, MAX_QUERY_WORDS * (MAX_TEXT + 1)).split()
+    if len(words) > MAX_QUERY_WORDS or any(len(w) > MAX_TEXT for w in words):
+        raise InvalidArgument(f"at most {MAX_QUERY_WORDS} words of at most {MAX_TEXT} characters", name)
+    return " ".join(words)
+
+
+def inventory_query(request: search_pb2.SearchInventoryRequest) -> InventoryQuery:
+    return InventoryQuery(text=search_text(request.query), filters=search_filters(request),
+                          order_by=_text(request.order_by, "order_by", MAX_TEXT), page_size=request.page_size,
+                          page_token=_text(request.page_token, "page_token", 1024))
+
+
+def customer_search_query(request: search_pb2.SearchCustomersRequest) -> CustomerQuery:
+    if not request.id_prefix.isascii():
+        raise InvalidArgument("customer ids are printable ASCII", "id_prefix")
+    return CustomerQuery(id_prefix=_text(request.id_prefix, "id_prefix", MAX_TEXT),
+                         text=_text(request.text, "text", MAX_TEXT), region=_text(request.region, "region", MAX_TEXT),
+                         risk_profile=_text(request.risk_profile, "risk_profile", 16),
+                         order_by=_text(request.order_by, "order_by", MAX_TEXT), page_size=request.page_size,
+                         page_token=_text(request.page_token, "page_token", 1024))
+
+
+def car_page_to_pb(page: CarPage) -> search_pb2.SearchInventoryResponse:
+    return search_pb2.SearchInventoryResponse(
+        cars=[search_pb2.InventoryCar(car_id=c.car_id, brand=c.brand, model=c.model, year=c.year,
+                                      kilometers=c.kilometers, price=c.price, regular_price=c.regular_price,
+                                      on_promotion=c.has_promotion, region=c.region, color=c.color)
+              for c in page.cars],
+        next_page_token=page.next_page_token, total_size=page.total_size, inventory_version=page.inventory_version)
+
+
+def facets_to_pb(facets: Facets) -> search_pb2.InventoryFacetsResponse:
+    counts = lambda pairs: [search_pb2.FacetCount(value=v, count=n) for v, n in pairs]  # noqa: E731
+    low, q1, median, q3, high = facets.prices
+    return search_pb2.InventoryFacetsResponse(
+        total_cars=facets.total_cars, brands=counts(facets.brands),
+        years=[search_pb2.YearCount(year=y, count=n) for y, n in facets.years],
+        prices=search_pb2.PriceStats(min=low, q1=q1, median=median, q3=q3, max=high),
+        regions=counts(facets.regions), colors=counts(facets.colors), promotion_count=facets.promotion_count,
+        inventory_version=facets.inventory_version)
+
+
+def customers_to_pb(customers: Sequence[Customer], next_page_token: str) -> search_pb2.SearchCustomersResponse:
+    return search_pb2.SearchCustomersResponse(
+        customers=[pb.CustomerProfile(**c.__dict__) for c in customers],
+        next_page_token=next_page_token)
 
 
 # --- domain -> responses -------------------------------------------------------------------------
@@ -233,6 +299,12 @@ def bulk_offers(index: int, customer_id: str, result: OfferResult) -> bytes:
 def bulk_error(index: int, customer_id: str, error: ServiceError) -> bytes:
     return pb.GenerateOffersBulkResponse(index=index, customer_id=customer_id, error=pb.CustomerError(
         code=error.code, message=str(error), reason=error.reason)).SerializeToString()
+
+
+def subsidy_summary(totals: SubsidyTotals) -> pb.SubsidySummary:
+    return pb.SubsidySummary(candidates=totals.candidates, searched=totals.searched, viable=totals.viable,
+                             iterations=totals.iterations, best_viable=subsidy_to_pb(totals.best_viable()),
+                             nearest_misses=subsidy_to_pb(totals.nearest_misses()))
 
 
 def subsidy_to_pb(results: Sequence[SubsidyResult]) -> list[pb.SubsidyResult]:

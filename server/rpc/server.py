@@ -12,16 +12,17 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from google.protobuf.message_factory import GetMessageClass
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
-from protos.tradeup.v1 import admin_pb2, admin_pb2_grpc, offers_pb2
+from protos.tradeup.v1 import admin_pb2, admin_pb2_grpc, offers_pb2, search_pb2, search_pb2_grpc
 
 from ..config import Settings
 from .interceptors import (METHOD_HANDLERS, AccessLog, Admission, CallMetrics, CallTracing, DefaultDeadline,
                            ErrorMapping, RateLimit, RequestIds)
-from .servicers import PRE_ENCODED, AdminServicer, OfferServicer
+from .servicers import PRE_ENCODED, AdminServicer, OfferServicer, SearchServicer
 
 log = logging.getLogger("tradeup.server")
 OFFER_SERVICE = offers_pb2.DESCRIPTOR.services_by_name["OfferService"].full_name
 ADMIN_SERVICE = admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name
+SEARCH_SERVICE = search_pb2.DESCRIPTOR.services_by_name["SearchService"].full_name
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -115,7 +116,9 @@ class HealthMonitor:
         alive = NOT_SERVING if self.shutting_down else SERVING
         self.servicer.set("", alive)
         self.servicer.set(ADMIN_SERVICE, alive)
-        self.servicer.set(OFFER_SERVICE, SERVING if self.reachable and not self.shutting_down else NOT_SERVING)
+        ready = SERVING if self.reachable and not self.shutting_down else NOT_SERVING
+        self.servicer.set(OFFER_SERVICE, ready)
+        self.servicer.set(SEARCH_SERVICE, ready)  # customers come from the database, cars from its snapshot
 
     def _run(self) -> None:
         next_check = time.monotonic()
@@ -175,7 +178,8 @@ class CallInterceptors:
         self.default_deadline.close()
 
 
-def create_server(settings: Settings, offer_servicer: OfferServicer, admin_servicer: AdminServicer,
+def create_server(settings: Settings, offer_servicer: OfferServicer, search_servicer: SearchServicer,
+                  admin_servicer: AdminServicer,
                   health_servicer: health.HealthServicer, interceptors: list,
                   executor: futures.ThreadPoolExecutor, address: str | None = None) -> tuple[grpc.Server, int]:
     """A server ready to start, serving on `executor`'s threads (rpc_threads of them; the caller
@@ -191,10 +195,11 @@ def create_server(settings: Settings, offer_servicer: OfferServicer, admin_servi
                  # Several worker processes may share the port (server.processes).
                  ("grpc.so_reuseport", 1 if s.processes > 1 else 0)])
     server.add_generic_rpc_handlers((offer_service_handler(offer_servicer),))
+    search_pb2_grpc.add_SearchServiceServicer_to_server(search_servicer, server)
     admin_pb2_grpc.add_AdminServiceServicer_to_server(admin_servicer, server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection_pb2_grpc.add_ServerReflectionServicer_to_server(MethodAwareReflectionServicer(
-        (OFFER_SERVICE, ADMIN_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+        (OFFER_SERVICE, SEARCH_SERVICE, ADMIN_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
          reflection.SERVICE_NAME)), server)
     address = address or f"{s.host}:{s.port}"
     if s.tls_cert_file:

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 from typing import Iterator
 
-from protos.tradeup.v1 import admin_pb2, admin_pb2_grpc, offers_pb2 as pb, offers_pb2_grpc
+from protos.tradeup.v1 import admin_pb2, admin_pb2_grpc, offers_pb2 as pb, offers_pb2_grpc, search_pb2_grpc
 
 from ..deadline import Deadline
 from ..errors import InvalidArgument, ServiceError
 from ..services.admin import AdminService
 from ..services.offers import OfferService
+from ..services.search import SearchService
 from ..services.watch import WatchService
 from . import converters
 from .interceptors import note_call
@@ -70,17 +71,14 @@ class OfferServicer(offers_pb2_grpc.OfferServiceServicer):
             yield response
 
     def FindMinimumSubsidy(self, request: pb.FindMinimumSubsidyRequest, context):
-        searched = viable = 0
-        for customer, results, total in self.service.find_minimum_subsidy(
-                converters.subsidy_query(request), list(request.car_ids), self._deadline(context), self.batch_size,
-                context.is_active):
-            searched += len(results)
-            viable += sum(r.viable for r in results)
-            note_call(customer=customer.customer_id, cars=total)
-            done = searched == total
-            yield pb.FindMinimumSubsidyResponse(results=converters.subsidy_to_pb(results),
-                                                viable_count=viable if done else 0,
-                                                cars_searched=total if done else 0)
+        for customer, results, totals in self.service.find_minimum_subsidy(
+                converters.subsidy_query(request), self._deadline(context), self.batch_size, context.is_active):
+            note_call(customer=customer.customer_id, cars=totals.candidates)
+            response = pb.FindMinimumSubsidyResponse(results=converters.subsidy_to_pb(results))
+            if totals.done:
+                response.viable_count, response.cars_searched = totals.viable, totals.searched
+                response.summary.CopyFrom(converters.subsidy_summary(totals))
+            yield response
 
     def GetAmortizationTable(self, request: pb.GetAmortizationTableRequest, context):
         query = converters.customer_query(request)
@@ -97,6 +95,31 @@ class OfferServicer(offers_pb2_grpc.OfferServiceServicer):
                 yield converters.watch_response(update)
         finally:
             self.watch.close(watcher)
+
+
+class SearchServicer(search_pb2_grpc.SearchServiceServicer):
+    def __init__(self, service: SearchService, default_deadline: float):
+        self.service = service
+        self.default_deadline = default_deadline  # seconds, for a call that has none
+
+    def _deadline(self, context) -> Deadline:
+        return Deadline.of_call(context, self.default_deadline)
+
+    def SearchInventory(self, request, context):
+        page = self.service.search_inventory(converters.inventory_query(request), self._deadline(context))
+        note_call(cars=len(page.cars))
+        return converters.car_page_to_pb(page)
+
+    def InventoryFacets(self, request, context):
+        facets = self.service.facets(converters.search_text(request.query), converters.search_filters(request),
+                                     self._deadline(context))
+        note_call(cars=facets.total_cars)
+        return converters.facets_to_pb(facets)
+
+    def SearchCustomers(self, request, context):
+        customers, token = self.service.search_customers(converters.customer_search_query(request), self._deadline(context))
+        note_call(customers=len(customers))
+        return converters.customers_to_pb(customers, token)
 
 
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):

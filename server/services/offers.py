@@ -4,6 +4,7 @@ Protocol-neutral: takes domain requests, returns engine results, raises server.e
 """
 from __future__ import annotations
 
+import heapq
 import math
 import time
 from dataclasses import dataclass, field, replace
@@ -27,6 +28,11 @@ from .workers import Workers
 MAX_ID_LENGTH = 64
 OVERRIDE_FIELDS = ("service_fee_pct", "cxa_pct", "cac_bonus", "kavak_total_amount", "insurance_amount",
                    "interest_rate")
+# The SubsidyGrid fields a request may replace for one search.
+GRID_FIELDS = ("service_fee_max", "service_fee_min", "service_fee_step", "cac_min", "cac_max", "cac_step",
+               "cxa_max", "cxa_min", "cxa_step", "kavak_total_enabled", "kavak_total_amount")
+MAX_GRID_COMBINATIONS = 20_000  # per car: terms x service fees x CAC values x CXA values
+NEAREST_MISSES = 5
 
 @dataclass(frozen=True)
 class CustomerRef:
@@ -46,6 +52,52 @@ class OfferQuery:
     max_cars: int = 0                               # 0: the configured prefilter limit
     filters: ConsiderationFilters = NO_FILTERS      # cars considered (before the limit)
     violations: tuple[Violation, ...] = ()          # found while reading the request: reported with the service's
+
+
+@dataclass(frozen=True)
+class SubsidyQuery:
+    """A minimum-subsidy search: the customer, overrides and prefilter of `offer`, the cars."""
+    offer: OfferQuery
+    car_ids: tuple[str, ...] = ()   # empty: the prefiltered cars
+    grid: dict = field(default_factory=dict)  # SubsidyGrid field -> value, replacing the configured ones
+    max_viable: int = 0             # stop after this many viable cars (0: search every car)
+
+
+@dataclass
+class SubsidyTotals:
+    """The running totals of one minimum-subsidy search and the cars its summary ranks."""
+    candidates: int
+    max_viable: int = 0
+    searched: int = 0
+    viable: int = 0
+    iterations: int = 0
+    done: bool = False
+    viable_results: list[SubsidyResult] = field(default_factory=list)
+    missed_results: list[SubsidyResult] = field(default_factory=list)  # priced, not viable
+
+    def add(self, results: Sequence[SubsidyResult]) -> list[SubsidyResult]:
+        """Count a batch, in search order; returns the part searched before max_viable was reached."""
+        for k, result in enumerate(results):
+            self.searched += 1
+            self.iterations += result.iterations_tried
+            if result.viable:
+                self.viable += 1
+                self.viable_results.append(result)
+                if self.viable == self.max_viable:
+                    self.done = True
+                    return list(results[:k + 1])
+            elif result.term:
+                self.missed_results.append(result)
+        self.done = self.searched == self.candidates
+        return list(results)
+
+    def best_viable(self) -> list[SubsidyResult]:
+        """Viable cars by npv, best first (car_id on ties); at most max_viable."""
+        return sorted(self.viable_results, key=lambda r: (-r.npv, r.car_id))[:self.max_viable or None]
+
+    def nearest_misses(self, count: int = NEAREST_MISSES) -> list[SubsidyResult]:
+        """The non-viable priced cars nearest to the payment gate: smallest |delta| first."""
+        return heapq.nsmallest(count, self.missed_results, key=lambda r: (abs(r.payment_delta), r.car_id))
 
 
 @dataclass(frozen=True)
@@ -242,25 +294,45 @@ class OfferService:
             rows.append(row)
         return snapshot.select(self.engine.kernel, rows)
 
-    def find_minimum_subsidy(self, query: OfferQuery, car_ids: Sequence[str], deadline: Deadline, batch_size: int,
-                             is_active: Callable[[], bool]) -> Iterator[tuple[Customer, list[SubsidyResult], int]]:
+    def subsidy_params(self, query: SubsidyQuery, settings: Settings) -> PricingParams:
+        """The parameters of a search: the overrides, and the request's grid instead of the configured one."""
+        params = self.check(query.offer, settings)
+        if not query.grid:
+            return params
+        try:
+            grid = replace(params.subsidy, **query.grid)
+        except EngineInputError as exc:
+            raise InvalidArgument(exc.reason.replace("subsidy.", "grid."), exc.field.replace("subsidy.", "grid.")) from None
+        combinations = (len(grid.term_order) * len(grid.service_fee_values()) * len(grid.cac_values())
+                        * len(grid.cxa_values()))
+        if combinations > MAX_GRID_COMBINATIONS:
+            raise InvalidArgument(f"gives {combinations:,} combinations per car; at most {MAX_GRID_COMBINATIONS:,}",
+                                  "grid")
+        return replace(params, subsidy=grid)
+
+    def find_minimum_subsidy(self, query: SubsidyQuery, deadline: Deadline, batch_size: int,
+                             is_active: Callable[[], bool]) -> Iterator[tuple[Customer, list[SubsidyResult], SubsidyTotals]]:
         """The minimum-subsidy search over the given cars (else the prefilter's), in batches of
-        `batch_size` cars: (customer, the batch's results, cars searched in all). Each batch
+        `batch_size` cars: (customer, the batch's results, the running totals; `done` on the
+        last). It stops after `max_viable` viable cars, as the lender's engine does. Each batch
         holds a worker place only while it computes; a call whose client left stops."""
         settings = self.settings.current  # one configuration version for the whole call
-        params = self.check(query, settings)
+        params = self.subsidy_params(query, settings)
         with self.workers.place(deadline):
-            customer = self.load_customer(query.customer, deadline, settings)
-            selection = self.subsidy_cars(customer, car_ids, query.same_region, query.max_cars, deadline, settings,
-                                          query.filters)
-        total = len(selection.car_ids)
-        for first in range(0, max(total, 1), batch_size):
+            customer = self.load_customer(query.offer.customer, deadline, settings)
+            selection = self.subsidy_cars(customer, query.car_ids, query.offer.same_region, query.offer.max_cars,
+                                          deadline, settings, query.offer.filters)
+        totals = SubsidyTotals(candidates=len(selection.car_ids), max_viable=query.max_viable)
+        for first in range(0, max(totals.candidates, 1), batch_size):
             if first and not is_active():
                 return
             with self.workers.place(deadline):
                 deadline.check("during the subsidy search")
-                results = self._minimum_subsidy(customer, selection, params, first, min(first + batch_size, total))
-            yield customer, results, total
+                results = self._minimum_subsidy(customer, selection, params, first,
+                                                min(first + batch_size, totals.candidates))
+            yield customer, totals.add(results), totals
+            if totals.done:
+                return
 
     @traced("subsidy search")
     def _minimum_subsidy(self, customer: Customer, selection: Selection, params: PricingParams,

@@ -337,7 +337,7 @@ class SubsidyResult(_message.Message):
     def __init__(self, car_id: _Optional[str] = ..., viable: _Optional[bool] = ..., outcome: _Optional[_Union[SubsidyOutcome, str]] = ..., term: _Optional[int] = ..., service_fee_pct: _Optional[float] = ..., cac_bonus: _Optional[float] = ..., cxa_pct: _Optional[float] = ..., monthly_payment: _Optional[float] = ..., payment_delta: _Optional[float] = ..., npv: _Optional[float] = ..., loan_amount: _Optional[float] = ..., iterations_tried: _Optional[int] = ...) -> None: ...
 
 class FindMinimumSubsidyRequest(_message.Message):
-    __slots__ = ("customer_id", "profile", "car_ids", "overrides", "same_region", "max_cars", "filters")
+    __slots__ = ("customer_id", "profile", "car_ids", "overrides", "same_region", "max_cars", "filters", "grid", "max_viable")
     CUSTOMER_ID_FIELD_NUMBER: _ClassVar[int]
     PROFILE_FIELD_NUMBER: _ClassVar[int]
     CAR_IDS_FIELD_NUMBER: _ClassVar[int]
@@ -345,6 +345,8 @@ class FindMinimumSubsidyRequest(_message.Message):
     SAME_REGION_FIELD_NUMBER: _ClassVar[int]
     MAX_CARS_FIELD_NUMBER: _ClassVar[int]
     FILTERS_FIELD_NUMBER: _ClassVar[int]
+    GRID_FIELD_NUMBER: _ClassVar[int]
+    MAX_VIABLE_FIELD_NUMBER: _ClassVar[int]
     customer_id: str
     profile: CustomerProfile
     car_ids: _containers.RepeatedScalarFieldContainer[str]
@@ -352,17 +354,63 @@ class FindMinimumSubsidyRequest(_message.Message):
     same_region: bool
     max_cars: int
     filters: ConsiderationFilters
-    def __init__(self, customer_id: _Optional[str] = ..., profile: _Optional[_Union[CustomerProfile, _Mapping]] = ..., car_ids: _Optional[_Iterable[str]] = ..., overrides: _Optional[_Union[PricingOverrides, _Mapping]] = ..., same_region: _Optional[bool] = ..., max_cars: _Optional[int] = ..., filters: _Optional[_Union[ConsiderationFilters, _Mapping]] = ...) -> None: ...
+    grid: SubsidySearchGrid
+    max_viable: int
+    def __init__(self, customer_id: _Optional[str] = ..., profile: _Optional[_Union[CustomerProfile, _Mapping]] = ..., car_ids: _Optional[_Iterable[str]] = ..., overrides: _Optional[_Union[PricingOverrides, _Mapping]] = ..., same_region: _Optional[bool] = ..., max_cars: _Optional[int] = ..., filters: _Optional[_Union[ConsiderationFilters, _Mapping]] = ..., grid: _Optional[_Union[SubsidySearchGrid, _Mapping]] = ..., max_viable: _Optional[int] = ...) -> None: ...
+
+class SubsidySearchGrid(_message.Message):
+    __slots__ = ("service_fee_max", "service_fee_min", "service_fee_step", "cac_min", "cac_max", "cac_step", "cxa_max", "cxa_min", "cxa_step", "kavak_total_enabled", "kavak_total_amount")
+    SERVICE_FEE_MAX_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_FEE_MIN_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_FEE_STEP_FIELD_NUMBER: _ClassVar[int]
+    CAC_MIN_FIELD_NUMBER: _ClassVar[int]
+    CAC_MAX_FIELD_NUMBER: _ClassVar[int]
+    CAC_STEP_FIELD_NUMBER: _ClassVar[int]
+    CXA_MAX_FIELD_NUMBER: _ClassVar[int]
+    CXA_MIN_FIELD_NUMBER: _ClassVar[int]
+    CXA_STEP_FIELD_NUMBER: _ClassVar[int]
+    KAVAK_TOTAL_ENABLED_FIELD_NUMBER: _ClassVar[int]
+    KAVAK_TOTAL_AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    service_fee_max: float
+    service_fee_min: float
+    service_fee_step: float
+    cac_min: float
+    cac_max: float
+    cac_step: float
+    cxa_max: float
+    cxa_min: float
+    cxa_step: float
+    kavak_total_enabled: bool
+    kavak_total_amount: float
+    def __init__(self, service_fee_max: _Optional[float] = ..., service_fee_min: _Optional[float] = ..., service_fee_step: _Optional[float] = ..., cac_min: _Optional[float] = ..., cac_max: _Optional[float] = ..., cac_step: _Optional[float] = ..., cxa_max: _Optional[float] = ..., cxa_min: _Optional[float] = ..., cxa_step: _Optional[float] = ..., kavak_total_enabled: _Optional[bool] = ..., kavak_total_amount: _Optional[float] = ...) -> None: ...
+
+class SubsidySummary(_message.Message):
+    __slots__ = ("candidates", "searched", "viable", "iterations", "best_viable", "nearest_misses")
+    CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    SEARCHED_FIELD_NUMBER: _ClassVar[int]
+    VIABLE_FIELD_NUMBER: _ClassVar[int]
+    ITERATIONS_FIELD_NUMBER: _ClassVar[int]
+    BEST_VIABLE_FIELD_NUMBER: _ClassVar[int]
+    NEAREST_MISSES_FIELD_NUMBER: _ClassVar[int]
+    candidates: int
+    searched: int
+    viable: int
+    iterations: int
+    best_viable: _containers.RepeatedCompositeFieldContainer[SubsidyResult]
+    nearest_misses: _containers.RepeatedCompositeFieldContainer[SubsidyResult]
+    def __init__(self, candidates: _Optional[int] = ..., searched: _Optional[int] = ..., viable: _Optional[int] = ..., iterations: _Optional[int] = ..., best_viable: _Optional[_Iterable[_Union[SubsidyResult, _Mapping]]] = ..., nearest_misses: _Optional[_Iterable[_Union[SubsidyResult, _Mapping]]] = ...) -> None: ...
 
 class FindMinimumSubsidyResponse(_message.Message):
-    __slots__ = ("results", "viable_count", "cars_searched")
+    __slots__ = ("results", "viable_count", "cars_searched", "summary")
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     VIABLE_COUNT_FIELD_NUMBER: _ClassVar[int]
     CARS_SEARCHED_FIELD_NUMBER: _ClassVar[int]
+    SUMMARY_FIELD_NUMBER: _ClassVar[int]
     results: _containers.RepeatedCompositeFieldContainer[SubsidyResult]
     viable_count: int
     cars_searched: int
-    def __init__(self, results: _Optional[_Iterable[_Union[SubsidyResult, _Mapping]]] = ..., viable_count: _Optional[int] = ..., cars_searched: _Optional[int] = ...) -> None: ...
+    summary: SubsidySummary
+    def __init__(self, results: _Optional[_Iterable[_Union[SubsidyResult, _Mapping]]] = ..., viable_count: _Optional[int] = ..., cars_searched: _Optional[int] = ..., summary: _Optional[_Union[SubsidySummary, _Mapping]] = ...) -> None: ...
 
 class GetAmortizationTableRequest(_message.Message):
     __slots__ = ("customer_id", "profile", "car_id", "term", "overrides")

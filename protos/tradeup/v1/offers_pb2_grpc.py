@@ -169,7 +169,8 @@ class OfferServiceServicer:
 
     def FindMinimumSubsidy(self, request, context):
         """The minimum-subsidy search for each prefiltered car of a customer (or the given cars),
-        in batches, in prefilter (or request) order.
+        in batches, in prefilter (or request) order, over the configured grid or the request's
+        `grid`; it stops after `max_viable` viable cars. The last message carries the summary.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
