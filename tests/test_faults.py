@@ -115,30 +115,44 @@ def test_pool_exhaustion(private_mariadb):
 
 def test_a_connection_that_died_in_the_pool_is_replaced(private_mariadb):
     """No ping on checkout: a read on a connection the server closed meanwhile is retried once on a
-    new connection; a write is not retried (it may have been applied) and fails UNAVAILABLE."""
+    new connection, set up like the first (UTC); a write is not retried (it may have been applied)
+    and fails UNAVAILABLE, and the next call works on a connection opened again."""
     import pymysql
     _, url = private_mariadb
-    repository = open_repository(make_settings({"TRADEUP_DATABASE_URL": url, "TRADEUP_POOL_MIN_CACHED": "1"}))
+    repository = open_repository(make_settings({"TRADEUP_DATABASE_URL": url, "TRADEUP_POOL_MAX_CONNECTIONS": "1"}))
     database = repository.database
     params = make_settings({"TRADEUP_DATABASE_URL": url}).database.mysql_params()
     admin = pymysql.connect(host=params["host"], port=params["port"], user=params["user"],
                             password=params["password"], database=params["database"], autocommit=True)
 
-    def kill_idle() -> None:
-        (connection,) = database._idle
+    def kill_pooled() -> int:
+        """Kill the pool's connection (every session of the user but this one); its thread id."""
         with admin.cursor() as cursor:
-            cursor.execute("KILL %s", (connection.thread_id(),))
+            cursor.execute("SELECT id FROM information_schema.processlist WHERE user = %s AND id <> CONNECTION_ID()",
+                           (params["user"],))
+            (thread_id,), = cursor.fetchall()
+            cursor.execute("KILL %s", (thread_id,))
+        return thread_id
+
+    def session() -> tuple[int, str]:
+        with database.cursor(Deadline.after(5)) as cursor:
+            cursor.execute("SELECT CONNECTION_ID(), @@session.time_zone")
+            return cursor.fetchone()
 
     try:
         database.warm_up()
-        kill_idle()
+        assert database.pool_status() == (0, 1) and session()[1] == "+00:00"
+        killed = kill_pooled()
         first, last = golden.customer_ids()[0], golden.customer_ids()[-1]
         assert repository.get_customer(first, Deadline.after(5)).customer_id == first
         assert database.pool_status() == (0, 1) and repository.breaker.state == "closed"
-        kill_idle()
+        replaced, zone = session()
+        assert replaced != killed and zone == "+00:00"
+        kill_pooled()
         with pytest.raises(Unavailable):
             repository.set_car_available("no-such-car", True)
         assert repository.get_customer(last, Deadline.after(5)).customer_id == last
+        assert session()[1] == "+00:00"
     finally:
         admin.close()
         database.close()
