@@ -113,6 +113,50 @@ def test_pool_exhaustion(private_mariadb):
         repository.database.close()
 
 
+def test_the_pool_is_opened_ahead_and_calls_open_no_connection(private_mariadb):
+    """warm_up fills the pool; then more concurrent calls than connections share those connections
+    (the server counts no new one) and each call sends its statement only (no ping, no rollback)."""
+    import pymysql
+    _, url = private_mariadb
+    repository = open_repository(make_settings({"TRADEUP_DATABASE_URL": url, "TRADEUP_POOL_MAX_CONNECTIONS": "4"}))
+    database = repository.database
+    params = make_settings({"TRADEUP_DATABASE_URL": url}).database.mysql_params()
+    admin = pymysql.connect(host=params["host"], port=params["port"], user=params["user"],
+                            password=params["password"], database=params["database"], autocommit=True)
+
+    def server_status(name: str) -> int:
+        with admin.cursor() as cursor:
+            cursor.execute("SHOW GLOBAL STATUS LIKE %s", (name,))
+            return int(cursor.fetchone()[1])
+
+    customers = golden.customer_ids()[:40]
+    try:
+        database.warm_up()
+        assert database.pool_status() == (0, 4)
+        connections, pings, questions = (server_status(name) for name in ("Connections", "Com_admin_commands", "Questions"))
+        callers = [threading.Thread(target=lambda ids: [repository.get_customer(c, Deadline.after(5)) for c in ids],
+                                    args=(customers[k::8],)) for k in range(8)]
+        for caller in callers:
+            caller.start()
+        for caller in callers:
+            caller.join(10)
+        # Questions counts every statement, the one reading it included: one per call, no rollback.
+        assert server_status("Questions") - questions == len(customers) + 1
+        assert database.pool_status() == (0, 4)
+        assert server_status("Connections") == connections
+        assert server_status("Com_admin_commands") == pings  # COM_PING counts here
+
+        def connection_id() -> int:
+            with database.cursor(Deadline.after(5)) as cursor:
+                cursor.execute("SELECT CONNECTION_ID()")
+                return cursor.fetchone()[0]
+        # One caller at a time gets the connection it used last (warm on the server), not the longest idle.
+        assert len({connection_id() for _ in range(6)}) == 1
+    finally:
+        admin.close()
+        database.close()
+
+
 def test_a_connection_that_died_in_the_pool_is_replaced(private_mariadb):
     """No ping on checkout: a read on a connection the server closed meanwhile is retried once on a
     new connection, set up like the first (UTC); a write is not retried (it may have been applied)

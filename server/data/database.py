@@ -52,6 +52,7 @@ class MySQLDatabase:
         self._pool = PooledDB(creator=self._open, maxcached=self._size,
                               setsession=list(session), reset=not settings.autocommit,
                               ping=(2, None if settings.pool_ping else _still_open), isfatal=_connection_lost)
+        self._pool._idle_cache = _MostRecentFirst()
         self._lock = threading.Lock()  # guards _in_use
         self._in_use = 0
         self._probe: pymysql.connections.Connection | None = None
@@ -187,6 +188,15 @@ class _Cursor:
 
     def close(self) -> None:
         self._cursor.close()
+
+
+class _MostRecentFirst(list):
+    """PooledDB's idle connections, handed out most recently used first. DBUtils takes the longest
+    idle (pop(0)): under light load every call would then wake a different server thread with cold
+    caches (twice the single-caller latency over 32 connections, measured)."""
+
+    def pop(self, index: int = -1):
+        return super().pop()
 
 
 def _still_open(connection: pymysql.connections.Connection) -> bool:
