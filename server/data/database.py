@@ -6,7 +6,7 @@ import sqlite3
 import threading
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator
 
 import pymysql
 from dbutils.pooled_db import PooledDB
@@ -26,7 +26,7 @@ class MySQLDatabase:
     lets in only as many calls as there are connections, so DBUtils never waits.
 
     Nothing is sent but the statements: no ping when a connection is taken, no rollback when it is
-    given back (autocommit), the session statements once per connection. Every wait is bounded by
+    given back (autocommit), the session statement once per connection. Every wait is bounded by
     the call's deadline: for a slot, for a connection's set-up and for every reply. A connection
     found closed is reopened when the next call takes a cursor on it; one that died in the pool
     unnoticed is replaced by DBUtils' failover when the call's first statement is a read (a write
@@ -35,23 +35,24 @@ class MySQLDatabase:
     backend = "mysql"
     placeholder = "%s"
 
-    def __init__(self, settings: DatabaseSettings, session: Sequence[str] = ()):
+    def __init__(self, settings: DatabaseSettings, session: str | None = None):
         params = settings.mysql_params()
         self._params = dict(host=params["host"], port=params["port"], user=params["user"],
                             password=params["password"], database=params["database"],
                             connect_timeout=settings.connect_timeout, read_timeout=settings.read_timeout,
-                            write_timeout=settings.write_timeout, autocommit=settings.autocommit, charset="utf8mb4")
+                            write_timeout=settings.write_timeout, autocommit=settings.autocommit, charset="utf8mb4",
+                            init_command=session)  # by the driver on every connect, a reopen included
         self.read_timeout = settings.read_timeout
+        self._ping_on_take = bool(settings.pool_ping)
         self.blocking = settings.pool_blocking
         self._size = settings.pool_max_connections
         self._slots = threading.BoundedSemaphore(self._size)  # the admission: calls holding a connection
         self._local = threading.local()  # the deadline of the call a new connection is opened for
-        # The ping check runs when a cursor is taken, outside the pool's lock: a COM_PING round
-        # trip (pool_ping=1) or only whether the driver saw the connection close (no I/O).
-        # No maxconnections: the admission bounds the connections lent out.
-        self._pool = PooledDB(creator=self._open, maxcached=self._size,
-                              setsession=list(session), reset=not settings.autocommit,
-                              ping=(2, None if settings.pool_ping else _still_open), isfatal=_connection_lost)
+        # No maxconnections: the admission bounds the connections lent out. No ping: `_revive`
+        # checks outside the pool's lock, and its errors reach the caller (DBUtils' reconnect
+        # after a ping swallows them).
+        self._pool = PooledDB(creator=self._open, maxcached=self._size, reset=not settings.autocommit,
+                              ping=0, isfatal=_connection_lost)
         self._pool._idle_cache = _MostRecentFirst()
         self._lock = threading.Lock()  # guards _in_use
         self._in_use = 0
@@ -124,7 +125,8 @@ class MySQLDatabase:
                 if deadline is not None:
                     deadline.check("waiting for the database")
                     connection.dbapi_connection._read_timeout = deadline.io_timeout(self.read_timeout)
-                cursor = _Cursor(connection.cursor())  # reopens a connection found closed (the ping check)
+                self._revive(connection.dbapi_connection, deadline)
+                cursor = _Cursor(connection.cursor())
                 try:
                     yield cursor
                 finally:
@@ -141,6 +143,19 @@ class MySQLDatabase:
             with self._lock:
                 self._in_use -= 1
             self._slots.release()
+
+    def _revive(self, connection: pymysql.connections.Connection, deadline: Deadline | None) -> None:
+        """Reopen a pooled connection the driver saw close (a failed call before), or with
+        pool_ping one that does not answer a ping, within the call's deadline."""
+        if self._ping_on_take and connection.open:
+            try:
+                connection.ping()
+            except pymysql.err.MySQLError:
+                _close_quietly(connection)
+        if not connection.open:
+            timeout = self._params["connect_timeout"]
+            connection.connect_timeout = deadline.io_timeout(timeout) if deadline is not None else timeout
+            connection.connect()
 
     def pool_status(self) -> tuple[int, int]:
         """(connections lent out, idle connections in the pool)."""
@@ -197,11 +212,6 @@ class _MostRecentFirst(list):
 
     def pop(self, index: int = -1):
         return super().pop()
-
-
-def _still_open(connection: pymysql.connections.Connection) -> bool:
-    """Whether the driver has not seen the connection close (no round trip)."""
-    return connection.open
 
 
 def _timed_out(exc: BaseException) -> bool:
@@ -283,6 +293,6 @@ class SQLiteDatabase:
             self._all.clear()
 
 
-def open_database(settings: DatabaseSettings, session: Sequence[str] = ()) -> MySQLDatabase | SQLiteDatabase:
-    """`session`: statements run once on each new MySQL connection."""
+def open_database(settings: DatabaseSettings, session: str | None = None) -> MySQLDatabase | SQLiteDatabase:
+    """`session`: a statement run on each new MySQL connection."""
     return MySQLDatabase(settings, session) if settings.backend == "mysql" else SQLiteDatabase(settings)

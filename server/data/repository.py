@@ -152,7 +152,7 @@ CONFIG_HISTORY = ("SELECT version, key_path, old_json, new_json, changed_at, cha
 # SQLite: IMMEDIATE takes the write lock at once, so two writers serialize instead of failing.
 # Stamps cross process boundaries as values: read and compare them in UTC, never in a local time
 # zone whose clock goes back an hour once a year. Run once on each new MySQL connection.
-MYSQL_SESSION = ("SET time_zone = '+00:00'",)
+MYSQL_SESSION = "SET time_zone = '+00:00'"
 _BEGIN = {("mysql", False): "START TRANSACTION", ("mysql", True): "START TRANSACTION",
           ("sqlite", False): "BEGIN", ("sqlite", True): "BEGIN IMMEDIATE"}
 
