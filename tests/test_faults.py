@@ -113,16 +113,23 @@ def test_pool_exhaustion(private_mariadb):
         repository.database.close()
 
 
-def test_the_pool_is_opened_ahead_and_calls_open_no_connection(private_mariadb):
-    """warm_up fills the pool; then more concurrent calls than connections share those connections
-    (the server counts no new one) and each call sends its statement only (no ping, no rollback)."""
+def pool_and_admin(url: str, connections: int):
+    """A repository on MariaDB with a pool of `connections`, and an autocommit connection of the
+    same user beside it, to look at and act on the server."""
     import pymysql
-    _, url = private_mariadb
-    repository = open_repository(make_settings({"TRADEUP_DATABASE_URL": url, "TRADEUP_POOL_MAX_CONNECTIONS": "4"}))
-    database = repository.database
+    repository = open_repository(make_settings({"TRADEUP_DATABASE_URL": url,
+                                                "TRADEUP_POOL_MAX_CONNECTIONS": str(connections)}))
     params = make_settings({"TRADEUP_DATABASE_URL": url}).database.mysql_params()
     admin = pymysql.connect(host=params["host"], port=params["port"], user=params["user"],
                             password=params["password"], database=params["database"], autocommit=True)
+    return repository, admin, params["user"]
+
+
+def test_the_pool_is_opened_ahead_and_calls_open_no_connection(private_mariadb):
+    """warm_up fills the pool; then more concurrent calls than connections share those connections
+    (the server counts no new one) and each call sends its statement only (no ping, no rollback)."""
+    repository, admin, user = pool_and_admin(private_mariadb[1], 4)
+    database = repository.database
 
     def server_status(name: str) -> int:
         with admin.cursor() as cursor:
@@ -161,19 +168,14 @@ def test_a_connection_that_died_in_the_pool_is_replaced(private_mariadb):
     """No ping on checkout: a read on a connection the server closed meanwhile is retried once on a
     new connection, set up like the first (UTC); a write is not retried (it may have been applied)
     and fails UNAVAILABLE, and the next call works on a connection opened again."""
-    import pymysql
-    _, url = private_mariadb
-    repository = open_repository(make_settings({"TRADEUP_DATABASE_URL": url, "TRADEUP_POOL_MAX_CONNECTIONS": "1"}))
+    repository, admin, user = pool_and_admin(private_mariadb[1], 1)
     database = repository.database
-    params = make_settings({"TRADEUP_DATABASE_URL": url}).database.mysql_params()
-    admin = pymysql.connect(host=params["host"], port=params["port"], user=params["user"],
-                            password=params["password"], database=params["database"], autocommit=True)
 
     def kill_pooled() -> int:
         """Kill the pool's connection (every session of the user but this one); its thread id."""
         with admin.cursor() as cursor:
             cursor.execute("SELECT id FROM information_schema.processlist WHERE user = %s AND id <> CONNECTION_ID()",
-                           (params["user"],))
+                           (user,))
             (thread_id,), = cursor.fetchall()
             cursor.execute("KILL %s", (thread_id,))
         return thread_id
