@@ -122,16 +122,17 @@ class MySQLDatabase:
         try:
             connection = self._pool.dedicated_connection()  # never waits: the admission let us in
             try:
+                raw = connection.dbapi_connection
                 if deadline is not None:
                     deadline.check("waiting for the database")
-                    connection.dbapi_connection._read_timeout = deadline.io_timeout(self.read_timeout)
-                self._revive(connection.dbapi_connection, deadline)
+                    raw._read_timeout = deadline.io_timeout(self.read_timeout)
+                self._revive(raw, deadline)
                 cursor = _Cursor(connection.cursor())
                 try:
                     yield cursor
                 finally:
                     cursor.close()
-            finally:
+            finally:  # failover may have put a new pymysql connection under it
                 connection.dbapi_connection._read_timeout = self.read_timeout
                 connection.close()  # back to the pool
         except (pymysql.err.OperationalError, pymysql.err.InterfaceError) as exc:
