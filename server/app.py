@@ -16,7 +16,7 @@ from .data.breaker import CircuitBreaker
 from .data.database import open_database
 from .data.inventory import InventoryCache
 from .data.redislink import RedisLink
-from .data.repository import Repository
+from .data.repository import MYSQL_SESSION, Repository
 from .metrics import Metrics
 from .rpc.server import PROBE_TIMEOUT, CallInterceptors, HealthMonitor, create_server, rpc_threads
 from .rpc.servicers import AdminServicer, OfferServicer, SearchServicer
@@ -35,7 +35,7 @@ STOP_SLACK = 0.5  # seconds after the grace period for the background threads to
 
 def open_repository(settings: Settings) -> Repository:
     d = settings.database
-    return Repository(open_database(d), CircuitBreaker(d.breaker_failures, d.breaker_reset_seconds))
+    return Repository(open_database(d, MYSQL_SESSION), CircuitBreaker(d.breaker_failures, d.breaker_reset_seconds))
 
 
 def prepare_database(repository: Repository, seed_demo: bool, stop: threading.Event | None = None) -> None:

@@ -116,17 +116,15 @@ class DatabaseSettings:
     seed_demo_data: bool = key(True, "TRADEUP_SEED_DEMO_DATA",
                                "seed an empty embedded (SQLite) database with the demo data at start; "
                                "MySQL only on request (`make seed`)")
-    pool_min_cached: int = key(2, "TRADEUP_POOL_MIN_CACHED", "idle connections opened at start", minimum=0, maximum=1000)
-    pool_max_cached: int = key(32, "TRADEUP_POOL_MAX_CACHED",
-                               "idle connections kept (below the calls in flight, connections churn)",
-                               minimum=0, maximum=1000)
     pool_max_connections: int = key(32, "TRADEUP_POOL_MAX_CONNECTIONS",
-                                    "connections at most (0 = unlimited)", minimum=0, maximum=10000)
+                                    "connections per process, opened once the database answers and kept; a call "
+                                    "waits for a free one within its deadline", minimum=1, maximum=10000)
     pool_blocking: bool = key(True, "TRADEUP_POOL_BLOCKING",
                               "wait for a free connection (else fail at once with UNAVAILABLE)")
     pool_ping: int = key(0, "TRADEUP_POOL_PING",
-                         "1: ping a connection (one round trip) when taken from the pool; 0: never (a connection "
-                         "found dead by its first read is replaced and the read retried once)", minimum=0, maximum=1)
+                         "1: ping a connection (one round trip) when a call takes a cursor on it; 0: never (a "
+                         "connection found dead by its first read is replaced and the read retried once)",
+                         minimum=0, maximum=1)
     connect_timeout: float = key(2.0, "TRADEUP_DATABASE_CONNECT_TIMEOUT", "seconds", minimum=0.1, maximum=300)
     read_timeout: float = key(5.0, "TRADEUP_DATABASE_READ_TIMEOUT", "seconds", minimum=0.1, maximum=3600)
     write_timeout: float = key(5.0, "TRADEUP_DATABASE_WRITE_TIMEOUT", "seconds", minimum=0.1, maximum=3600)

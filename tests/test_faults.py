@@ -124,32 +124,92 @@ def test_pool_exhaustion(private_mariadb):
         repository.database.close()
 
 
-def test_a_connection_that_died_in_the_pool_is_replaced(private_mariadb):
-    """No ping on checkout: a read on a connection the server closed meanwhile is retried once on a
-    new connection; a write is not retried (it may have been applied) and fails UNAVAILABLE."""
+def pool_and_admin(url: str, connections: int):
+    """A repository on MariaDB with a pool of `connections`, and an autocommit connection of the
+    same user beside it, to look at and act on the server."""
     import pymysql
-    _, url = private_mariadb
-    repository = open_repository(make_settings({"TRADEUP_DATABASE_URL": url, "TRADEUP_POOL_MIN_CACHED": "1"}))
-    database = repository.database
+    repository = open_repository(make_settings({"TRADEUP_DATABASE_URL": url,
+                                                "TRADEUP_POOL_MAX_CONNECTIONS": str(connections)}))
     params = make_settings({"TRADEUP_DATABASE_URL": url}).database.mysql_params()
     admin = pymysql.connect(host=params["host"], port=params["port"], user=params["user"],
                             password=params["password"], database=params["database"], autocommit=True)
+    return repository, admin, params["user"]
 
-    def kill_idle() -> None:
-        (connection,) = database._idle
+
+def test_the_pool_is_opened_ahead_and_calls_open_no_connection(private_mariadb):
+    """warm_up fills the pool; then more concurrent calls than connections share those connections
+    (the server counts no new one) and each call sends its statement only (no ping, no rollback)."""
+    repository, admin, user = pool_and_admin(private_mariadb[1], 4)
+    database = repository.database
+
+    def server_status(name: str) -> int:
         with admin.cursor() as cursor:
-            cursor.execute("KILL %s", (connection.thread_id(),))
+            cursor.execute("SHOW GLOBAL STATUS LIKE %s", (name,))
+            return int(cursor.fetchone()[1])
+
+    customers = golden.customer_ids()[:40]
+    try:
+        database.warm_up()
+        assert database.pool_status() == (0, 4)
+        connections, pings, questions = (server_status(name) for name in ("Connections", "Com_admin_commands", "Questions"))
+        callers = [threading.Thread(target=lambda ids: [repository.get_customer(c, Deadline.after(5)) for c in ids],
+                                    args=(customers[k::8],)) for k in range(8)]
+        for caller in callers:
+            caller.start()
+        for caller in callers:
+            caller.join(10)
+        # Questions counts every statement, the one reading it included: one per call, no rollback.
+        assert server_status("Questions") - questions == len(customers) + 1
+        assert database.pool_status() == (0, 4)
+        assert server_status("Connections") == connections
+        assert server_status("Com_admin_commands") == pings  # COM_PING counts here
+
+        def connection_id() -> int:
+            with database.cursor(Deadline.after(5)) as cursor:
+                cursor.execute("SELECT CONNECTION_ID()")
+                return cursor.fetchone()[0]
+        # One caller at a time gets the connection it used last (warm on the server), not the longest idle.
+        assert len({connection_id() for _ in range(6)}) == 1
+    finally:
+        admin.close()
+        database.close()
+
+
+def test_a_connection_that_died_in_the_pool_is_replaced(private_mariadb):
+    """No ping on checkout: a read on a connection the server closed meanwhile is retried once on a
+    new connection, set up like the first (UTC); a write is not retried (it may have been applied)
+    and fails UNAVAILABLE, and the next call works on a connection opened again."""
+    repository, admin, user = pool_and_admin(private_mariadb[1], 1)
+    database = repository.database
+
+    def kill_pooled() -> int:
+        """Kill the pool's connection (every session of the user but this one); its thread id."""
+        with admin.cursor() as cursor:
+            cursor.execute("SELECT id FROM information_schema.processlist WHERE user = %s AND id <> CONNECTION_ID()",
+                           (user,))
+            (thread_id,), = cursor.fetchall()
+            cursor.execute("KILL %s", (thread_id,))
+        return thread_id
+
+    def session() -> tuple[int, str]:
+        with database.cursor(Deadline.after(5)) as cursor:
+            cursor.execute("SELECT CONNECTION_ID(), @@session.time_zone")
+            return cursor.fetchone()
 
     try:
         database.warm_up()
-        kill_idle()
+        assert database.pool_status() == (0, 1) and session()[1] == "+00:00"
+        killed = kill_pooled()
         first, last = golden.customer_ids()[0], golden.customer_ids()[-1]
         assert repository.get_customer(first, Deadline.after(5)).customer_id == first
         assert database.pool_status() == (0, 1) and repository.breaker.state == "closed"
-        kill_idle()
+        replaced, zone = session()
+        assert replaced != killed and zone == "+00:00"
+        kill_pooled()
         with pytest.raises(Unavailable):
             repository.set_car_available("no-such-car", True)
         assert repository.get_customer(last, Deadline.after(5)).customer_id == last
+        assert session()[1] == "+00:00"
     finally:
         admin.close()
         database.close()

@@ -163,8 +163,8 @@ CONFIG_HISTORY = ("SELECT version, key_path, old_json, new_json, changed_at, cha
                   "WHERE SUBSTR(key_path, 1, %s) = %s ORDER BY id DESC LIMIT %s")
 # SQLite: IMMEDIATE takes the write lock at once, so two writers serialize instead of failing.
 # Stamps cross process boundaries as values: read and compare them in UTC, never in a local time
-# zone whose clock goes back an hour once a year.
-UTC_SESSION = "SET time_zone = '+00:00'"
+# zone whose clock goes back an hour once a year. Run once on each new MySQL connection.
+MYSQL_SESSION = "SET time_zone = '+00:00'"
 _BEGIN = {("mysql", False): "START TRANSACTION", ("mysql", True): "START TRANSACTION",
           ("sqlite", False): "BEGIN", ("sqlite", True): "BEGIN IMMEDIATE"}
 
@@ -386,10 +386,6 @@ class Repository:
         else:  # MySQL commits each DDL statement: every step above is idempotent, a rerun completes it
             self._run("migrate", work, None)
 
-    def _utc(self, cursor) -> None:
-        if self.backend == "mysql":
-            cursor.execute(UTC_SESSION)
-
     def _transaction(self, cursor, work: Callable[[Any], T], write: bool = False) -> T:
         cursor.execute(_BEGIN[self.backend, write])
         try:
@@ -578,7 +574,6 @@ class Repository:
     def change_state(self, deadline: Deadline | None = None) -> ChangeState:
         """The version counters and the newest inventory stamp, in one round trip."""
         def work(cursor):
-            self._utc(cursor)
             cursor.execute(CHANGE_STATE)
             return cursor.fetchone()
         row = self._run("change_state", work, deadline)
@@ -588,7 +583,6 @@ class Repository:
         """Move the inventory version for rows stamped up to `latest_stamp`, unless another
         process already did (rows written by plain SQL move it this way)."""
         def work(cursor):
-            self._utc(cursor)
             cursor.execute(self._sql(NOTE_INVENTORY_CHANGE), (latest_stamp, latest_stamp))
         self._run("note_inventory_change", work, deadline)
 
@@ -602,7 +596,6 @@ class Repository:
             since = since - timedelta(seconds=overlap_seconds)
 
         def work(cursor):
-            self._utc(cursor)
             cursor.execute(self._sql(CHANGED_CARS), (since,))
             return cursor.fetchall()
         rows = self._run("changed_cars", work, deadline)
