@@ -15,7 +15,8 @@ HEALTH_PROBE_VERSION := v0.4.62
 BUF := tools/buf/node_modules/.bin/buf
 
 .PHONY: install build-deps system-deps build protos run migrate seed test test-python bench bench-engine bench-db \
-	bench-growth bench-server bench-fleet bench-watch loadtest soak chaos tools buf constraints clean
+	bench-growth bench-server bench-fleet bench-watch loadtest soak chaos tools buf constraints clean \
+	deploy-deps deploy-test
 
 # What building needs, from Debian's packages when missing: a C compiler, the Python headers
 # and venv (Debian splits both out of python3).
@@ -75,11 +76,34 @@ migrate: build
 seed: build
 	$(PYTHON) -m server seed --replace
 
-# The ghz/grpcurl/grpc_health_probe tests need the tools: built here when Go is there.
+# The ghz/grpcurl/grpc_health_probe/kube-check tests need the tools: built here when Go is there.
 test: system-deps build buf
-	@[ -x $(BIN)/ghz ] && [ -x $(BIN)/grpcurl ] && [ -x $(BIN)/grpc-health-probe ] || \
+	@[ -x $(BIN)/ghz ] && [ -x $(BIN)/grpcurl ] && [ -x $(BIN)/grpc-health-probe ] && [ -x $(BIN)/kube-check ] || \
 	  ! command -v go >/dev/null 2>&1 || $(MAKE) --no-print-directory tools
 	PATH="/usr/sbin:$$PATH" $(PYTHON) -m pytest -q
+
+# What running the deployment needs: podman with the runc runtime, catatonit (the pause process of
+# `podman kube play`), mmdebstrap (a stand-in base image when the registry's cannot be pulled) and
+# podman-compose; and, as a containers.conf drop-in, no default open-files limit for containers
+# (podman's is above this machine's hard limit).
+PODMAN_CONF := /etc/containers/containers.conf.d/tradeup-engine.conf
+deploy-deps:
+	@missing=""; \
+	for tool in podman runc catatonit mmdebstrap podman-compose; do \
+	  command -v $$tool >/dev/null 2>&1 || [ -x /usr/sbin/$$tool ] || missing="$$missing $$tool"; \
+	done; \
+	$(call apt_install,$$missing)
+	@[ -f $(PODMAN_CONF) ] || { sudo=""; [ "$$(id -u)" = 0 ] || sudo=sudo; \
+	  $$sudo mkdir -p $(dir $(PODMAN_CONF)) && \
+	  printf '# Trade-Up Engine: containers start without the default open-files limit (above this machine'"'"'s hard limit).\n[containers]\ndefault_ulimits = []\n' | \
+	  $$sudo tee $(PODMAN_CONF) >/dev/null; }
+
+# Build the image from deploy/Dockerfile and run it: the embedded default, two read-only replicas
+# on a private MariaDB and Redis, a stop under load, the Kubernetes manifests played
+# (tests/test_deploy_run.py, marked `deploy`: `make test` leaves it out).
+deploy-test: system-deps deploy-deps build
+	@[ -x $(BIN)/grpc-health-probe ] && [ -x $(BIN)/kube-check ] || $(MAKE) --no-print-directory tools
+	PATH="/usr/sbin:$$PATH" $(PYTHON) -m pytest -q -s -m deploy tests/test_deploy_run.py
 
 # The whole suite again with the pure-Python kernel serving.
 test-python: system-deps build buf
@@ -144,12 +168,14 @@ constraints: install
 	{ sed -n '/^#/p' constraints.txt; $(PYTHON) -m pip freeze --exclude-editable; } > constraints.txt.new
 	mv constraints.txt.new constraints.txt
 
-# ghz, grpcurl and grpc_health_probe, pinned, into ./bin (needs Go).
+# ghz, grpcurl and grpc_health_probe, pinned, into ./bin (needs Go); and kube-check
+# (tools/kube-check: the Kubernetes manifests decoded strictly into the k8s.io/api types of its go.mod).
 tools:
-	@command -v go >/dev/null 2>&1 || { echo "make tools needs Go (https://go.dev/dl or apt-get install golang): it builds ghz, grpcurl and grpc_health_probe with go install"; exit 1; }
+	@command -v go >/dev/null 2>&1 || { echo "make tools needs Go (https://go.dev/dl or apt-get install golang): it builds ghz, grpcurl, grpc_health_probe and kube-check with go install"; exit 1; }
 	GOBIN=$(BIN) go install github.com/bojand/ghz/cmd/ghz@$(GHZ_VERSION)
 	GOBIN=$(BIN) go install github.com/fullstorydev/grpcurl/cmd/grpcurl@$(GRPCURL_VERSION)
 	GOBIN=$(BIN) go install github.com/grpc-ecosystem/grpc-health-probe@$(HEALTH_PROBE_VERSION)
+	cd tools/kube-check && GOBIN=$(BIN) go install .
 
 clean:
 	rm -rf build *.egg-info client/build client/*.egg-info engine_ext/_kernel.c engine_ext/*.so
