@@ -83,20 +83,17 @@ test: system-deps build buf
 	PATH="/usr/sbin:$$PATH" $(PYTHON) -m pytest -q
 
 # What running the deployment needs: podman with the runc runtime, catatonit (the pause process of
-# `podman kube play`), mmdebstrap (a stand-in base image when the registry's cannot be pulled) and
-# podman-compose; and, as a containers.conf drop-in, no default open-files limit for containers
-# (podman's is above this machine's hard limit).
+# `podman kube play`) and mmdebstrap (a stand-in base image when the registry's cannot be pulled);
+# podman's settings for them as a containers.conf drop-in (deploy/podman-containers.conf).
 PODMAN_CONF := /etc/containers/containers.conf.d/tradeup-engine.conf
 deploy-deps:
 	@missing=""; \
-	for tool in podman runc catatonit mmdebstrap podman-compose; do \
-	  command -v $$tool >/dev/null 2>&1 || [ -x /usr/sbin/$$tool ] || missing="$$missing $$tool"; \
+	for tool in podman runc catatonit mmdebstrap; do \
+	  command -v $$tool >/dev/null 2>&1 || [ -x /usr/sbin/$$tool ] || [ -x /usr/bin/$$tool ] || missing="$$missing $$tool"; \
 	done; \
 	$(call apt_install,$$missing)
-	@[ -f $(PODMAN_CONF) ] || { sudo=""; [ "$$(id -u)" = 0 ] || sudo=sudo; \
-	  $$sudo mkdir -p $(dir $(PODMAN_CONF)) && \
-	  printf '# Trade-Up Engine: containers start without the default open-files limit (above this machine'"'"'s hard limit).\n[containers]\ndefault_ulimits = []\n' | \
-	  $$sudo tee $(PODMAN_CONF) >/dev/null; }
+	@cmp -s deploy/podman-containers.conf $(PODMAN_CONF) || { sudo=""; [ "$$(id -u)" = 0 ] || sudo=sudo; \
+	  $$sudo install -D -m 0644 deploy/podman-containers.conf $(PODMAN_CONF); }
 
 # Build the image from deploy/Dockerfile and run it: the embedded default, two read-only replicas
 # on a private MariaDB and Redis, a stop under load, the Kubernetes manifests played

@@ -1,6 +1,6 @@
-// kube-check decodes Kubernetes manifests strictly into the k8s.io/api types: an unknown or
-// misspelt field, a duplicate key or a value of the wrong type fails, as the API server would
-// refuse it. It prints the decoded objects as one JSON array, so that checks run on what
+// kube-check decodes Kubernetes manifests strictly into the k8s.io/api types, as the API server
+// does (sigs.k8s.io/json, case-sensitive): an unknown or misspelt field, a field in the wrong case,
+// a duplicate key or a value of the wrong type fails. It prints the decoded objects as one JSON array, so that checks run on what
 // Kubernetes reads rather than on the YAML text.
 //
 //	kube-check deploy/k8s/*.yaml
@@ -8,6 +8,7 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"regexp"
@@ -15,6 +16,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	policyv1 "k8s.io/api/policy/v1"
+	kjson "sigs.k8s.io/json"
 	"sigs.k8s.io/yaml"
 )
 
@@ -55,12 +57,24 @@ func decode(path string) ([]any, error) {
 		if !known {
 			return nil, fmt.Errorf("%s, document %d: unsupported kind %q %q", path, i+1, kind.APIVersion, kind.Kind)
 		}
-		if err := yaml.UnmarshalStrict([]byte(document), object); err != nil {
+		if err := decodeStrictly(document, object); err != nil {
 			return nil, fmt.Errorf("%s, document %d (%s): %w", path, i+1, kind.Kind, err)
 		}
 		objects = append(objects, object)
 	}
 	return objects, nil
+}
+
+func decodeStrictly(document string, object any) error {
+	data, err := yaml.YAMLToJSONStrict([]byte(document))
+	if err != nil {
+		return err
+	}
+	strict, err := kjson.UnmarshalStrict(data, object)
+	if err != nil {
+		return err
+	}
+	return errors.Join(strict...)
 }
 
 type typeMeta struct {
