@@ -77,16 +77,21 @@ def build_image(tag: str) -> float:
 
 
 class Container:
-    """One container of the image on the host's network (loopback ports), removed by `remove`."""
+    """A container of the image serving on a loopback port of the host's network."""
 
-    def __init__(self, image: str, environ: dict[str, str], *options: str):
-        self.name = f"tradeup-test-{uuid.uuid4().hex[:8]}"
-        self.port = int(environ["TRADEUP_PORT"])
-        self.target = f"127.0.0.1:{self.port}"
-        env = [a for name, value in {"PYTHONFAULTHANDLER": "1", "TRADEUP_HOST": "127.0.0.1",
-                                     "TRADEUP_METRICS_PORT": "0", **environ}.items()
-               for a in ("--env", f"{name}={value}")]
-        podman("run", "--detach", "--name", self.name, "--network=host", *options, *env, image)
+    def __init__(self, name: str, port: int):
+        self.name = name
+        self.target = f"127.0.0.1:{port}"
+
+    @classmethod
+    def run(cls, image: str, environ: dict[str, str], *options: str) -> Container:
+        """Start one (TRADEUP_PORT in `environ`; metrics off unless set)."""
+        name = f"tradeup-test-{uuid.uuid4().hex[:8]}"
+        env = [a for variable, value in {"PYTHONFAULTHANDLER": "1", "TRADEUP_HOST": "127.0.0.1",
+                                         "TRADEUP_METRICS_PORT": "0", **environ}.items()
+               for a in ("--env", f"{variable}={value}")]
+        podman("run", "--detach", "--name", name, "--network=host", *options, *env, image)
+        return cls(name, int(environ["TRADEUP_PORT"]))
 
     def wait_serving(self, services: list[str], timeout: float = 60.0) -> None:
         """Until grpc_health_probe says SERVING for every one of `services`; fails if the container exits."""

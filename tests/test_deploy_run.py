@@ -8,17 +8,21 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import grpc
 import pytest
+import yaml
 
 import golden_data as golden
 from client import OfferClient
-from conftest import free_port
+from conftest import free_port, make_settings
 from deployment import DEPLOY, Container, base_image, build_image, manifests, podman, probe
 from fleet import ADMIN_TOKEN, Fleet, fee_of
 from protos.tradeup.v1 import offers_pb2 as pb, offers_pb2_grpc
@@ -74,13 +78,23 @@ class ContainerFleet(Fleet):
         for port in self.ports:
             environ = {**self.environ, "TRADEUP_PORT": str(port), "TRADEUP_PROCESSES": str(self.processes),
                        "TRADEUP_ADMIN_TOKEN": ADMIN_TOKEN, "TRADEUP_SEED_DEMO_DATA": "false"}
-            self.containers.append(Container(self.image, environ, *READ_ONLY))
+            self.containers.append(Container.run(self.image, environ, *READ_ONLY))
         for container in self.containers:
             container.wait_serving(["", OFFER_SERVICE], timeout)
 
     def stop(self) -> None:
         for container in self.containers:
             container.remove()
+
+
+def empty_database(environ: dict[str, str]) -> None:
+    from server.app import open_repository
+    repository = open_repository(make_settings(environ))
+    try:
+        repository.migrate()
+        repository.delete_all()
+    finally:
+        repository.database.close()
 
 
 def call_repeatedly(target: str, done: threading.Event, calls: list) -> None:
@@ -110,7 +124,7 @@ def test_image_serves_the_embedded_default_as_a_user_writing_only_its_volume(ima
     sqlite_path = next(v.split("=", 1)[1] for v in declared["Env"] if v.startswith("TRADEUP_SQLITE_PATH="))
     assert str(Path(sqlite_path).parent) in declared["Volumes"]
     volume = podman("volume", "create")
-    container = Container(image, {"TRADEUP_PORT": str(free_port())}, *READ_ONLY,
+    container = Container.run(image, {"TRADEUP_PORT": str(free_port())}, *READ_ONLY,
                           "--volume", f"{volume}:{Path(sqlite_path).parent}")
     try:
         container.wait_serving(probed_services)  # liveness, readiness, as the Deployment's probes ask
@@ -260,8 +274,51 @@ def test_kubernetes_manifests_played_serve_read_only(image, objects, mysql_envir
         podman("secret", "rm", secret_name, check=False)
 
 
-def test_compose_file_is_valid_for_podman_compose():
-    config = subprocess.run(["podman-compose", "-f", str(DEPLOY / "docker-compose.yml"), "config"],
-                            capture_output=True, text=True, timeout=60,
-                            env={"PATH": "/usr/bin:/bin", "TRADEUP_DATABASE_PASSWORD": "x", "TRADEUP_ADMIN_TOKEN": "y"})
-    assert config.returncode == 0, config.stderr
+def compose(*args: str, files: tuple[Path, ...] = (), **environ: str) -> str:
+    """podman-compose (the project's, from PyPI) on deploy/docker-compose.yml and `files` over it."""
+    command = [str(Path(sys.executable).parent / "podman-compose"), "--project-name", "tradeup-test", "--in-pod", "false",
+               "-f", str(DEPLOY / "docker-compose.yml"), *(a for f in files for a in ("-f", str(f))), *args]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=180,
+                          env={**os.environ, "TRADEUP_DATABASE_PASSWORD": "unused", "TRADEUP_ADMIN_TOKEN": ADMIN_TOKEN,
+                               **environ})
+    assert done.returncode == 0, f"podman-compose {' '.join(args)}: {done.stdout[-2000:]} {done.stderr[-3000:]}"
+    return done.stdout
+
+
+def test_compose_file_runs_its_seed_job_and_replicas_on_stand_ins(image, mysql_environ, redis_server, tmp_path):
+    """The compose file as podman-compose reads it; then its seed job and its two replicas with the
+    service's image, the test MariaDB and Redis standing in for the stack's (their registry images
+    cannot be pulled here), on the host's network; the replicas share the port (SO_REUSEPORT)."""
+    services = yaml.safe_load(compose("config"))["services"]
+    assert services["tradeup"]["image"] == services["seed"]["image"]
+    assert services["tradeup"]["environment"]["TRADEUP_DATABASE_HOST"] == "mariadb"
+    url = urlsplit(mysql_environ["TRADEUP_DATABASE_URL"])
+    port = free_port()
+    moved = {"TRADEUP_DATABASE_HOST": url.hostname, "TRADEUP_DATABASE_PORT": str(url.port),
+             "TRADEUP_DATABASE_USER": url.username, "TRADEUP_DATABASE_NAME": url.path.lstrip("/"),
+             "TRADEUP_HOST": "127.0.0.1", "TRADEUP_PORT": str(port), "TRADEUP_METRICS_PORT": "0",
+             "TRADEUP_REDIS_URL": redis_server.url, "PYTHONFAULTHANDLER": "1"}
+    # podman-compose mounts no secret from the environment: they come from files here.
+    secrets = {"database_password": url.password, "admin_token": ADMIN_TOKEN}
+    for name, value in secrets.items():
+        (tmp_path / name).write_text(value)
+    stand_ins = tmp_path / "stand-ins.yml"
+    stand_ins.write_text(f"""services:
+  seed: {{network_mode: host, depends_on: !reset {{}}, environment: {json.dumps(moved)}}}
+  tradeup: {{network_mode: host, depends_on: !reset {{}}, ports: !override [], environment: {json.dumps(moved)}}}
+secrets:
+""" + "".join(f"  {name}: !override {{file: {tmp_path / name}}}\n" for name in secrets))
+    podman("tag", image, services["tradeup"]["image"])
+    with_stand_ins = {"files": (stand_ins,)}
+    empty_database(mysql_environ)
+    try:
+        compose("run", "--rm", "seed", **with_stand_ins)
+        compose("up", "--detach", "--no-build", "--no-deps", "tradeup", **with_stand_ins)
+        replicas = podman("ps", "--filter", "label=com.docker.compose.service=tradeup", "--format", "{{.Names}}").split()
+        assert len(replicas) == services["tradeup"]["deploy"]["replicas"]
+        for replica in replicas:
+            Container(replica, port).wait_serving(["", OFFER_SERVICE])
+        with OfferClient(f"127.0.0.1:{port}", timeout=20) as client:
+            assert client.generate_offers(customer_id="C00042", max_offers=1).summary.total_offers > 0
+    finally:
+        compose("down", "--timeout", "30", **with_stand_ins)
