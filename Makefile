@@ -98,8 +98,8 @@ deploy-deps:
 # Build the image from deploy/Dockerfile and run it: the embedded default, two read-only replicas
 # on a private MariaDB and Redis, a stop under load, the Kubernetes manifests played
 # (tests/test_deploy_run.py, marked `deploy`: `make test` leaves it out).
-deploy-test: system-deps deploy-deps build
-	@[ -x $(BIN)/grpc-health-probe ] && [ -x $(BIN)/kube-check ] || $(MAKE) --no-print-directory tools
+deploy-test: system-deps deploy-deps build $(BIN)/kube-check
+	@[ -x $(BIN)/grpc-health-probe ] || $(MAKE) --no-print-directory tools
 	PATH="/usr/sbin:$$PATH" $(PYTHON) -m pytest -q -s -m deploy tests/test_deploy_run.py
 
 # The whole suite again with the pure-Python kernel serving.
@@ -167,11 +167,18 @@ constraints: install
 
 # ghz, grpcurl and grpc_health_probe, pinned, into ./bin (needs Go); and kube-check
 # (tools/kube-check: the Kubernetes manifests decoded strictly into the k8s.io/api types of its go.mod).
-tools:
-	@command -v go >/dev/null 2>&1 || { echo "make tools needs Go (https://go.dev/dl or apt-get install golang): it builds ghz, grpcurl, grpc_health_probe and kube-check with go install"; exit 1; }
+define need_go
+@command -v go >/dev/null 2>&1 || { echo "make tools needs Go (https://go.dev/dl or apt-get install golang): it builds ghz, grpcurl, grpc_health_probe and kube-check with go install"; exit 1; }
+endef
+
+tools: $(BIN)/kube-check
+	$(need_go)
 	GOBIN=$(BIN) go install github.com/bojand/ghz/cmd/ghz@$(GHZ_VERSION)
 	GOBIN=$(BIN) go install github.com/fullstorydev/grpcurl/cmd/grpcurl@$(GRPCURL_VERSION)
 	GOBIN=$(BIN) go install github.com/grpc-ecosystem/grpc-health-probe@$(HEALTH_PROBE_VERSION)
+
+$(BIN)/kube-check: tools/kube-check/main.go tools/kube-check/go.mod tools/kube-check/go.sum
+	$(need_go)
 	cd tools/kube-check && GOBIN=$(BIN) go install .
 
 clean:

@@ -1,8 +1,8 @@
 """The deployment, run (`make deploy-test`; `-m deploy`, left out of `make test`): the image built
 from deploy/Dockerfile as it is, on the embedded default with a volume for its data; two read-only
 replicas on the private MariaDB and Redis that agree, one of them stopped under load; the image's
-contents; the Kubernetes manifests played by `podman kube play`; the compose file parsed by
-podman-compose. Every container runs on the host's network on loopback ports, as user 10001,
+contents; the Kubernetes manifests played by `podman kube play`; the compose file parsed and run
+by podman-compose. Every container runs on the host's network on loopback ports, as user 10001,
 with PYTHONFAULTHANDLER=1; a crash or a non-zero exit fails the test."""
 from __future__ import annotations
 
@@ -265,18 +265,14 @@ def test_kubernetes_manifests_played_serve_read_only(image, objects, mysql_envir
                          "--format", "{{.Names}} {{.Pod}}").splitlines()
         assert len(running) == 1, running
         name, pod_name = running[0].split()
-        for service in probed_services:
-            deadline = time.monotonic() + 60
-            while probe(f"127.0.0.1:{port}", service).returncode != 0:
-                assert time.monotonic() < deadline, podman("logs", name, check=False)
-                time.sleep(0.2)
-        with OfferClient(f"127.0.0.1:{port}", timeout=20) as client:
+        played_container = Container(name, port)
+        played_container.wait_serving(probed_services)
+        with OfferClient(played_container.target, timeout=20) as client:
             assert client.generate_offers(customer_id=golden.customer_with_offers(), max_offers=1).groups
-        (inspected,) = json.loads(podman("container", "inspect", name))
-        assert inspected["HostConfig"]["ReadonlyRootfs"] is True
-        assert inspected["Config"]["User"].split(":")[0] == "10001"
+        assert played_container.inspect("{{.HostConfig.ReadonlyRootfs}}") == "true"
+        assert played_container.inspect("{{.Config.User}}").split(":")[0] == "10001"
         podman("pod", "stop", "--time", str(spec["terminationGracePeriodSeconds"]), pod_name, timeout=90)
-        assert podman("container", "inspect", "--format", "{{.State.ExitCode}}", name) == "0"
+        assert played_container.inspect("{{.State.ExitCode}}") == "0", played_container.logs()
     finally:
         podman("kube", "down", str(played), check=False, timeout=90)
         podman("secret", "rm", secret_name, check=False)
