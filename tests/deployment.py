@@ -94,7 +94,8 @@ class Container:
         return cls(name, int(environ["TRADEUP_PORT"]))
 
     def wait_serving(self, services: list[str], timeout: float = 60.0) -> None:
-        """Until grpc_health_probe says SERVING for every one of `services`; fails if the container exits."""
+        """Until the server's banner is out (printed once every worker process serves) and
+        grpc_health_probe says SERVING for every one of `services`; fails if the container exits."""
         deadline = time.monotonic() + timeout
         waiting = list(services)
         while waiting:
@@ -102,7 +103,7 @@ class Container:
                 raise AssertionError(f"{self.name} is {self.state()}: {self.logs()}")
             if time.monotonic() > deadline:
                 raise AssertionError(f"{self.name}: {waiting} not SERVING within {timeout} s: {self.logs()}")
-            if probe(self.target, waiting[0]).returncode == 0:
+            if self.output() and probe(self.target, waiting[0]).returncode == 0:
                 waiting.pop(0)
             else:
                 time.sleep(0.2)
@@ -114,8 +115,15 @@ class Container:
         return self.inspect("{{.State.Status}}")
 
     def logs(self) -> str:
-        return subprocess.run(["podman", "logs", "--tail", "40", self.name], capture_output=True, text=True,
-                              timeout=30).stderr[-4000:]
+        """The end of its log (stderr)."""
+        return self._logs().stderr[-4000:]
+
+    def output(self) -> str:
+        """What it printed on stdout (the banner)."""
+        return self._logs().stdout
+
+    def _logs(self) -> subprocess.CompletedProcess:
+        return subprocess.run(["podman", "logs", self.name], capture_output=True, text=True, timeout=30)
 
     def execute(self, *command: str) -> str:
         return podman("exec", self.name, *command)
