@@ -18,7 +18,7 @@ NODE_CLIENT := tests/node/node_modules/.package-lock.json
 
 .PHONY: install build-deps system-deps build protos run migrate seed test test-python bench bench-engine bench-db \
 	bench-growth bench-server bench-fleet bench-watch bench-search loadtest soak chaos tools buf node-client \
-	constraints clean
+	constraints clean deploy-deps deploy-test
 
 # What building needs, from Debian's packages when missing: a C compiler, the Python headers
 # and venv (Debian splits both out of python3).
@@ -78,11 +78,31 @@ migrate: build
 seed: build
 	$(PYTHON) -m server seed --replace
 
-# The ghz/grpcurl/grpc_health_probe tests need the tools: built here when Go is there.
+# The ghz/grpcurl/grpc_health_probe/kube-check tests need the tools: built here when Go is there.
 test: system-deps build buf node-client
-	@[ -x $(BIN)/ghz ] && [ -x $(BIN)/grpcurl ] && [ -x $(BIN)/grpc-health-probe ] || \
+	@[ -x $(BIN)/ghz ] && [ -x $(BIN)/grpcurl ] && [ -x $(BIN)/grpc-health-probe ] && [ -x $(BIN)/kube-check ] || \
 	  ! command -v go >/dev/null 2>&1 || $(MAKE) --no-print-directory tools
 	PATH="/usr/sbin:$$PATH" $(PYTHON) -m pytest -q
+
+# What running the deployment needs: podman with the runc runtime, catatonit (the pause process of
+# `podman kube play`) and mmdebstrap (a stand-in base image when the registry's cannot be pulled);
+# podman's settings for them as a containers.conf drop-in (deploy/podman-containers.conf).
+PODMAN_CONF := /etc/containers/containers.conf.d/tradeup-engine.conf
+deploy-deps:
+	@missing=""; \
+	for tool in podman runc catatonit mmdebstrap; do \
+	  command -v $$tool >/dev/null 2>&1 || [ -x /usr/sbin/$$tool ] || [ -x /usr/bin/$$tool ] || missing="$$missing $$tool"; \
+	done; \
+	$(call apt_install,$$missing)
+	@cmp -s deploy/podman-containers.conf $(PODMAN_CONF) || { sudo=""; [ "$$(id -u)" = 0 ] || sudo=sudo; \
+	  $$sudo install -D -m 0644 deploy/podman-containers.conf $(PODMAN_CONF); }
+
+# Build the image from deploy/Dockerfile and run it: the embedded default, two read-only replicas
+# on a private MariaDB and Redis, a stop under load, the Kubernetes manifests played
+# (tests/test_deploy_run.py, marked `deploy`: `make test` leaves it out).
+deploy-test: system-deps deploy-deps build $(BIN)/kube-check
+	@[ -x $(BIN)/grpc-health-probe ] || $(MAKE) --no-print-directory tools
+	PATH="/usr/sbin:$$PATH" $(PYTHON) -m pytest -q -s -m deploy tests/test_deploy_run.py
 
 # The whole suite again with the pure-Python kernel serving.
 test-python: system-deps build buf node-client
@@ -158,12 +178,21 @@ constraints: install
 	{ sed -n '/^#/p' constraints.txt; $(PYTHON) -m pip freeze --exclude-editable; } > constraints.txt.new
 	mv constraints.txt.new constraints.txt
 
-# ghz, grpcurl and grpc_health_probe, pinned, into ./bin (needs Go).
-tools:
-	@command -v go >/dev/null 2>&1 || { echo "make tools needs Go (https://go.dev/dl or apt-get install golang): it builds ghz, grpcurl and grpc_health_probe with go install"; exit 1; }
+# ghz, grpcurl and grpc_health_probe, pinned, into ./bin (needs Go); and kube-check
+# (tools/kube-check: the Kubernetes manifests decoded strictly into the k8s.io/api types of its go.mod).
+define need_go
+@command -v go >/dev/null 2>&1 || { echo "make tools needs Go (https://go.dev/dl or apt-get install golang): it builds ghz, grpcurl, grpc_health_probe and kube-check with go install"; exit 1; }
+endef
+
+tools: $(BIN)/kube-check
+	$(need_go)
 	GOBIN=$(BIN) go install github.com/bojand/ghz/cmd/ghz@$(GHZ_VERSION)
 	GOBIN=$(BIN) go install github.com/fullstorydev/grpcurl/cmd/grpcurl@$(GRPCURL_VERSION)
 	GOBIN=$(BIN) go install github.com/grpc-ecosystem/grpc-health-probe@$(HEALTH_PROBE_VERSION)
+
+$(BIN)/kube-check: tools/kube-check/main.go tools/kube-check/go.mod tools/kube-check/go.sum
+	$(need_go)
+	cd tools/kube-check && GOBIN=$(BIN) go install .
 
 clean:
 	rm -rf build *.egg-info client/build client/*.egg-info engine_ext/_kernel.c engine_ext/*.so

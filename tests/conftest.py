@@ -14,6 +14,7 @@ there: nothing reads or writes the working tree's var/ or what a user's run left
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import sys
 import tempfile
@@ -90,6 +91,17 @@ def engine(kernel):
     engine.close()
 
 
+def tool(name: str) -> str:
+    """The path of a Go tool `make tools` installs into bin/; missing, the test is skipped (fails in CI)."""
+    for candidate in (ROOT / "bin" / name, shutil.which(name)):
+        if candidate and Path(candidate).exists():
+            return str(candidate)
+    reason = f"{name} is not installed: run `make tools` (needs Go)"
+    if os.environ.get("CI") == "true":
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -113,6 +125,16 @@ def mysql_server_url(tmp_path_factory):
     server.create_database("tradeup_test", "tradeup", "test-password")
     yield f"mysql://tradeup:test-password@127.0.0.1:{server.port}/tradeup_test"
     server.stop()
+
+
+@pytest.fixture
+def mysql_environ(mysql_server_url):
+    """The MariaDB test database holding the golden data; refilled afterwards (undoing a test's
+    sold cars and stored configuration)."""
+    environ = {"TRADEUP_DATABASE_URL": mysql_server_url}
+    load_golden(environ)
+    yield environ
+    load_golden(environ)
 
 
 def database_environ(backend: str, request, tmp_path) -> dict[str, str]:

@@ -19,6 +19,13 @@ ROOT = Path(__file__).resolve().parents[1]
 ADMIN_TOKEN = "fleet-admin-token"
 
 
+def fee_of(response: pb.GenerateOffersResponse) -> float:
+    """The service fee rate an answer was priced with (its first offer's fee over its car's price)."""
+    import golden_data as golden
+    offer = next(o for g in response.groups for o in g.offers)
+    return offer.service_fee_amount / golden.inventory()[offer.car_id]["car_price"]
+
+
 class Fleet:
     def __init__(self, environ: dict[str, str], ports: list[int], customer_id: str, processes: int = 2):
         """`customer_id`: the stored customer every call prices (it needs an offer to read the fee from)."""

@@ -1,6 +1,8 @@
 """The deployment files in deploy/ agree with the service: ports, probes, and every TRADEUP_*
-variable is a key of the configuration schema. (They are parsed here, not run: no container
-engine is needed for the tests.)"""
+variable is a key of the configuration schema. The Kubernetes manifests are read as the API reads
+them (kube-check: decoded strictly into the k8s.io/api types), which covers what `podman kube
+play` cannot run: the gRPC probes, the headless Service, the disruption budget. They run in
+tests/test_deploy_run.py (`make deploy-test`)."""
 from __future__ import annotations
 
 import re
@@ -9,10 +11,10 @@ from pathlib import Path
 
 import yaml
 
-from server.config import SECTIONS, ServerSettings
+from deployment import DEPLOY, kube_check, manifests
+from server.config import SECTIONS, DatabaseSettings, ServerSettings
 from server.rpc.server import OFFER_SERVICE
 
-DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 PORT = ServerSettings.port
 VARIABLE = re.compile(r"\bTRADEUP_[A-Z0-9_]+\b")
 
@@ -25,12 +27,6 @@ def schema_variables() -> set[str]:
             if f.metadata["secret"]:
                 names.add(f.metadata["env"] + "_FILE")
     return names
-
-
-def manifests() -> dict[str, dict]:
-    documents = [d for path in sorted((DEPLOY / "k8s").glob("*.yaml"))
-                 for d in yaml.safe_load_all(path.read_text()) if d]
-    return {d["kind"]: d for d in documents}
 
 
 def test_every_variable_is_a_configuration_key():
@@ -47,6 +43,19 @@ def test_dockerfile_builds_the_kernel_and_runs_as_a_user():
     assert re.search(r"^USER (\d+)", text, re.M) and int(re.search(r"^USER (\d+)", text, re.M).group(1)) > 0
     assert f"EXPOSE {PORT} 9464" in text and f"TRADEUP_PORT={PORT}" in text
     assert "engine_ext" in text
+    # The embedded database, the one thing the service writes, lies in the one declared volume.
+    (volume,) = re.findall(r"^VOLUME (\S+)$", text, re.M)
+    sqlite_path = re.search(r"TRADEUP_SQLITE_PATH=(\S+)", text).group(1)
+    assert Path(sqlite_path).parent == Path(volume) and Path(DatabaseSettings.sqlite_path).name == Path(sqlite_path).name
+
+
+def test_manifests_decode_strictly_into_the_kubernetes_types(tmp_path):
+    assert set(manifests()) == {"Deployment", "Service", "Secret", "PodDisruptionBudget"}
+    misspelt = tmp_path / "deployment.yaml"
+    misspelt.write_text((DEPLOY / "k8s" / "deployment.yaml").read_text().replace(
+        "readOnlyRootFilesystem:", "readOnlyRootFileSystem:"))
+    decoded = kube_check(misspelt)
+    assert decoded.returncode == 1 and "securityContext.readOnlyRootFileSystem" in decoded.stderr
 
 
 def test_kubernetes_probes_ports_and_secret():
@@ -61,7 +70,13 @@ def test_kubernetes_probes_ports_and_secret():
     assert container["livenessProbe"]["grpc"] == {"port": PORT, "service": ""}
     assert container["readinessProbe"]["grpc"] == {"port": PORT, "service": OFFER_SERVICE}
     assert pod["securityContext"]["runAsNonRoot"] and pod["securityContext"]["runAsUser"] > 0
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    assert {"cpu", "memory"} <= set(container["resources"]["requests"]) and "memory" in container["resources"]["limits"]
     assert pod["terminationGracePeriodSeconds"] > float(env["TRADEUP_GRACE_SECONDS"]["value"])
+    deployment = objects["Deployment"]["spec"]
+    budget = objects["PodDisruptionBudget"]["spec"]
+    assert budget["selector"] == deployment["selector"] and 0 < budget["minAvailable"] < deployment["replicas"]
     secret = objects["Secret"]
     for item in env.values():
         reference = item.get("valueFrom", {}).get("secretKeyRef")

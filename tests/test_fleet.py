@@ -14,24 +14,11 @@ import pytest
 
 import golden_data as golden
 from conftest import free_port, load_golden
-from fleet import Fleet
+from fleet import Fleet, fee_of
 
 # Generous: the bound asserted is what a loaded 2-core machine comfortably meets; the issue's
 # goals (1 s for a parameter, 2 s for a sold car) are printed and measured by bench_fleet.
 LIMIT_SECONDS = 15.0
-
-
-def fee_of(response) -> float:
-    offer = next(o for g in response.groups for o in g.offers)
-    return offer.service_fee_amount / golden.inventory()[offer.car_id]["car_price"]
-
-
-@pytest.fixture
-def mysql_environ(mysql_server_url):
-    environ = {"TRADEUP_DATABASE_URL": mysql_server_url}
-    load_golden(environ)
-    yield environ
-    load_golden(environ)  # the car sold and the configuration stored here are undone
 
 
 @pytest.mark.parametrize("with_redis", [True, False], ids=["redis", "polling"])

@@ -3,26 +3,12 @@ run, a grpcurl call and grpc_health_probe. `make tools` installs them (CI does).
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 
 import golden_data as golden
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def tool(name: str) -> str:
-    for candidate in (ROOT / "bin" / name, shutil.which(name)):
-        if candidate and Path(candidate).exists():
-            return str(candidate)
-    reason = f"{name} is not installed: run `make tools` (needs Go)"
-    if os.environ.get("CI") == "true":
-        pytest.fail(reason)
-    pytest.skip(reason)
+from conftest import tool
 
 
 def test_ghz_smoke_run_has_no_errors(server, tmp_path):
