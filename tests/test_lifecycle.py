@@ -221,7 +221,7 @@ def test_calls_answer_unavailable_until_the_database_is_prepared_then_ok(backend
 
 # --- a first start interrupted --------------------------------------------------------------------
 
-TRIALS_PER_SIGNAL = 20
+TRIALS_PER_SIGNAL = 10
 
 
 def interrupted_first_start(directory: Path, signum: signal.Signals, moment: float) -> tuple[str, bool]:
