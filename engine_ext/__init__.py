@@ -10,7 +10,7 @@ import importlib
 import os
 
 from .constants import ALL_TIERS, TIER_NAMES
-from .engine import Engine, Offer, OfferSet, ScheduleRow, SubsidyResult
+from .engine import CarIds, Engine, Offer, OfferSet, ScheduleRow, SubsidyResult
 from .errors import EngineInputError, KernelUnavailableError
 from .params import CustomerTerms, Fees, PricingParams, SubsidyGrid, TierBounds
 
@@ -33,7 +33,7 @@ def load_kernel(name: str | None = None):
 
 
 __all__ = [
-    "ALL_TIERS", "TIER_NAMES", "CustomerTerms", "Engine", "EngineInputError", "Fees", "IMPLEMENTATIONS",
+    "ALL_TIERS", "TIER_NAMES", "CarIds", "CustomerTerms", "Engine", "EngineInputError", "Fees", "IMPLEMENTATIONS",
     "KernelUnavailableError", "Offer", "OfferSet", "PricingParams", "ScheduleRow", "SubsidyGrid",
     "SubsidyResult", "TierBounds", "load_kernel",
 ]

@@ -656,8 +656,9 @@ cdef inline char* _put_double(char* p, int number, double value) noexcept nogil:
     return p + 9
 
 
-def encode_offers(plan, out, list car_ids, order, Py_ssize_t first, Py_ssize_t last, int field_number):
-    """The offers ranked at positions [first, last), each as field `field_number` (length-delimited)."""
+def encode_offers(plan, out, list names, rows, order, Py_ssize_t first, Py_ssize_t last, int field_number):
+    """The offers ranked at positions [first, last), each as field `field_number` (length-delimited);
+    the id of car k is names[rows[k]], or names[k] when `rows` is None."""
     cols = plan.columns
     cdef int n_terms = len(cols.terms), t, i
     cdef const long[:] order_view = order
@@ -670,7 +671,9 @@ def encode_offers(plan, out, list car_ids, order, Py_ssize_t first, Py_ssize_t l
     cdef double gps_install = plan.gps_install, gps_monthly = plan.gps_monthly
     if first < 0 or last > order_view.shape[0] or first > last or not 1 <= field_number <= 15:
         raise IndexError("positions or field number out of range")
-    cdef Py_ssize_t count = last - first, k, slot, car, id_length, total = 0, body
+    cdef Py_ssize_t count = last - first, k, slot, car, name, id_length, total = 0, body
+    cdef Py_ssize_t n_names = len(names)
+    cdef const long[:] row_view = rows if rows is not None else None
     cdef Py_ssize_t* sizes = <Py_ssize_t*> malloc(max(count, 1) * sizeof(Py_ssize_t))
     cdef const char** ids = <const char**> malloc(max(count, 1) * sizeof(char*))
     cdef Py_ssize_t* id_lengths = <Py_ssize_t*> malloc(max(count, 1) * sizeof(Py_ssize_t))
@@ -685,7 +688,10 @@ def encode_offers(plan, out, list car_ids, order, Py_ssize_t first, Py_ssize_t l
             slot = order_view[first + k]
             car = slot // n_terms
             t = slot % n_terms
-            ids[k] = PyUnicode_AsUTF8AndSize(car_ids[car], &id_length)
+            name = car if rows is None else row_view[car]
+            if not 0 <= name < n_names:
+                raise IndexError("car id row out of range")
+            ids[k] = PyUnicode_AsUTF8AndSize(names[name], &id_length)
             id_lengths[k] = id_length
             body = (1 + _varint_size(id_length) + id_length) if id_length else 0
             body += 1 + _varint_size(<uint64_t>terms[t]) if terms[t] else 0

@@ -12,7 +12,7 @@ import os
 from array import array
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Iterator, Sequence, overload
 
 from .constants import (
     ALL_TIERS, REJECT_NAMES, SCHEDULE_COLUMNS, SUBSIDY_REASONS, SUBSIDY_VIABLE, TIER_NAMES,
@@ -53,6 +53,29 @@ class SubsidyBuffers:
         self.iterations = _longs(n_cars)
         for name in ("service_fee_pct", "cac_bonus", "cxa_pct", "payment", "delta", "npv", "financed"):
             setattr(self, name, _doubles(n_cars))
+
+
+class CarIds(Sequence[str]):
+    """The ids of cars taken from a longer list, without copying them: car k is names[rows[k]]
+    (the prefilter's rows of the inventory snapshot). The encoder reads both directly."""
+    __slots__ = ("names", "rows")
+
+    def __init__(self, names: list[str], rows: array):
+        self.names = names
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @overload
+    def __getitem__(self, k: int) -> str: ...
+    @overload
+    def __getitem__(self, k: slice) -> "CarIds": ...
+
+    def __getitem__(self, k):
+        if isinstance(k, slice):
+            return CarIds(self.names, self.rows[k])
+        return self.names[self.rows[k]]
 
 
 @dataclass(frozen=True)
@@ -118,7 +141,9 @@ class OfferSet:
     def encode(self, first: int, last: int, field_number: int) -> bytes:
         """Protobuf wire bytes of the offers ranked [first, last) as repeated `tradeup.v1.Offer`
         field `field_number` of the enclosing message (see wire_py.py)."""
-        return self.kernel.encode_offers(self.plan, self.columns, self.car_ids, self.order, first, last, field_number)
+        ids = self.car_ids
+        names, rows = (ids.names, ids.rows) if isinstance(ids, CarIds) else (ids, None)
+        return self.kernel.encode_offers(self.plan, self.columns, names, rows, self.order, first, last, field_number)
 
 
 @dataclass(frozen=True)
@@ -215,7 +240,7 @@ class Engine:
         """Every feasible offer of `tiers` for these cars, ranked by SPEC §3, with rejection counts.
         `car_rank[k]` orders car k by car_id for ties; computed when not given."""
         prices = self._prices(prices, car_ids)
-        car_ids = car_ids if isinstance(car_ids, list) else list(car_ids)  # the encoder indexes a list
+        car_ids = car_ids if isinstance(car_ids, (list, CarIds)) else list(car_ids)  # what the encoder reads
         plan = build_offer_plan(customer, params)
         out = OfferBuffers(len(prices), len(plan.columns.terms))
         self._fan_out(lambda first, last: self.kernel.price_offers(plan, prices, first, last, out),

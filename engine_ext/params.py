@@ -27,6 +27,7 @@ DEFAULT_TERMS = (12, 24, 36, 48, 60, 72)
 # Terms one plan may price: the compiled kernel's fixed arrays (_kernel.pyx MAX_TERMS). Checked
 # here, where terms are configured or overridden, so both kernels only ever see valid lists.
 MAX_TERMS = 64
+DERIVED_LIMIT = 1_024  # values derived from one PricingParams kept at once (see PricingParams.derived)
 _DOWN_BY_PROFILE = (0.30, 0.25, 0.20, 0.15, 0.15, 0.20, 0.20, 0.20, 0.20, 0.20, 0.25, 0.30, 0.35,
                     0.35, 0.35, 0.35, 0.75, 0.35, 0.35, 0.35, 0.75, 0.25, 0.30, 0.30, 0.75, 0.9999)
 DEFAULT_DOWN_ROWS = tuple(tuple(frac for _ in DEFAULT_TERMS) for frac in _DOWN_BY_PROFILE)
@@ -182,6 +183,8 @@ class PricingParams:
     tiers: TierBounds = field(default_factory=TierBounds)
     subsidy: SubsidyGrid = field(default_factory=SubsidyGrid)
     rate_override: float | None = None  # per request; replaces the profile's annual rate
+    # What is computed from these parameters once and then read (see `derived`).
+    _derived: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen)
@@ -244,8 +247,31 @@ class PricingParams:
         """Row of the down-payment table for a profile name (unknown profile -> the fallback row)."""
         return self.risk_profile_index.get(risk_profile_name, self.risk_profile_index_unknown)
 
+    def derived(self, key: tuple, compute) -> Any:
+        """compute(), once per key for these parameters (they never change): the parameters of a
+        set of overrides, the term columns of a risk profile. The configured parameters live as
+        long as their settings version, and each set of overrides is kept with them, so a call
+        repeating an earlier one recomputes nothing. At most DERIVED_LIMIT values, oldest out
+        first; two threads may both compute a missing value (the same one)."""
+        cache = self._derived
+        try:
+            return cache[key]
+        except KeyError:
+            value = cache[key] = compute()
+            if len(cache) > DERIVED_LIMIT:
+                cache.pop(next(iter(cache)), None)
+            return value
+
     def with_overrides(self, **overrides: Any) -> "PricingParams":
-        """A copy with per-request overrides: fee fields by name, `interest_rate`, `terms`."""
+        """A copy with per-request overrides: fee fields by name, `interest_rate`, `terms`; the
+        same copy for the same overrides."""
+        if not overrides:
+            return self
+        given = tuple(sorted((name, tuple(value) if isinstance(value, list) else value)
+                             for name, value in overrides.items()))
+        return self.derived(("overrides", given), lambda: self._overridden(overrides))
+
+    def _overridden(self, overrides: dict[str, Any]) -> "PricingParams":
         fee_names = {f.name for f in fields(Fees)}
         fee_changes = {k: v for k, v in overrides.items() if k in fee_names and v is not None}
         changes: dict[str, Any] = {}

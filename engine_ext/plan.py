@@ -128,8 +128,16 @@ class SubsidyPlan:
 
 def term_columns(customer: CustomerTerms, params: PricingParams, terms: tuple[int, ...],
                  kavak_total: float) -> TermColumns:
+    """The columns of a customer's rate and down-payment row: computed once per parameters
+    (a settings version, or one set of overrides) and read by every call after."""
     base_rate = params.annual_rate(customer.risk_profile_name)
-    down_row = params.down_payment_rows[customer.risk_profile_index]
+    return params.derived(("term columns", base_rate, customer.risk_profile_index, tuple(terms), kavak_total),
+                          lambda: _term_columns(params, base_rate, customer.risk_profile_index, terms, kavak_total))
+
+
+def _term_columns(params: PricingParams, base_rate: float, down_row_index: int, terms: tuple[int, ...],
+                  kavak_total: float) -> TermColumns:
+    down_row = params.down_payment_rows[down_row_index]
     insurance, ins_months = params.fees.insurance_amount, params.fees.insurance_term_months
     iva_factor = 1.0 + params.iva_rate
     rates = [base_rate + params.term_rate_adjustments.get(n, 0.0) for n in terms]
@@ -198,12 +206,14 @@ def build_offer_plan(customer: CustomerTerms, params: PricingParams,
 
 def build_subsidy_plan(customer: CustomerTerms, params: PricingParams) -> SubsidyPlan:
     grid = params.subsidy
+    service_fees, cacs, cxas = params.derived(("subsidy grid",), lambda: (
+        array("d", grid.service_fee_values()), array("d", grid.cac_values()), array("d", grid.cxa_values())))
     return SubsidyPlan(
         offer=build_offer_plan(customer, params, grid.term_order,
                                kavak_total=grid.kavak_total_amount if grid.kavak_total_enabled else 0.0),
-        service_fee_values=array("d", grid.service_fee_values()),
-        cac_values=array("d", grid.cac_values()),
-        cxa_values=array("d", grid.cxa_values()),
+        service_fee_values=service_fees,
+        cac_values=cacs,
+        cxa_values=cxas,
         max_payment_delta=grid.max_payment_delta,
         min_npv=grid.min_npv,
         max_loan_to_value=grid.max_loan_to_value,

@@ -46,8 +46,9 @@ def _offer(car_id: bytes, term: int, tier: int, doubles: tuple[float, ...]) -> b
     return bytes(body)
 
 
-def encode_offers(plan, out, car_ids, order, first: int, last: int, field_number: int) -> bytes:
-    """The offers ranked at positions [first, last), each as field `field_number` (length-delimited)."""
+def encode_offers(plan, out, names, rows, order, first: int, last: int, field_number: int) -> bytes:
+    """The offers ranked at positions [first, last), each as field `field_number` (length-delimited);
+    the id of car k is names[rows[k]], or names[k] when `rows` is None."""
     terms, rates = plan.columns.terms, plan.columns.annual_rates
     n_terms = len(terms)
     encoded = bytearray()
@@ -57,5 +58,5 @@ def encode_offers(plan, out, car_ids, order, first: int, last: int, field_number
         doubles = (out.payment[slot], out.delta[slot], out.financed[car], out.equity[car], out.service_fee[car],
                    out.cxa[car], plan.kavak_total, plan.insurance, plan.gps_install, plan.gps_monthly,
                    out.npv[car], rates[t])
-        encoded += length_delimited(field_number, _offer(car_ids[car].encode(), terms[t], out.status[slot], doubles))
+        encoded += length_delimited(field_number, _offer(names[car if rows is None else rows[car]].encode(), terms[t], out.status[slot], doubles))
     return bytes(encoded)

@@ -92,6 +92,14 @@ class ServerSettings:
                          choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     log_format: str = key("json", "TRADEUP_LOG_FORMAT", "one JSON object per line, or plain text",
                           choices=("json", "text"))
+    access_log_sample: float = key(0.01, "TRADEUP_ACCESS_LOG_SAMPLE",
+                                   "share of successful service calls logged (one in round(1 / share); 1 = an "
+                                   "access-log line per call, 0 = none); failed and slow calls are always logged, "
+                                   "health and reflection never; the metrics count every call",
+                                   minimum=0.0, maximum=1.0)
+    slow_call_ms: float = key(1000.0, "TRADEUP_SLOW_CALL_MS",
+                              "a call (a stream: until its end) lasting this long or longer is always logged",
+                              minimum=0.0, maximum=86_400_000)
     log_customer_ids: bool = key(False, "TRADEUP_LOG_CUSTOMER_IDS",
                                  "log raw customer ids (default: their keyed hash, see log_hash_key)")
     log_hash_key: str = key("", "TRADEUP_LOG_HASH_KEY",

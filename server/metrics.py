@@ -6,7 +6,7 @@ so the two always agree. Each server has its own registry.
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -54,6 +54,42 @@ def split_method(method: str) -> tuple[str, str]:
     return service, name
 
 
+class RpcSeries:
+    """The gRPC series of one method, labelled once."""
+
+    def __init__(self, metrics: "Metrics", method: str, grpc_type: str):
+        self.labels = (grpc_type, *split_method(method))
+        self.in_flight = metrics.in_flight.labels(method)
+        self.started = metrics.started.labels(*self.labels)
+        self.received = metrics.received.labels(*self.labels)
+        self.handling = metrics.handling.labels(*self.labels)
+        self.sent = metrics.sent.labels(*self.labels)
+        self._handled = metrics.handled
+        self._by_code: dict[str, Any] = {}
+        self.one_request = grpc_type in ("unary", "server_stream")
+
+    def call_started(self) -> None:
+        self.in_flight.inc()
+        self.started.inc()
+        if self.one_request:
+            self.received.inc()  # the one request; streams count theirs as they come
+
+    def message_received(self) -> None:
+        self.received.inc()
+
+    def call_finished(self, code: str, seconds: float, messages_sent: int | None = None) -> None:
+        """`messages_sent`: responses of a streaming call (a unary call sends one when OK)."""
+        self.in_flight.dec()
+        handled = self._by_code.get(code)
+        if handled is None:
+            handled = self._by_code[code] = self._handled.labels(*self.labels, code)
+        handled.inc()
+        self.handling.observe(seconds)
+        sent = (1 if code == "OK" else 0) if messages_sent is None else messages_sent
+        if sent:
+            self.sent.inc(sent)
+
+
 class Metrics:
     def __init__(self):
         self.registry = registry = CollectorRegistry()
@@ -81,45 +117,36 @@ class Metrics:
                                 buckets=LATENCY_BUCKETS, registry=registry)
         self.queries = Histogram("tradeup_db_query_duration_seconds", "Database query time, by query",
                                  ["query"], buckets=LATENCY_BUCKETS, registry=registry)
+        self._children: dict[int, dict] = {}
         self._http = None
 
     def watch_status(self, status: Callable[[], dict]) -> None:
         self.registry.register(StatusCollector(status))
 
     # --- hooks ------------------------------------------------------------------------------------
-    def call_started(self, method: str, grpc_type: str = "unary") -> None:
-        """`grpc_type`: unary, client_stream, server_stream or bidi_stream."""
-        self.in_flight.labels(method).inc()
-        labels = (grpc_type, *split_method(method))
-        self.started.labels(*labels).inc()
-        if grpc_type in ("unary", "server_stream"):
-            self.received.labels(*labels).inc()  # the one request; streams count theirs as they come
-
-    def message_received(self, method: str, grpc_type: str) -> None:
-        self.received.labels(grpc_type, *split_method(method)).inc()
-
-    def call_finished(self, method: str, grpc_type: str, code: str, seconds: float,
-                      messages_sent: int | None = None) -> None:
-        """`messages_sent`: responses of a streaming call (a unary call sends one when OK)."""
-        self.in_flight.labels(method).dec()
-        labels = (grpc_type, *split_method(method))
-        self.handled.labels(*labels, code).inc()
-        self.handling.labels(*labels).observe(seconds)
-        sent = (1 if code == "OK" else 0) if messages_sent is None else messages_sent
-        if sent:
-            self.sent.labels(*labels).inc(sent)
+    def rpc(self, method: str, grpc_type: str = "unary") -> "RpcSeries":
+        """The series of one method; `grpc_type`: unary, client_stream, server_stream or bidi_stream."""
+        return RpcSeries(self, method, grpc_type)
 
     def offers_priced(self, tier_counts: dict[str, int], rejected: dict[str, int], cars: int,
                       engine_seconds: float) -> None:
         for tier, count in tier_counts.items():
-            self.offers.labels(tier).inc(count)
+            self._labelled(self.offers, tier).inc(count)
         for reason, count in rejected.items():
-            self.rejected.labels(reason).inc(count)
+            self._labelled(self.rejected, reason).inc(count)
         self.cars.inc(cars)
         self.engine.observe(engine_seconds)
 
+    def _labelled(self, family, value: str):
+        """family.labels(value), kept: labels() takes a lock and builds a key on every call."""
+        children = self._children.setdefault(id(family), {})
+        child = children.get(value)
+        if child is None:
+            child = children[value] = family.labels(value)
+        return child
+
     def query_done(self, query: str, seconds: float) -> None:
-        self.queries.labels(query).observe(seconds)
+        self._labelled(self.queries, query).observe(seconds)
 
     # --- exposition -------------------------------------------------------------------------------
     def serve(self, host: str, port: int) -> int:

@@ -155,6 +155,7 @@ def make_settings(environ: dict[str, str], **extra):
     base = {"TRADEUP_PORT": "0", "TRADEUP_HOST": "127.0.0.1", "TRADEUP_SEED_DEMO_DATA": "false",
             "TRADEUP_ADMIN_TOKEN": "test-admin-token", "TRADEUP_HEALTH_CHECK_SECONDS": "0.2",
             "TRADEUP_LOG_HASH_KEY": LOG_HASH_KEY,
+            "TRADEUP_ACCESS_LOG_SAMPLE": "1",  # a line per call: tests read the access log
             "TRADEUP_ENGINE": os.environ.get("TRADEUP_ENGINE", "compiled")}
     return load_settings({**base, **environ, **{k: str(v) for k, v in extra.items()}})
 

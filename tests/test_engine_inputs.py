@@ -6,6 +6,8 @@ import pytest
 
 from engine_ext import (CustomerTerms, EngineInputError, Fees, KernelUnavailableError, PricingParams,
                         SubsidyGrid, TierBounds, load_kernel)
+from engine_ext.params import DERIVED_LIMIT
+from engine_ext.plan import build_offer_plan
 
 GOOD = dict(current_monthly_payment=5000.0, vehicle_equity=100_000.0, risk_profile_name="A1", risk_profile_index=3)
 
@@ -127,3 +129,21 @@ def test_one_requests_overrides_do_not_leak(engine):
     engine.price(customer(), ["A"], [250_000.0], cheap)
     assert list(engine.price(customer(), ["A"], [250_000.0], base)) == first
     assert base.fees.service_fee_pct == 0.04 and base.rate_override is None
+
+
+def test_derived_parameters_and_term_columns_are_computed_once_per_parameters():
+    base = PricingParams()
+    overridden = base.with_overrides(service_fee_pct=0.03, terms=[24, 12])
+    assert base.with_overrides(terms=(24, 12), service_fee_pct=0.03) is overridden  # the order given aside
+    assert overridden.terms == (12, 24) and overridden.fees.service_fee_pct == 0.03
+    assert base.with_overrides(service_fee_pct=0.04) is not overridden and base.with_overrides() is base
+    plan = build_offer_plan(customer(), overridden)
+    assert build_offer_plan(customer(current_monthly_payment=9_000.0), overridden).columns is plan.columns
+    other_row = build_offer_plan(customer(risk_profile_index=0), overridden)
+    assert other_row.columns is not plan.columns and other_row.columns.down_fractions != plan.columns.down_fractions
+    # New parameters (a new settings version) share nothing with the old ones, and compute the same.
+    again = build_offer_plan(customer(), PricingParams().with_overrides(service_fee_pct=0.03, terms=[12, 24]))
+    assert again.columns is not plan.columns and again.columns == plan.columns
+    for k in range(DERIVED_LIMIT + 100):  # bounded, however many overrides callers send
+        base.with_overrides(service_fee_pct=k / 1e6)
+    assert len(base._derived) == DERIVED_LIMIT

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import Counter
 from concurrent import futures
 
 import grpc
@@ -35,6 +36,11 @@ def echo(request: bytes, context) -> bytes:
     return request
 
 
+def nap(request: bytes, context) -> bytes:
+    time.sleep(0.1)
+    return request
+
+
 def echo_stream(request: bytes, context):
     for part in request.split(b","):
         yield part
@@ -62,6 +68,7 @@ def handlers() -> list[grpc.GenericRpcHandler]:
     return [grpc.method_handlers_generic_handler(SERVICE, {
         "Unary": grpc.unary_unary_rpc_method_handler(echo),
         "Hold": grpc.unary_unary_rpc_method_handler(hold),
+        "Nap": grpc.unary_unary_rpc_method_handler(nap),
         "Stream": grpc.unary_stream_rpc_method_handler(echo_stream),
         "Flood": grpc.unary_stream_rpc_method_handler(flood),
         "Each": grpc.stream_stream_rpc_method_handler(echo_each),
@@ -124,17 +131,32 @@ def test_call_tracing_ends_each_calls_span_with_its_status(serve):
     assert all(s.parent is None for s in spans)  # no traceparent sent: each call starts a trace
 
 
-def test_the_access_log_has_one_line_per_call_and_probes_at_debug(serve, caplog):
-    caplog.set_level(logging.INFO, logger="tradeup.access")
-    channel = serve(AccessLog(log_customer_ids=True))
+def test_the_access_log_has_one_line_per_call_at_sample_1_and_never_for_probes(serve, caplog):
+    caplog.set_level(logging.DEBUG, logger="tradeup.access")
+    channel = serve(AccessLog(log_customer_ids=True, sample=1.0))
     unary(channel)(b"hi", timeout=5)
     unary(channel, HEALTH_CHECK)(b"hi", timeout=5)
     list(channel.unary_stream(f"/{SERVICE}/Stream")(b"a,b", timeout=5))
     lines = [(r.method, r.code, getattr(r, "customer", None)) for r in caplog.records if r.name == "tradeup.access"]
     assert lines == [(f"/{SERVICE}/Unary", "OK", "C-1"), (f"/{SERVICE}/Stream", "OK", None)]
-    caplog.set_level(logging.DEBUG, logger="tradeup.access")
-    unary(channel, HEALTH_CHECK)(b"hi", timeout=5)
-    assert caplog.records[-1].method == HEALTH_CHECK and caplog.records[-1].levelno == logging.DEBUG
+
+
+def test_the_access_log_samples_successes_and_keeps_every_failure_and_slow_call(serve, caplog):
+    caplog.set_level(logging.INFO, logger="tradeup.access")
+    channel = serve(AccessLog(sample=0.1, slow_seconds=0.05), ErrorMapping())
+    for k in range(30):
+        unary(channel)(b"hi", metadata=(("x-request-id", f"ok-{k}"),), timeout=5)
+    for k in range(3):
+        with pytest.raises(grpc.RpcError):
+            unary(channel)(b"invalid", timeout=5)
+    unary(channel, f"/{SERVICE}/Nap")(b"zz", timeout=5)
+    codes = Counter((r.method.rsplit("/", 1)[1], r.code) for r in caplog.records if r.name == "tradeup.access")
+    assert codes == {("Unary", "OK"): 3, ("Unary", "INVALID_ARGUMENT"): 3, ("Nap", "OK"): 1}
+    caplog.clear()
+    channel = serve(AccessLog(sample=0.0), ErrorMapping())
+    for _ in range(20):
+        unary(channel)(b"hi", timeout=5)
+    assert not [r for r in caplog.records if r.name == "tradeup.access"]
 
 
 def test_call_metrics_count_calls_codes_and_messages(serve):

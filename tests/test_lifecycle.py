@@ -52,7 +52,8 @@ class ServerProcess:
         self.stdout, self.stderr = directory / "stdout", directory / "stderr"
         env = {**os.environ, "PYTHONFAULTHANDLER": "1", "TRADEUP_HOST": "127.0.0.1", "TRADEUP_PORT": str(self.port),
                "TRADEUP_GRACE_SECONDS": str(GRACE), "TRADEUP_HEALTH_CHECK_SECONDS": "0.2",
-               "TRADEUP_LOG_LEVEL": "INFO", **environ}
+               "TRADEUP_LOG_LEVEL": "INFO",
+               "TRADEUP_ACCESS_LOG_SAMPLE": "1", **environ}
         with open(self.stdout, "w") as out, open(self.stderr, "w") as err:
             self.process = subprocess.Popen([sys.executable, "-m", "server"], cwd=ROOT, env=env, stdout=out, stderr=err)
 

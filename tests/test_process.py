@@ -25,7 +25,8 @@ def test_sigterm_drains_in_flight_streams_and_exits_zero(tmp_path):
     port = free_port()
     env = {**os.environ, "TRADEUP_PORT": str(port), "TRADEUP_HOST": "127.0.0.1",
            "TRADEUP_SQLITE_PATH": str(tmp_path / "demo.db"), "TRADEUP_STREAM_BATCH_SIZE": "1",
-           "TRADEUP_GRACE_SECONDS": "20", "TRADEUP_LOG_HASH_KEY": "replica-key"}
+           "TRADEUP_GRACE_SECONDS": "20", "TRADEUP_LOG_HASH_KEY": "replica-key",
+           "TRADEUP_ACCESS_LOG_SAMPLE": "1"}
     process = subprocess.Popen([sys.executable, "-m", "server"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
     try:

@@ -1,4 +1,5 @@
 """The kernels' wire encoding equals protobuf's own serialization of the same offers."""
+from array import array
 from dataclasses import asdict
 
 import pytest
@@ -6,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import golden_data as golden
-from engine_ext import CustomerTerms, Engine, Fees, PricingParams, load_kernel
+from engine_ext import CarIds, CustomerTerms, Engine, Fees, PricingParams, load_kernel
 from engine_ext.wire_py import varint
 from protos.tradeup.v1 import offers_pb2 as pb
 
@@ -30,6 +31,28 @@ def test_golden_offers_encode_like_protobuf(engine, record):
     assert offers.encode(len(offers), len(offers), 1) == b""
     parsed = pb.TierGroup.FromString(offers.encode(0, len(offers), 3))
     assert [o.car_id for o in parsed.offers] == [o.car_id for o in offers]
+
+
+@pytest.mark.parametrize("record", golden.spread([r for r in golden.offers() if r["offers"]])[:5],
+                         ids=lambda r: r["customer_id"])
+def test_cars_taken_by_row_encode_as_their_ids(record):
+    """The prefilter hands the engine rows of the snapshot's ids (CarIds), not a list of them."""
+    customer = golden.terms_of(golden.customers()[record["customer_id"]])
+    snapshot_ids = sorted(golden.inventory(), reverse=True)
+    rows = array("l", [snapshot_ids.index(car) for car in record["cars"]])
+    prices = [golden.inventory()[car]["car_price"] for car in record["cars"]]
+    by_row = CarIds(snapshot_ids, rows)
+    assert list(by_row) == record["cars"] and list(by_row[1:3]) == record["cars"][1:3]
+    for kernel in (load_kernel("compiled"), load_kernel("python")):
+        engine = Engine(kernel, workers=1)
+        offers = engine.price(customer, by_row, prices, golden.params())
+        assert offers.encode(0, len(offers), 1) == engine.price(customer, record["cars"], prices,
+                                                               golden.params()).encode(0, len(offers), 1)
+        assert offers.encode(0, len(offers), 1) == reference(offers, 0, len(offers))
+    beyond = Engine(load_kernel("compiled"), workers=1).price(customer, CarIds([], rows), prices, golden.params(),
+                                                             car_rank=range(len(rows)))
+    with pytest.raises(IndexError, match="row"):  # a row beyond the names is refused, never read
+        beyond.encode(0, len(beyond), 1)
 
 
 @settings(max_examples=60, deadline=None)

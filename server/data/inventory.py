@@ -30,6 +30,8 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import numpy as np
 from cachetools import TTLCache
 
+from engine_ext import CarIds
+
 from ..deadline import Deadline
 from ..domain import Car, Customer
 from .filters import Bounds, fold
@@ -91,7 +93,7 @@ _COLUMNS = (
 @dataclass(frozen=True)
 class Selection:
     """The prefiltered cars of one request, as the engine takes them."""
-    car_ids: list[str]
+    car_ids: Sequence[str]  # a CarIds of the snapshot's rows, or a list (the SQL prefilter)
     prices: array     # 'd', MXN
     ranks: array      # 'l', orders the cars by car_id
     rows: array       # 'l', rows of the snapshot
@@ -285,8 +287,7 @@ class InventorySnapshot:
 
     def select(self, kernel, rows: Sequence[int]) -> Selection:
         rows = rows if isinstance(rows, array) else array("l", rows)
-        ids = self.car_ids
-        return Selection(car_ids=[ids[r] for r in rows], prices=kernel.take(self.prices, rows),
+        return Selection(car_ids=CarIds(self.car_ids, rows), prices=kernel.take(self.prices, rows),
                          ranks=kernel.take(self.ranks, rows), rows=rows, inventory_version=self.version)
 
     def match(self, kernel, customer: Customer, same_region: bool, limit: int, bounds: Bounds | None = None

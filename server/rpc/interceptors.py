@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextvars
 import heapq
+import itertools
 import logging
+import math
 import re
 import threading
 import time
@@ -278,26 +280,34 @@ def note_call(**details) -> None:
 
 
 class AccessLog(CallInterceptor):
-    """One line per call: method, status, duration and what the servicer noted (note_call).
-    Probes are logged at DEBUG: a readiness probe every few seconds is not news. Customer ids
-    are logged raw, as their HMAC under `hash_key`, or not at all (no key)."""
+    """A line for each failed call, each slow one (`slow_seconds` or longer) and one successful
+    call in round(1 / `sample`): method, status, duration and what the servicer noted
+    (note_call). The metrics count every call; a line per call at any rate costs a JSON record
+    under the handler's lock (sample 1 restores it). Health and reflection are never logged.
+    Customer ids are logged raw, as their HMAC under `hash_key`, or not at all (no key)."""
 
-    def __init__(self, log_customer_ids: bool = False, hash_key: str = ""):
+    def __init__(self, log_customer_ids: bool = False, hash_key: str = "", sample: float = 1.0,
+                 slow_seconds: float = math.inf):
         super().__init__()
         self.log_customer_ids = log_customer_ids
         self.hash_key = hash_key
+        self.every = round(1 / sample) if sample > 0 else 0  # successful calls per line; 0: none
+        self.slow_seconds = slow_seconds
+        self._calls = itertools.count(1)
 
     def wrap(self, behavior, method, request_streaming, response_streaming):
-        level = logging.DEBUG if is_probe(method) else logging.INFO
+        if is_probe(method):
+            return None
 
         def before(request, context):
             return request, (context, _call_details.set({}), time.perf_counter())
 
         def after(state, failed):
             context, token, started = state
-            if access_log.isEnabledFor(level):
-                self._log(level, method, status_name(context, failed), time.perf_counter() - started,
-                          _call_details.get() or {})
+            elapsed, code = time.perf_counter() - started, status_name(context, failed)
+            if (code != "OK" or elapsed >= self.slow_seconds
+                    or (self.every and next(self._calls) % self.every == 0)) and access_log.isEnabledFor(logging.INFO):
+                self._log(logging.INFO, method, code, elapsed, _call_details.get() or {})
             _reset(_call_details, token)
         return around(response_streaming, before, after, behavior)
 
@@ -320,17 +330,16 @@ class CallMetrics(CallInterceptor):
         self.metrics = metrics  # server.metrics.Metrics
 
     def wrap(self, behavior, method, request_streaming, response_streaming):
-        grpc_type = _GRPC_TYPES[(request_streaming, response_streaming)]
-        metrics = self.metrics
+        series = self.metrics.rpc(method, _GRPC_TYPES[(request_streaming, response_streaming)])
 
         def counted(requests):
             for request in requests:
-                metrics.message_received(method, grpc_type)
+                series.message_received()
                 yield request
 
         if response_streaming:
             def streaming(request, context):
-                metrics.call_started(method, grpc_type)
+                series.call_started()
                 started, sent, failed = time.perf_counter(), 0, True
                 try:
                     for response in behavior(counted(request) if request_streaming else request, context):
@@ -338,17 +347,16 @@ class CallMetrics(CallInterceptor):
                         yield response
                     failed = False
                 finally:
-                    metrics.call_finished(method, grpc_type, status_name(context, failed),
-                                          time.perf_counter() - started, sent)
+                    series.call_finished(status_name(context, failed), time.perf_counter() - started, sent)
             return streaming
 
         def before(request, context):
-            metrics.call_started(method, grpc_type)
+            series.call_started()
             return (counted(request) if request_streaming else request), (context, time.perf_counter())
 
         def after(state, failed):
             context, started = state
-            metrics.call_finished(method, grpc_type, status_name(context, failed), time.perf_counter() - started)
+            series.call_finished(status_name(context, failed), time.perf_counter() - started)
         return around(False, before, after, behavior)
 
 

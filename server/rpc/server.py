@@ -167,8 +167,9 @@ class CallInterceptors:
         self.admission = Admission(s.max_concurrent_rpcs, s.max_streams, s.max_streams_per_caller, ready,
                                    s.rate_limit_key, frozenset({WATCH_METHOD}))
         self.default_deadline = DefaultDeadline(s.default_deadline_seconds, frozenset({WATCH_METHOD}))
-        self.chain = [RequestIds(), AccessLog(s.log_customer_ids, s.log_hash_key), CallMetrics(metrics),
-                      ErrorMapping(), self.admission, self.default_deadline]
+        access_log = AccessLog(s.log_customer_ids, s.log_hash_key, s.access_log_sample, s.slow_call_ms / 1e3)
+        self.chain = [RequestIds(), access_log, CallMetrics(metrics), ErrorMapping(), self.admission,
+                      self.default_deadline]
         if tracer is not None:
             self.chain.insert(0, CallTracing(tracer))
         if rate_limiter is not None:
