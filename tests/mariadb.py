@@ -45,7 +45,7 @@ class MariaDBServer:
         self.process = subprocess.Popen(
             [_mariadbd(), "--no-defaults", f"--datadir={self.datadir}", "--user=root",
              f"--socket={self.datadir}/sock", f"--port={self.port}", "--bind-address=127.0.0.1",
-             "--skip-log-bin", "--innodb-buffer-pool-size=64M", "--max-connections=300",
+             "--skip-log-bin", "--skip-name-resolve", "--innodb-buffer-pool-size=64M", "--max-connections=300",
              f"--pid-file={self.datadir}/pid"],
             stdout=log, stderr=log, start_new_session=detach)
         deadline = time.monotonic() + timeout

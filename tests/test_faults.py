@@ -5,6 +5,7 @@ server, so outage tests run on MariaDB only.)"""
 from __future__ import annotations
 
 import logging
+import ssl
 import threading
 import time
 
@@ -172,6 +173,22 @@ def test_the_pool_is_opened_ahead_and_calls_open_no_connection(private_mariadb):
         assert len({connection_id() for _ in range(6)}) == 1
     finally:
         admin.close()
+        database.close()
+
+
+def test_connections_share_one_tls_context(private_mariadb):
+    """pymysql offers TLS on every connect and builds a new context for it, loading the system's
+    CA bundle (most of a connect's time): the pool's connections share one, and still connect
+    to a server that offers no TLS (this one)."""
+    repository, admin, _ = pool_and_admin(private_mariadb[1], 2)
+    database = repository.database
+    first, second = database._open(), database._open()
+    try:
+        assert first.ctx is second.ctx and first.ctx.verify_mode == ssl.CERT_NONE
+        assert first.open and second.open and first.thread_id() != second.thread_id()
+    finally:
+        for connection in (first, second, admin):
+            connection.close()
         database.close()
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import struct
@@ -138,12 +139,30 @@ def run_cell(tool: str, binary: str, server: Server, name: str, seconds: float, 
 
 
 HEADER = (f"{'database':8} {'proc':>4} {'client':6} {'RPC':22} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} "
-          f"{'errors':>6} {'CPU ms/call':>11} {'/ health':>8}")
+          f"{'errors':>6} {'CPU ms/call':>11} {'/ health':>8} {'CPU/health':>10} {'p99/p50':>7} {'p99/health':>10}")
+# The goals of GenerateOffers top 50, each a ratio to a figure of the same run: (name, value, limit, at least?)
+GOALS = (("rate / health rate", lambda r: r["of_health"], 0.5, True),
+         ("CPU per call / health's", lambda r: r["cpu_of_health"], 2.0, False),
+         ("p99 / p50", lambda r: r["p99"] / r["p50"] if r["p50"] else float("inf"), 2.0, False),
+         ("p99 / health p99", lambda r: r["p99_of_health"], 2.0, False))
 
 
 def format_row(r: dict) -> str:
     return (f"{r['database']:8} {r['processes']:>4} {r['client']:6} {r['rpc']:22} {r['rps']:>8.0f} {r['p50']:>7.2f} "
-            f"{r['p99']:>7.2f} {r['errors']:>6} {r['cpu_ms']:>11.3f} {r['of_health']:>7.0%}")
+            f"{r['p99']:>7.2f} {r['errors']:>6} {r['cpu_ms']:>11.3f} {r['of_health']:>7.0%} "
+            f"{r['cpu_of_health']:>10.2f} {r['p99'] / r['p50'] if r['p50'] else 0:>7.2f} {r['p99_of_health']:>10.2f}")
+
+
+def print_goals(rows: list[dict]) -> None:
+    """Each goal of GenerateOffers top 50, per database, process count and client, met or not."""
+    print("\nGoals of GenerateOffers top 50 (ratios to the health call of the same cell group):")
+    for r in (r for r in rows if r["rpc"] == "GenerateOffers top50"):
+        checks = []
+        for name, value, limit, at_least in GOALS:
+            v = value(r)
+            met = v >= limit if at_least else v <= limit
+            checks.append(f"{name} {v:.2f} ({'>=' if at_least else '<='} {limit:g}: {'met' if met else 'MISSED'})")
+        print(f"  {r['database']} {r['processes']} proc {r['client']}: " + "; ".join(checks))
 
 
 def bench(args, ghz_binary: str, workdir: Path) -> list[dict]:
@@ -164,9 +183,11 @@ def bench(args, ghz_binary: str, workdir: Path) -> list[dict]:
                         health = None
                         for name in args.rpcs.split(","):
                             row = run_cell(tool, ghz_binary, server, name, args.seconds, workdir)
-                            health = row["rps"] if name == "health" else health
+                            health = row if name == "health" else health
                             row.update(database=database, processes=processes, client=tool, rpc=name,
-                                       of_health=row["rps"] / health if health else 0.0)
+                                       of_health=row["rps"] / health["rps"] if health else 0.0,
+                                       cpu_of_health=row["cpu_ms"] / health["cpu_ms"] if health else 0.0,
+                                       p99_of_health=row["p99"] / health["p99"] if health else 0.0)
                             rows.append(row)
                             print(format_row(row), flush=True)
                 finally:
@@ -202,6 +223,15 @@ def compare_layers(args, workdir: Path) -> list[dict]:
     return rows
 
 
+def machine() -> str:
+    """The CPU, its cores and how busy it was before the run (a benchmark wants a quiet machine)."""
+    cpuinfo = Path("/proc/cpuinfo").read_text()
+    model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")), "?")
+    flags = "AVX-512" if " avx512f" in cpuinfo else "no AVX-512"
+    load = Path("/proc/loadavg").read_text().split()[:3]
+    return f"machine: {model}, {os.cpu_count()} cores, {flags}; load average before the run {' '.join(load)}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=3.0, help="length of each cell")
@@ -223,9 +253,11 @@ def main() -> None:
             (results / "bench-layers.json").write_text(json.dumps(rows, indent=1))
             return
         binary = find_ghz()
+        print(machine())
         print(f"concurrency {CONCURRENCY}, {args.seconds:g} s per cell; demo data (4,000 cars, 5,000 customers)")
         print(HEADER)
         rows = bench(args, binary, Path(tmp))
+        print_goals(rows)
     (results / "bench-server.json").write_text(json.dumps(rows, indent=1))
     print(f"\nSummary in {results}/bench-server.json")
 

@@ -75,7 +75,7 @@ class Server:
         database = {"TRADEUP_DATABASE_URL": url, "TRADEUP_SEED_DEMO_DATA": "false"} if url else \
             {"TRADEUP_SQLITE_PATH": str(workdir / "bench.db"), "TRADEUP_SEED_DEMO_DATA": "true"}
         env = {**os.environ, **database, "TRADEUP_PROCESSES": str(processes),
-               "TRADEUP_PORT": str(self.port), "TRADEUP_HOST": "127.0.0.1", "TRADEUP_LOG_LEVEL": "WARNING",
+               "TRADEUP_PORT": str(self.port), "TRADEUP_HOST": "127.0.0.1",
                "TRADEUP_MAX_CONCURRENT_RPCS": "1000"}
         self.process = subprocess.Popen(command or [sys.executable, "-m", "server"], cwd=ROOT, env=env,
                                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)

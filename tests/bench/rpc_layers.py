@@ -4,6 +4,9 @@ own logic and the same pre-encoded responses, no interceptors either way. With a
 database and engine work runs on a bounded executor awaited with the call's deadline.
 
     python -m tests.bench.rpc_layers --layer aio     # port and database from TRADEUP_* as usual
+
+`aio-inline` runs GenerateOffers on the event loop itself (no executor): the cost of the thread
+hand-offs and of the GIL shared by concurrent calls, measured.
 """
 from __future__ import annotations
 
@@ -50,12 +53,14 @@ def serve_sync(app: Application, address: str, workers: int) -> None:
     server.wait_for_termination()
 
 
-async def serve_aio(app: Application, address: str, workers: int) -> None:
+async def serve_aio(app: Application, address: str, workers: int, inline: bool = False) -> None:
     pool = futures.ThreadPoolExecutor(workers)
     loop = asyncio.get_running_loop()
 
     async def generate_offers(request, context) -> bytes:
         deadline = Deadline.of_call(context, DEFAULT_DEADLINE)
+        if inline:  # on the event loop itself: no thread hand-off, nothing else runs meanwhile
+            return generate(app, request, deadline)
         return await asyncio.wait_for(loop.run_in_executor(pool, generate, app, request, deadline), deadline.left())
 
     server = grpc.aio.server()
@@ -71,7 +76,7 @@ async def serve_aio(app: Application, address: str, workers: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--layer", choices=("sync", "aio"), required=True)
+    parser.add_argument("--layer", choices=("sync", "aio", "aio-inline"), required=True)
     args = parser.parse_args()
     settings = load_settings()
     configure_logging("WARNING", "json")
@@ -83,7 +88,7 @@ def main() -> None:
     if args.layer == "sync":
         serve_sync(app, address, workers)
     else:
-        asyncio.run(serve_aio(app, address, workers))
+        asyncio.run(serve_aio(app, address, workers, inline=args.layer == "aio-inline"))
 
 
 if __name__ == "__main__":
