@@ -10,6 +10,7 @@ import golden_data as golden
 from engine_ext import CustomerTerms, Engine, Fees, PricingParams, TierBounds, load_kernel
 from engine_ext import kernel_py
 from engine_ext.params import DEFAULT_RATES
+from server.config import EngineSettings
 
 compiled = load_kernel("compiled")
 profiles = st.sampled_from(sorted(DEFAULT_RATES) + ["UNKNOWN", ""])
@@ -112,6 +113,29 @@ def test_schedule_parity_and_invariants(profile, payment, equity, price, term, p
     for row in rows:
         if row.cuota % 12 == 0:
             assert abs(row.end_balance_insurance) < 1e-6 * max(1.0, fees.insurance_amount)
+
+
+def test_fan_out_at_the_production_chunk_sizes_gives_the_single_thread_result(kernel):
+    """The chunk sizes the server runs with (EngineSettings' defaults): a request of more cars
+    than one offer chunk and a subsidy search of more than one chunk are spread over the pool."""
+    record = max(golden.offers(), key=lambda r: len(r["cars"]))
+    customer = golden.terms_of(golden.customers()[record["customer_id"]])
+    defaults = EngineSettings()
+    n = 3 * defaults.offer_chunk_cars + 100
+    ids = [f"{car}-{k}" for k in range(n // len(record["cars"]) + 1) for car in record["cars"]][:n]
+    car_prices = array("d", [golden.inventory()[car.rsplit("-", 1)[0]]["car_price"] for car in ids])
+    searched = 3 * defaults.subsidy_chunk_cars + 5
+    single = Engine(kernel, workers=1)
+    fanned = Engine(kernel, workers=2, offer_chunk_cars=defaults.offer_chunk_cars,
+                    subsidy_chunk_cars=defaults.subsidy_chunk_cars)
+    try:
+        assert columns_of(fanned.price(customer, ids, car_prices, golden.params())) == \
+            columns_of(single.price(customer, ids, car_prices, golden.params()))
+        assert fanned.minimum_subsidy(customer, ids[:searched], car_prices[:searched], golden.params()) == \
+            single.minimum_subsidy(customer, ids[:searched], car_prices[:searched], golden.params())
+    finally:
+        single.close()
+        fanned.close()
 
 
 @pytest.mark.parametrize("workers", [1, 2, 8])

@@ -2,7 +2,9 @@
 
 Prints the median and p95 time per customer for pricing 500 cars x 6 terms with the pure
 twin, the compiled kernel on one thread and fanned out, their ratios, and the minimum-subsidy
-search over every prefiltered car of a customer. Usage: python -m tests.bench.bench_engine [--customers N]
+search over every prefiltered car of a customer, then where fanning one request out over the
+pool starts to pay (the crossover behind the engine's chunk settings).
+Usage: python -m tests.bench.bench_engine [--customers N]
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import golden_data as golden  # noqa: E402
 from engine_ext import Engine, load_kernel  # noqa: E402
+from server.config import EngineSettings  # noqa: E402
 
 
 def timed(fn, repeat: int) -> float:
@@ -83,6 +86,43 @@ def main() -> None:
     print(f"{'compiled 1 thread vs twin':42} {statistics.median(twin_sub) / statistics.median(sub[:len(twin_sub)]):9.0f}x")
     for engine in engines.values():
         engine.close()
+    print()
+    crossover(cases, params, workers)
+
+
+def crossover(cases: list, params, workers: int) -> None:
+    """Where fanning one request out over the pool starts to pay, at the configured chunk sizes:
+    the same cars on 1 thread and over `workers` threads, best of 5, as the car count grows."""
+    defaults = EngineSettings()  # the production chunk sizes
+    customer, ids, prices, ranks = max(cases, key=lambda c: len(c[1]))
+    compiled = load_kernel("compiled")
+    single, fanned = Engine(compiled, workers=1), Engine(compiled, workers=workers,
+                                                           offer_chunk_cars=1, subsidy_chunk_cars=1)
+    try:
+        for kind, sizes, run, chunk in (
+                ("pricing", (500, 1_000, 2_000, 4_000, 8_000, 16_000, 32_000),
+                 lambda engine, n: engine.price(customer, many(ids, n), many(prices, n), params,
+                                                car_rank=array("l", range(n))), defaults.offer_chunk_cars),
+                ("subsidy search", (4, 8, 16, 32, 64, 128, 256),
+                 lambda engine, n: engine.minimum_subsidy(customer, many(ids, n), many(prices, n), params),
+                 defaults.subsidy_chunk_cars)):
+            print(f"Fan-out of one {kind} over {workers} threads against 1 thread (setting: {chunk} cars a chunk)")
+            print(f"{'cars':>8} {'1 thread ms':>12} {'fanned ms':>10} {'speed-up':>9}")
+            pays = None
+            for n in sizes:
+                fanned.offer_chunk_cars = fanned.subsidy_chunk_cars = max(1, n // (2 * workers))
+                alone, spread = timed(lambda: run(single, n), 5), timed(lambda: run(fanned, n), 5)
+                pays = pays or (n if alone / spread > 1.1 else None)
+                print(f"{n:>8} {alone * 1e3:>12.3f} {spread * 1e3:>10.3f} {alone / spread:>8.2f}x")
+            print(f"fan-out pays (> 1.1x) from {pays or 'beyond ' + str(sizes[-1])} cars\n")
+    finally:
+        single.close()
+        fanned.close()
+
+
+def many(values, n: int):
+    """`values` repeated up to n items (of the same type)."""
+    return (values * (n // len(values) + 1))[:n]
 
 
 if __name__ == "__main__":
