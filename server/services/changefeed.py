@@ -21,14 +21,16 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from ..config import SettingsStore
 from ..data.inventory import InventoryCache
-from ..data.redislink import RedisLink
 from ..data.repository import ChangeState, Repository
 from ..deadline import Deadline
 from ..errors import ConfigError, DeadlineExceeded
+
+if TYPE_CHECKING:  # the client library loads only when Redis is configured
+    from ..data.redislink import RedisLink
 
 log = logging.getLogger("tradeup.changes")
 
