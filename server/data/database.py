@@ -9,25 +9,12 @@ from pathlib import Path
 from typing import Iterator
 
 import pymysql
+from pymysql.constants import CLIENT
 from dbutils.pooled_db import PooledDB
 
 from ..config import DatabaseSettings
 from ..deadline import Deadline
 from ..errors import DeadlineExceeded, Unavailable
-
-
-class _Connection(pymysql.connections.Connection):
-    """pymysql's connection, with one TLS context for all: without TLS settings pymysql offers TLS
-    to the server (used when offered, the certificate unchecked) and builds that context on every
-    connect, loading the system's CA bundle each time (about 20 ms of CPU, most of a connect)."""
-    _offered_tls = None
-
-    def _create_ssl_ctx(self, sslp):
-        if sslp:  # explicit settings: pymysql's own context
-            return super()._create_ssl_ctx(sslp)
-        if _Connection._offered_tls is None:
-            _Connection._offered_tls = super()._create_ssl_ctx(sslp)
-        return _Connection._offered_tls
 
 
 class MySQLDatabase:
@@ -70,6 +57,7 @@ class MySQLDatabase:
         self._pool._idle_cache = _MostRecentFirst()
         self._lock = threading.Lock()  # guards _in_use
         self._in_use = 0
+        self._tls: dict = {}  # how the next connections use TLS, once the first one found out (_tls_as_found)
         self._probe: pymysql.connections.Connection | None = None
         self._probe_lock = threading.Lock()
 
@@ -84,11 +72,14 @@ class MySQLDatabase:
             params["connect_timeout"] = deadline.io_timeout(params["connect_timeout"])
             params["read_timeout"] = deadline.io_timeout(params["read_timeout"])
         try:
-            return _Connection(**params)
+            connection = pymysql.connect(**params, **self._tls)
         except pymysql.err.OperationalError as exc:
             if sooner_than and _timed_out(exc):
                 raise DeadlineExceeded("deadline exceeded connecting to the database") from exc
             raise
+        if not self._tls:
+            self._tls = _tls_as_found(connection)
+        return connection
 
     def warm_up(self) -> None:
         """Fill the pool: open its connections now (once the server answers)."""
@@ -103,8 +94,8 @@ class MySQLDatabase:
         so a probe never waits behind the calls holding the pool's connections."""
         with self._probe_lock:
             if self._probe is None:
-                self._probe = _Connection(**{**self._params, "connect_timeout": timeout, "read_timeout": timeout,
-                                             "write_timeout": timeout})
+                self._probe = pymysql.connect(**{**self._params, "connect_timeout": timeout, "read_timeout": timeout,
+                                                 "write_timeout": timeout}, **self._tls)
             self._probe._read_timeout = self._probe._write_timeout = timeout
             try:
                 self._probe.ping(reconnect=False)
@@ -227,6 +218,17 @@ class _MostRecentFirst(list):
 
     def pop(self, index: int = -1):
         return super().pop()
+
+
+def _tls_as_found(connection: pymysql.connections.Connection) -> dict:
+    """How the next connections to the same server use TLS. Given no TLS settings, pymysql offers
+    TLS to the server (used when offered, the certificate unchecked) and builds a context for
+    that on every connect, loading the system's CA bundle each time: about 20 ms of CPU, most of
+    a connect. The first connection shows whether the server takes TLS: the next ones share that
+    connection's context, or do not offer it."""
+    if connection.server_capabilities & CLIENT.SSL:
+        return {"ssl": connection.ctx}
+    return {"ssl_disabled": True}
 
 
 def _timed_out(exc: BaseException) -> bool:

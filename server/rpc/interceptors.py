@@ -108,6 +108,28 @@ class CallInterceptor(grpc.ServerInterceptor):
         return METHOD_HANDLERS[kind](wrapped or behavior, decoder, handler.response_serializer)
 
 
+class CallPipeline(grpc.ServerInterceptor):
+    """The call interceptors as one gRPC interceptor. gRPC runs a step of its Python pipeline for
+    each interceptor on every call; this one wraps a method's handler with all of them once
+    (outermost first, in the order given) and then hands out the wrapped handler."""
+
+    def __init__(self, interceptors: list[CallInterceptor]):
+        self.interceptors = interceptors
+        self._handlers: dict[str, grpc.RpcMethodHandler] = {}
+
+    def intercept_service(self, continuation, handler_call_details):
+        method = handler_call_details.method
+        handler = self._handlers.get(method)
+        if handler is None:
+            handler = continuation(handler_call_details)
+            if handler is None:
+                return None  # UNIMPLEMENTED: nothing is kept for a name a client made up
+            for interceptor in reversed(self.interceptors):
+                handler = interceptor._wrap_handler(handler, method)
+            self._handlers[method] = handler
+        return handler
+
+
 def around(response_streaming: bool, before: Callable, after: Callable, behavior: Callable) -> Callable:
     """`behavior` with before(request, context) -> state called first and after(state, failed)
     called last, however the call ends; `before` may replace the request (iterator)."""

@@ -15,8 +15,8 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from protos.tradeup.v1 import admin_pb2, admin_pb2_grpc, offers_pb2, search_pb2, search_pb2_grpc
 
 from ..config import Settings
-from .interceptors import (METHOD_HANDLERS, AccessLog, Admission, CallMetrics, CallTracing, DefaultDeadline,
-                           ErrorMapping, RateLimit, RequestIds)
+from .interceptors import (METHOD_HANDLERS, AccessLog, Admission, CallMetrics, CallPipeline, CallTracing,
+                           DefaultDeadline, ErrorMapping, RateLimit, RequestIds)
 from .servicers import PRE_ENCODED, AdminServicer, OfferServicer, SearchServicer
 
 log = logging.getLogger("tradeup.server")
@@ -188,7 +188,7 @@ def create_server(settings: Settings, offer_servicer: OfferServicer, search_serv
     s = settings.server
     server = grpc.server(
         executor,
-        interceptors=interceptors,
+        interceptors=[CallPipeline(interceptors)],
         # No limit of grpc's own: it would refuse health checks too. Admission refuses service
         # calls beyond its limits at once, so PROBE_THREADS threads stay free for probes.
         options=[("grpc.max_receive_message_length", s.max_message_bytes),
