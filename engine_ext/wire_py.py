@@ -27,8 +27,13 @@ def varint(value: int) -> bytes:
     return bytes(out)
 
 
+def field_header(field_number: int, length: int) -> bytes:
+    """The tag and length of a length-delimited field of `length` bytes."""
+    return varint(field_number << 3 | 2) + varint(length)
+
+
 def length_delimited(field_number: int, payload: bytes) -> bytes:
-    return varint(field_number << 3 | 2) + varint(len(payload)) + payload
+    return field_header(field_number, len(payload)) + payload
 
 
 def _offer(car_id: bytes, term: int, tier: int, doubles: tuple[float, ...]) -> bytes:

@@ -7,7 +7,7 @@ from typing import Any, Sequence
 from google.protobuf import struct_pb2
 
 from engine_ext import Offer, OfferSet, ScheduleRow, SubsidyResult
-from engine_ext.wire_py import length_delimited
+from engine_ext.wire_py import field_header, length_delimited
 from engine_ext.constants import ALL_TIERS, TIER_MAX_UPGRADE, TIER_NAMES, TIER_REFRESH, TIER_UPGRADE
 
 from protos.tradeup.v1 import admin_pb2, offers_pb2 as pb, search_pb2
@@ -267,19 +267,25 @@ _BULK_OFFERS = pb.GenerateOffersBulkResponse.DESCRIPTOR.fields_by_name["offers"]
 
 
 @traced("encode")
-def generate_response(result: OfferResult) -> bytes:
-    """GenerateOffersResponse, encoded: the small parts through protobuf, the offers by the kernel.
-    The ranking puts tiers in order, so each tier group is a run of it."""
+def response_parts(result: OfferResult) -> list[bytes]:
+    """GenerateOffersResponse, encoded in parts to be joined once (the offers are copied once,
+    into the message): the small parts through protobuf, the offers by the kernel. The ranking
+    puts tiers in order, so each tier group is a run of it."""
     offers = result.offers
     parts = [length_delimited(_RESPONSE_SUMMARY, summary_to_pb(result).SerializeToString())]
     position = 0
     for tier in result.tiers:
         count = offers.tier_counts[TIER_NAMES[tier]]
         last = max(position, min(position + count, result.returned))
-        group = pb.TierGroup(tier=tier, count=count).SerializeToString() + offers.encode(position, last, _GROUP_OFFERS)
-        parts.append(length_delimited(_RESPONSE_GROUPS, group))
+        group = pb.TierGroup(tier=tier, count=count).SerializeToString()
+        encoded = offers.encode(position, last, _GROUP_OFFERS)
+        parts += (field_header(_RESPONSE_GROUPS, len(group) + len(encoded)), group, encoded)
         position += count
-    return b"".join(parts)
+    return parts
+
+
+def generate_response(result: OfferResult) -> bytes:
+    return b"".join(response_parts(result))
 
 
 @traced("encode")
@@ -293,7 +299,8 @@ def stream_batch(result: OfferResult, first: int, last: int, with_summary: bool)
 
 def bulk_offers(index: int, customer_id: str, result: OfferResult) -> bytes:
     head = pb.GenerateOffersBulkResponse(index=index, customer_id=customer_id).SerializeToString()
-    return head + length_delimited(_BULK_OFFERS, generate_response(result))
+    parts = response_parts(result)
+    return b"".join((head, field_header(_BULK_OFFERS, sum(map(len, parts))), *parts))
 
 
 def bulk_error(index: int, customer_id: str, error: ServiceError) -> bytes:
