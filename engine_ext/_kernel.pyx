@@ -330,8 +330,43 @@ cdef int _compare_keys(const void* a, const void* b) noexcept nogil:
     return 0
 
 
-def rank_offers(plan, out, Py_ssize_t n_cars, car_rank, long tier_mask):
-    """Slots of the wanted offers in SPEC §3 order, and the counts (see kernel_py.rank_offers)."""
+cdef void _sift_down(RankKey* heap, Py_ssize_t size, Py_ssize_t i) noexcept nogil:
+    """Restore the heap below i: each key ranks after (is worse than) its children."""
+    cdef Py_ssize_t child
+    cdef RankKey item = heap[i]
+    while True:
+        child = 2 * i + 1
+        if child >= size:
+            break
+        if child + 1 < size and _compare_keys(&heap[child + 1], &heap[child]) > 0:
+            child += 1
+        if _compare_keys(&heap[child], &item) <= 0:
+            break
+        heap[i] = heap[child]
+        i = child
+    heap[i] = item
+
+
+cdef Py_ssize_t _keep_best(RankKey* keys, Py_ssize_t kept, Py_ssize_t limit) noexcept nogil:
+    """Move the `limit` best keys to the front (in no order), keeping the worst of them at the
+    root of a heap: one comparison for most of the others. Returns how many are kept."""
+    cdef Py_ssize_t i
+    if limit <= 0 or limit >= kept:
+        return kept
+    i = limit // 2
+    while i > 0:
+        i -= 1
+        _sift_down(keys, limit, i)
+    for i in range(limit, kept):
+        if _compare_keys(&keys[i], &keys[0]) < 0:
+            keys[0] = keys[i]
+            _sift_down(keys, limit, 0)
+    return limit
+
+
+def rank_offers(plan, out, Py_ssize_t n_cars, car_rank, long tier_mask, Py_ssize_t limit=0):
+    """Slots of the wanted offers in SPEC §3 order (the `limit` best only, when > 0), and the
+    counts of all (see kernel_py.rank_offers)."""
     cdef int n_terms = len(plan.columns.terms)
     cdef const signed char[:] status = out.status
     cdef const double[:] npv = out.npv, payment = out.payment
@@ -370,6 +405,7 @@ def rank_offers(plan, out, Py_ssize_t n_cars, car_rank, long tier_mask):
                     keys[kept].term_index = slot % n_terms
                     keys[kept].slot = slot
                     kept += 1
+            kept = _keep_best(keys, kept, limit)
             qsort(keys, kept, sizeof(RankKey), _compare_keys)
         order = array("l", bytes(array("l").itemsize * kept))
         order_view = order

@@ -77,6 +77,14 @@ class CarIds(Sequence[str]):
             return CarIds(self.names, self.rows[k])
         return self.names[self.rows[k]]
 
+    def __eq__(self, other) -> bool:
+        """Equal to a list, tuple or CarIds of the same ids in the same order."""
+        if not isinstance(other, (CarIds, list, tuple)):
+            return NotImplemented
+        return len(self) == len(other) and all(a == b for a, b in zip(self, other))
+
+    __hash__ = None  # mutable rows: not a key
+
 
 @dataclass(frozen=True)
 class Offer:
@@ -99,15 +107,17 @@ class Offer:
 
 
 class OfferSet:
-    """The ranked offers of one request, as columns (cheap to encode) and as `Offer` objects."""
+    """The ranked offers of one request, as columns (cheap to encode) and as `Offer` objects.
+    `order` ranks them all, or only the best when the request wants no more (`count` are offers)."""
 
     def __init__(self, plan: OfferPlan, car_ids: Sequence[str], out: OfferBuffers, order: array, counts: array,
-                 kernel):
+                 kernel, count: int | None = None):
         self.kernel = kernel
         self.plan = plan
         self.car_ids = car_ids
         self.columns = out
         self.order = order  # slots, best first
+        self.count = len(order) if count is None else count
         self.tier_counts = {TIER_NAMES[t]: counts[t] for t in ALL_TIERS}
         self.rejected = {name: counts[3 - code] for code, name in REJECT_NAMES.items()}
 
@@ -116,7 +126,8 @@ class OfferSet:
         return len(self.car_ids)
 
     def __len__(self) -> int:
-        return len(self.order)
+        """The offers of the wanted tiers (ranked or not: see `order`)."""
+        return self.count
 
     def offer(self, position: int) -> Offer:
         """The offer ranked at `position` (0 = best)."""
@@ -141,6 +152,8 @@ class OfferSet:
     def encode(self, first: int, last: int, field_number: int) -> bytes:
         """Protobuf wire bytes of the offers ranked [first, last) as repeated `tradeup.v1.Offer`
         field `field_number` of the enclosing message (see wire_py.py)."""
+        if first >= last:  # none (positions past the ranked best are none too)
+            return b""
         ids = self.car_ids
         names, rows = (ids.names, ids.rows) if isinstance(ids, CarIds) else (ids, None)
         return self.kernel.encode_offers(self.plan, self.columns, names, rows, self.order, first, last, field_number)
@@ -236,9 +249,10 @@ class Engine:
 
     def price(self, customer: CustomerTerms, car_ids: Sequence[str], prices: Sequence[float],
               params: PricingParams, tiers: Sequence[int] = ALL_TIERS,
-              car_rank: Sequence[int] | None = None) -> OfferSet:
-        """Every feasible offer of `tiers` for these cars, ranked by SPEC §3, with rejection counts.
-        `car_rank[k]` orders car k by car_id for ties; computed when not given."""
+              car_rank: Sequence[int] | None = None, best: int = 0) -> OfferSet:
+        """Every feasible offer of `tiers` for these cars, ranked by SPEC §3 (only the `best`
+        ones when > 0), with rejection counts. `car_rank[k]` orders car k by car_id for ties;
+        computed when not given."""
         prices = self._prices(prices, car_ids)
         car_ids = car_ids if isinstance(car_ids, (list, CarIds)) else list(car_ids)  # what the encoder reads
         plan = build_offer_plan(customer, params)
@@ -250,8 +264,8 @@ class Engine:
         elif not isinstance(car_rank, array):
             car_rank = array("l", car_rank)
         tier_mask = sum(1 << t for t in tiers)
-        order, counts = self.kernel.rank_offers(plan, out, len(prices), car_rank, tier_mask)
-        return OfferSet(plan, car_ids, out, order, counts, self.kernel)
+        order, counts = self.kernel.rank_offers(plan, out, len(prices), car_rank, tier_mask, best)
+        return OfferSet(plan, car_ids, out, order, counts, self.kernel, count=sum(counts[t] for t in tiers))
 
     def schedule(self, customer: CustomerTerms, price: float, term: int, params: PricingParams) -> list[ScheduleRow]:
         """The amortization schedule of one offer (SPEC §3), feasible or not."""

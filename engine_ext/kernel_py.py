@@ -7,6 +7,7 @@ except the car prices, which each kernel checks itself.
 """
 from __future__ import annotations
 
+import heapq
 import math
 from array import array
 
@@ -141,10 +142,10 @@ def price_offers(plan, prices, first, last, out):
     return -1
 
 
-def rank_offers(plan, out, n_cars, car_rank, tier_mask):
+def rank_offers(plan, out, n_cars, car_rank, tier_mask, limit=0):
     """Slots of the offers whose tier bit is set in `tier_mask`, in SPEC §3 order (tier, npv
-    desc, payment asc, car rank, term), and counts: [-, refresh, upgrade, max upgrade, then the
-    four rejection reasons by -code + 3]."""
+    desc, payment asc, car rank, term), the `limit` best only when > 0, and the counts of all:
+    [-, refresh, upgrade, max upgrade, then the four rejection reasons by -code + 3]."""
     n_terms = len(plan.columns.terms)
     counts = array("l", [0] * 8)
     keys = []
@@ -157,7 +158,7 @@ def rank_offers(plan, out, n_cars, car_rank, tier_mask):
                 keys.append((status, -out.npv[car], out.payment[slot], car_rank[car], slot % n_terms, slot))
         else:
             counts[3 - status] += 1
-    keys.sort()
+    keys = heapq.nsmallest(limit, keys) if 0 < limit < len(keys) else sorted(keys)  # keys are distinct (slot)
     return array("l", [key[-1] for key in keys]), counts
 
 

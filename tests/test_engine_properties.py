@@ -154,3 +154,19 @@ def test_fan_out_gives_the_single_thread_result(kernel, workers):
     finally:
         single.close()
         fanned.close()
+
+
+@pytest.mark.parametrize("limit", [1, 7, 50, 100_000])
+def test_ranking_the_best_only_gives_the_head_of_the_full_ranking(kernel, limit):
+    """rank_offers with a limit (a call that returns its top N) orders only the best N: the
+    same slots as the head of the full ranking, ties included, and the counts of all offers."""
+    for record in golden.spread([r for r in golden.offers() if len(r["offers"]) > 10], 8):
+        customer = golden.terms_of(golden.customers()[record["customer_id"]])
+        ids = record["cars"]
+        offers = Engine(kernel, workers=1).price(customer, ids, [golden.inventory()[c]["car_price"] for c in ids],
+                                                 golden.params())
+        ranks = array("l", range(len(ids)))
+        for mask in (0b1110, 0b0100, 0b1010):
+            full, counts = kernel.rank_offers(offers.plan, offers.columns, len(ids), ranks, mask)
+            best, best_counts = kernel.rank_offers(offers.plan, offers.columns, len(ids), ranks, mask, limit)
+            assert list(best) == list(full)[:limit] and list(best_counts) == list(counts)

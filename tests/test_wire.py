@@ -43,6 +43,7 @@ def test_cars_taken_by_row_encode_as_their_ids(record):
     prices = [golden.inventory()[car]["car_price"] for car in record["cars"]]
     by_row = CarIds(snapshot_ids, rows)
     assert list(by_row) == record["cars"] and list(by_row[1:3]) == record["cars"][1:3]
+    assert by_row == record["cars"] == by_row and by_row != record["cars"][1:]
     for kernel in (load_kernel("compiled"), load_kernel("python")):
         engine = Engine(kernel, workers=1)
         offers = engine.price(customer, by_row, prices, golden.params())

@@ -253,7 +253,7 @@ class OfferService:
         selection = self.prefilter(customer, query.same_region, query.max_cars, deadline, settings, query.filters)
         priced = time.perf_counter()
         deadline.check("before pricing")
-        offers = self.price(customer, selection, params, tiers)
+        offers = self.price(customer, selection, params, tiers, best=query.max_offers)
         done = time.perf_counter()
         returned = len(offers) if not query.max_offers else min(query.max_offers, len(offers))
         result = OfferResult(customer=customer, offers=offers, tiers=tiers, returned=returned,
@@ -265,11 +265,11 @@ class OfferService:
 
     @traced("pricing")
     def price(self, customer: Customer, selection: Selection, params: PricingParams,
-              tiers: tuple[int, ...] = ALL_TIERS) -> OfferSet:
-        """Every offer of `tiers` for the selected cars, ranked."""
+              tiers: tuple[int, ...] = ALL_TIERS, best: int = 0) -> OfferSet:
+        """Every offer of `tiers` for the selected cars, ranked (only the `best` ones when > 0)."""
         try:
             return self.engine.price(self.terms_of(customer), selection.car_ids, selection.prices, params,
-                                     tiers=tiers, car_rank=selection.ranks)
+                                     tiers=tiers, car_rank=selection.ranks, best=best)
         except EngineInputError as exc:
             raise FailedPrecondition(exc.reason, exc.field, reason="PRICING_INPUT_REJECTED") from None
 
