@@ -8,6 +8,7 @@ on the number of workers.
 """
 from __future__ import annotations
 
+import copy
 import os
 from array import array
 from concurrent.futures import ThreadPoolExecutor
@@ -87,13 +88,33 @@ class OfferSet:
         self.order = order  # slots, best first
         self.tier_counts = {TIER_NAMES[t]: counts[t] for t in ALL_TIERS}
         self.rejected = {name: counts[3 - code] for code, name in REJECT_NAMES.items()}
-
-    @property
-    def cars_evaluated(self) -> int:
-        return len(self.car_ids)
+        self.cars_evaluated = len(car_ids)
+        self.count = len(order)
 
     def __len__(self) -> int:
-        return len(self.order)
+        return self.count
+
+    def best(self, count: int) -> "OfferSet":
+        """The same answer holding only its `count` best offers (the counts unchanged): what an
+        answer kept for long needs, without the columns of every other car priced."""
+        n_terms = len(self.plan.columns.terms)
+        slots = self.order[:count]
+        cars = list(dict.fromkeys(slot // n_terms for slot in slots))
+        out = OfferBuffers(len(cars), n_terms)
+        for name in ("equity", "service_fee", "cxa", "npv", "financed"):
+            column, kept = getattr(self.columns, name), getattr(out, name)
+            for k, car in enumerate(cars):
+                kept[k] = column[car]
+        for name in ("payment", "delta", "status"):
+            column, kept = getattr(self.columns, name), getattr(out, name)
+            for k, car in enumerate(cars):
+                kept[k * n_terms:(k + 1) * n_terms] = column[car * n_terms:(car + 1) * n_terms]
+        position = {car: k for k, car in enumerate(cars)}
+        best = copy.copy(self)
+        best.car_ids = [self.car_ids[car] for car in cars]
+        best.columns = out
+        best.order = array(slots.typecode, (position[s // n_terms] * n_terms + s % n_terms for s in slots))
+        return best
 
     def offer(self, position: int) -> Offer:
         """The offer ranked at `position` (0 = best)."""
@@ -118,6 +139,8 @@ class OfferSet:
     def encode(self, first: int, last: int, field_number: int) -> bytes:
         """Protobuf wire bytes of the offers ranked [first, last) as repeated `tradeup.v1.Offer`
         field `field_number` of the enclosing message (see wire_py.py)."""
+        if first >= last:  # none (positions past the offers a `best` set kept are none too)
+            return b""
         return self.kernel.encode_offers(self.plan, self.columns, self.car_ids, self.order, first, last, field_number)
 
 

@@ -110,6 +110,14 @@ class CallInterceptor(grpc.ServerInterceptor):
 _pump: contextvars.ContextVar["_Pump"] = contextvars.ContextVar("pump")
 
 
+class _Box:
+    """A message of a non-blocking behaviour on its way through the wrappers."""
+    __slots__ = ("message",)
+
+    def __init__(self, message):
+        self.message = message
+
+
 class _Pump:
     """One call of a non-blocking behaviour run through a wrapper written for streaming ones.
 
@@ -158,7 +166,9 @@ class _Pump:
 
     @staticmethod
     def inner_messages(request, context) -> Iterator:
-        """The inner behaviour as the wrapper sees it: a generator of the messages it sends."""
+        """The inner behaviour as the wrapper sees it: a generator of the messages it sends, each
+        in a `_Box` that the outermost pump empties once the message is sent, so that wrappers
+        waiting for the next message (holding the last one) keep no large message alive."""
         pump = _pump.get()
         pump.inner(request, context, pump.push)
         while True:
@@ -167,6 +177,8 @@ class _Pump:
                 return
             if isinstance(message, BaseException):
                 raise message
+            if not isinstance(message, _Box):
+                message = _Box(message)
             yield message
 
     def push(self, message) -> None:
@@ -188,11 +200,19 @@ class _Pump:
                 raise
             out = error
         self.ended = out is None or isinstance(out, BaseException)
-        if not self.outermost or not isinstance(out, BaseException):
+        if not self.outermost:
             self.send(out)
-            return
+        elif isinstance(out, _Box):
+            self.send(out.message)
+            out.message = None
+        elif out is None:
+            self.send(None)
+        else:
+            self._end_with(out)
+
+    def _end_with(self, error: BaseException) -> None:
         if self.context.code() is None:  # not ended by the error mapping: a bug of a wrapper outside it
-            errors_log.error("unhandled error", exc_info=out)
+            errors_log.error("unhandled error", exc_info=error)
             self.context.set_code(grpc.StatusCode.INTERNAL)
         self.send(None)  # ends the call with the status set on the context
 

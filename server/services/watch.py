@@ -29,6 +29,7 @@ import logging
 import queue
 import threading
 import time
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
@@ -54,8 +55,8 @@ GONE = object()  # what ends the call of a client that left
 
 @dataclass(frozen=True)
 class Answer:
-    """One priced answer of a group. Only the engine's compact columns are kept: the offers as
-    objects are built while comparing two answers, so a thousand groups hold no offer objects."""
+    """One priced answer of a group. Only the engine's columns of the offers returned are kept:
+    the offers as objects are built while comparing two answers, so groups hold no offer objects."""
     result: OfferResult
     last_key: tuple | None = None  # prefilter order of the last car selected, when the limit cut it
 
@@ -205,10 +206,13 @@ class Group:
         self.lock = threading.Lock()
         self.watchers: set[Watcher] = set()
         self._bounds: tuple[Customer, Bounds | None] | None = None  # the filters bound to the customer
-        self._full: dict[str, Update] = {}  # INITIAL and RESYNC of the current answer, by reason
+        # INITIAL and RESYNC of the current answer, by reason, while a watcher holds one: a whole
+        # answer encoded is large (~150 KB for a thousand offers), each group's part is small.
+        self._full: weakref.WeakValueDictionary[str, Update] = weakref.WeakValueDictionary()
 
     def full(self, reason: str) -> Update:
-        """The whole current answer (lock held): one Update, so one encoding, for all the watchers."""
+        """The whole current answer (lock held): one Update, so one encoding, for the watchers
+        being sent it."""
         update = self._full.get(reason)
         if update is None or update.answer is not self.answer:
             update = self._full[reason] = Update(reason, self.answer, full=True)
@@ -332,7 +336,9 @@ class WatchService:
         car_ids = result.offers.car_ids
         snapshot = self.offers.inventory.current()
         last = snapshot.by_id.get(car_ids[-1]) if snapshot is not None and len(car_ids) >= limit else None
-        return Answer(result, prefilter_order(last) if last is not None else None)
+        # Kept while the group lives: the columns of the offers returned only, not of every car priced.
+        return Answer(replace(result, offers=result.offers.best(result.returned)),
+                      prefilter_order(last) if last is not None else None)
 
     def _join(self, group: Group | None, stream: Stream) -> tuple[Watcher, Update] | None:
         if group is None:
