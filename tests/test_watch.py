@@ -412,7 +412,8 @@ def test_a_car_change_is_evaluated_only_for_the_watchers_it_can_concern(environ)
         full, five = groups[0], groups[5]
         customer = full.customer
         snapshot = server.app.inventory.current()
-        fifth = snapshot.by_id[five.answer.result.offers.car_ids[-1]]
+        # The last car of the five (a group keeps the cars of its offers only: priced afresh).
+        fifth = snapshot.by_id[server.app.offers.generate(five.query, Deadline.after(10)).offers.car_ids[-1]]
         car = dataclasses.replace(fifth, car_id="ZZ")
         cheaper = dataclasses.replace(car, regular_price=customer.current_car_price, promotion_price=None)
         older = dataclasses.replace(car, year=customer.current_car_year - 1)
