@@ -15,6 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
+import numpy as np
+
 from .constants import (
     ALL_TIERS, REJECT_NAMES, SCHEDULE_COLUMNS, SUBSIDY_REASONS, SUBSIDY_VIABLE, TIER_NAMES,
 )
@@ -29,6 +31,13 @@ def _doubles(n: int) -> array:
 
 def _longs(n: int) -> array:
     return array("l", bytes(array("l").itemsize * n))
+
+
+def _array(values: np.ndarray, typecode: str) -> array:
+    """`values` as the kernel's column type."""
+    kept = array(typecode)
+    kept.frombytes(values.astype(typecode).tobytes())
+    return kept
 
 
 class OfferBuffers:
@@ -96,24 +105,23 @@ class OfferSet:
 
     def best(self, count: int) -> "OfferSet":
         """The same answer holding only its `count` best offers (the counts unchanged): what an
-        answer kept for long needs, without the columns of every other car priced."""
+        answer kept for long needs, without the columns of every other car priced. The columns
+        are gathered by numpy (copies, no arithmetic)."""
         n_terms = len(self.plan.columns.terms)
-        slots = self.order[:count]
-        cars = list(dict.fromkeys(slot // n_terms for slot in slots))
-        out = OfferBuffers(len(cars), n_terms)
-        for name in ("equity", "service_fee", "cxa", "npv", "financed"):
-            column, kept = getattr(self.columns, name), getattr(out, name)
-            for k, car in enumerate(cars):
-                kept[k] = column[car]
-        for name in ("payment", "delta", "status"):
-            column, kept = getattr(self.columns, name), getattr(out, name)
-            for k, car in enumerate(cars):
-                kept[k * n_terms:(k + 1) * n_terms] = column[car * n_terms:(car + 1) * n_terms]
-        position = {car: k for k, car in enumerate(cars)}
+        slots = np.frombuffer(self.order, dtype=self.order.typecode)[:count]
+        cars = np.unique(slots // n_terms)  # the new car k is the k-th of these
+        kept_slots = (cars[:, None] * n_terms + np.arange(n_terms)).ravel()
+        out = OfferBuffers(0, n_terms)
+        for name, rows in (("equity", cars), ("service_fee", cars), ("cxa", cars), ("npv", cars),
+                           ("financed", cars), ("payment", kept_slots), ("delta", kept_slots),
+                           ("status", kept_slots)):
+            column = getattr(self.columns, name)
+            setattr(out, name, _array(np.frombuffer(column, dtype=column.typecode)[rows], column.typecode))
+        order = np.searchsorted(cars, slots // n_terms) * n_terms + slots % n_terms
         best = copy.copy(self)
-        best.car_ids = [self.car_ids[car] for car in cars]
+        best.car_ids = [self.car_ids[car] for car in cars.tolist()]
         best.columns = out
-        best.order = array(slots.typecode, (position[s // n_terms] * n_terms + s % n_terms for s in slots))
+        best.order = _array(order, self.order.typecode)
         return best
 
     def offer(self, position: int) -> Offer:
