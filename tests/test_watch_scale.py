@@ -1,9 +1,11 @@
 """WatchOffers holds no thread per stream: hundreds of watchers on one server process share a few
 threads, all get their answer and a sold car's update, and the open-watch count shows in the
-status and the metrics; a reader that stops reading does not hold up the others."""
+status and the metrics; a reader that stops reading does not hold up the others; every
+interceptor applies to a watch."""
 from __future__ import annotations
 
 import collections
+import logging
 import os
 import signal
 import subprocess
@@ -125,4 +127,27 @@ def test_a_reader_that_stops_reading_does_not_hold_up_the_others(environ):
         if reader is not None:
             reader.close()
         stuck.close()
+        server.stop()
+
+
+def test_every_interceptor_applies_to_a_watch_as_to_any_call(environ, caplog):
+    caplog.set_level(logging.INFO, logger="tradeup.access")
+    server = start_server(environ)
+    (customer,) = golden.customers_with_offers(1)
+    try:
+        call = server.client.watch_offers(customer_id=customer, metadata=(("x-request-id", "watch-1"),))
+        assert next(call).reason == pb.WATCH_REASON_INITIAL
+        assert ("x-request-id", "watch-1") in tuple(call.initial_metadata())
+        call.cancel()
+        with pytest.raises(grpc.RpcError) as err:  # an error at open time: status, details and trailers
+            next(iter(server.client.watch_offers(customer_id="NOPE", metadata=(("x-request-id", "watch-2"),))))
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND and "customer_id" in err.value.details()
+        assert {"x-request-id", "grpc-status-details-bin"} <= {key for key, _ in err.value.trailing_metadata()}
+        wait_for(lambda: server.app.watch.status()["watchers"] == 0, 10)
+        lines = {r.request_id: r for r in caplog.records if r.name == "tradeup.access"}
+        assert (lines["watch-1"].code, lines["watch-2"].code) == ("CANCELLED", "NOT_FOUND")
+        handled = server.app.metrics.handled
+        assert handled.labels("server_stream", "tradeup.v1.OfferService", "WatchOffers", "NOT_FOUND")._value.get() == 1
+        assert server.app.metrics.in_flight.labels("/tradeup.v1.OfferService/WatchOffers")._value.get() == 0
+    finally:
         server.stop()
