@@ -124,7 +124,7 @@ class Watcher:
     out one at a time and in order."""
 
     __slots__ = ("group", "limit", "stream", "_wake", "_lock", "_pending", "_resync", "_ended", "_cancelled",
-                 "_busy", "_done")
+                 "_busy", "_done", "__weakref__")
 
     def __init__(self, group: "Group", limit: int, stream: Stream, wake: Callable[["Watcher"], None]):
         self.group = group
@@ -287,7 +287,8 @@ class WatchService:
         self.open_pool = ThreadPoolExecutor(open_threads, thread_name_prefix="watch-open")
         self._senders = ThreadPoolExecutor(send_threads, thread_name_prefix="watch-send")
         self._timer = threading.Condition()
-        self._deadlines: list[tuple[float, int, Watcher]] = []  # a heap
+        # A heap; weak: a watch that ended before its deadline is not kept until then.
+        self._deadlines: list[tuple[float, int, weakref.ref[Watcher]]] = []
         self._order = itertools.count()
         self._sending: dict[Watcher, float] = {}  # sends in progress, since when
         self._timer_thread = threading.Thread(target=self._run_timer, name="watch-timer", daemon=True)
@@ -326,7 +327,7 @@ class WatchService:
         stream.send(initial)
         if ends is not None:
             with self._timer:
-                heapq.heappush(self._deadlines, (ends.at, next(self._order), watcher))
+                heapq.heappush(self._deadlines, (ends.at, next(self._order), weakref.ref(watcher)))
                 self._timer.notify()
         self._schedule(watcher)  # what was pushed meanwhile
         return watcher
@@ -418,7 +419,7 @@ class WatchService:
                 now = time.monotonic()
                 expired = []
                 while self._deadlines and self._deadlines[0][0] <= now:
-                    expired.append(heapq.heappop(self._deadlines)[2])
+                    expired.append(heapq.heappop(self._deadlines)[2]())
                 stalled = [w for w, since in self._sending.items() if now - since >= self.stall_seconds]
                 for watcher in stalled:
                     del self._sending[watcher]
@@ -427,7 +428,7 @@ class WatchService:
                         ([min(self._sending.values()) + self.stall_seconds] if self._sending else [])
                     self._timer.wait(min(due) - now if due else None)
                     continue
-            for watcher in expired:
+            for watcher in filter(None, expired):
                 watcher.end(DeadlineExceeded("deadline exceeded while watching"))
             for watcher in stalled:
                 log.warning("watch: a reader left a message unread for %.0f s: its stream is cancelled",
