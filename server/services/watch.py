@@ -34,6 +34,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
+import numpy as np
+
 from engine_ext import Offer
 
 from ..data.filters import Bounds
@@ -50,6 +52,7 @@ INITIAL, INVENTORY, CONFIGURATION, CUSTOMER, RESYNC, ENDING = (
     "initial", "inventory", "configuration", "customer", "resync", "ending")
 
 OfferKey = tuple[str, int]  # (car_id, term)
+TERM_CODES = 10000  # above any term in months: car code * TERM_CODES + term identifies an offer
 GONE = object()  # what ends the call of a client that left
 
 
@@ -66,6 +69,20 @@ class Answer:
         terms, ids = offers.plan.columns.terms, offers.car_ids
         n = len(terms)
         return {(ids[slot // n], terms[slot % n]): slot for slot in offers.order[:self.result.returned]}
+
+    def keyed(self, car_codes: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
+        """The offers returned, best first, as numbers (car code * TERM_CODES + term) and as
+        engine slots: two answers compare a thousand offers each without a Python step per offer."""
+        offers = self.result.offers
+        terms = np.asarray(offers.plan.columns.terms, dtype=np.int64)
+        slots = np.frombuffer(offers.order, dtype=offers.order.typecode)[:self.result.returned].astype(np.int64)
+        cars = np.fromiter(map(car_codes.__getitem__, offers.car_ids), np.int64, len(offers.car_ids))
+        return cars[slots // len(terms)] * TERM_CODES + terms[slots % len(terms)], slots
+
+    def key(self, slot: int) -> OfferKey:
+        offers = self.result.offers
+        terms = offers.plan.columns.terms
+        return offers.car_ids[slot // len(terms)], terms[slot % len(terms)]
 
     def offers(self) -> dict[OfferKey, Offer]:
         at = self.result.offers.at_slot
@@ -94,15 +111,20 @@ class Update:
     def between(cls, reason: str, old: Answer, new: Answer, cars: set[str] | None = None) -> "Update | None":
         """The changes from old to new; None when a client would see none. `cars`: the only cars
         that changed, if nothing else did (then only their offers can have new amounts)."""
-        before, after = old.slots(), new.slots()
+        car_codes = {car: code for code, car in enumerate({*old.result.offers.car_ids, *new.result.offers.car_ids})}
+        before, old_slots = old.keyed(car_codes)
+        after, new_slots = new.keyed(car_codes)
         was, now = old.result.offers.at_slot, new.result.offers.at_slot
         same_inputs = cars is not None and old.result.config_version == new.result.config_version \
             and old.result.customer == new.result.customer
-        added = [now(slot) for key, slot in after.items() if key not in before]
-        removed = [key for key in before if key not in after]
-        changed = [offer for key, slot in after.items()
-                   if key in before and (not same_inputs or key[0] in cars)
-                   and (offer := now(slot)) != was(before[key])]
+        kept, still = np.isin(after, before, assume_unique=True), np.isin(before, after, assume_unique=True)
+        added = [now(slot) for slot in new_slots[~kept].tolist()]
+        removed = [old.key(slot) for slot in old_slots[~still].tolist()]
+        if same_inputs:  # only the offers of the cars that changed can have new amounts
+            kept &= np.isin(after // TERM_CODES, [car_codes[car] for car in cars if car in car_codes])
+        old_slot = dict(zip(before[still].tolist(), old_slots[still].tolist())) if kept.any() else {}
+        changed = [offer for key, slot in zip(after[kept].tolist(), new_slots[kept].tolist())
+                   if (offer := now(slot)) != was(old_slot[key])]
         if not (added or removed or changed) and old.totals() == new.totals():
             return None
         return cls(reason, new, added=added, removed=removed, changed=changed)
