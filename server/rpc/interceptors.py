@@ -97,10 +97,13 @@ class CallInterceptor(grpc.ServerInterceptor):
     def _wrap_handler(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         kind = (handler.request_streaming, handler.response_streaming)
         behavior = handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
-        non_blocking = getattr(behavior, "experimental_non_blocking", False)
-        wrapped = self.wrap(_Pump.inner_messages if non_blocking else behavior, method, *kind)
-        if wrapped is not None and non_blocking:
-            wrapped = _Pump.behavior(wrapped, behavior)
+        if getattr(behavior, "experimental_non_blocking", False):
+            # The wrappers stack up as generators around the behaviour, run by one _Pump per call.
+            messages, inner = getattr(behavior, "pumped", (_Pump.inner_messages, behavior))
+            wrapped = self.wrap(messages, method, *kind)
+            wrapped = wrapped and _Pump.behavior(wrapped, inner)
+        else:
+            wrapped = self.wrap(behavior, method, *kind)
         decoder = self.decoder(handler.request_deserializer)
         if wrapped is None and decoder is handler.request_deserializer:
             return handler
@@ -119,7 +122,7 @@ class _Box:
 
 
 class _Pump:
-    """One call of a non-blocking behaviour run through a wrapper written for streaming ones.
+    """One call of a non-blocking behaviour run through the wrappers written for streaming ones.
 
     gRPC calls a non-blocking behaviour once, as behavior(request, context, send), and holds no
     thread for it: the behaviour sends each message with send(message), which returns once the
@@ -127,19 +130,18 @@ class _Pump:
     as if it had raised `error` (ours: grpc's own callback takes None only). It sends its first
     message, or raises, before it returns, as a streaming behaviour's first step would.
 
-    The wrapper's generator is advanced once for each message sent, on the sending thread, in
-    the call's own contextvars context; what it yields, what it raises and its end go on to the
-    outer `send` (grpc's, or the next wrapper's pump). Messages go through one at a time (`turn`):
-    the first step, on the thread of the call, passes on what the behaviour sent meanwhile before
-    any other, and what it raises ends the call as it would a blocking one."""
+    The wrappers' generator is advanced once for each message sent, on the sending thread, in
+    the call's own contextvars context; what it yields goes on to grpc, what it raises or its
+    end ends the call. Messages go through one at a time (`turn`): the first step, on the thread
+    of the call, passes on what the behaviour sent meanwhile before any other, and what it raises
+    ends the call as it would a blocking one."""
 
-    __slots__ = ("inner", "context", "send", "outermost", "inbox", "turn", "opener", "ended", "messages", "vars")
+    __slots__ = ("inner", "context", "send", "inbox", "turn", "opener", "ended", "messages", "vars")
 
     def __init__(self, inner: Callable, context: grpc.ServicerContext, send: Callable):
         self.inner = inner
         self.context = context
         self.send = send
-        self.outermost = not isinstance(getattr(send, "__self__", None), _Pump)
         self.inbox: list = []  # rarely more than one message: a list is the smallest
         self.turn = threading.Lock()
         self.opener: int | None = None  # the thread of the first step, while it runs
@@ -150,7 +152,8 @@ class _Pump:
 
     @staticmethod
     def behavior(wrapped: Callable, inner: Callable) -> Callable:
-        """The non-blocking behaviour that runs `wrapped`, a wrapper of `_Pump.inner_messages`."""
+        """The non-blocking behaviour that runs `inner` through `wrapped`, the wrappers of
+        `_Pump.inner_messages` (`pumped`: what the next interceptor wraps in turn)."""
         def call(request, context, send):
             pump = _Pump(inner, context, send)
             with pump.turn:
@@ -162,13 +165,14 @@ class _Pump:
                 pump.opener = None
         call.experimental_non_blocking = True
         call.experimental_thread_pool = getattr(inner, "experimental_thread_pool", None)
+        call.pumped = (wrapped, inner)
         return call
 
     @staticmethod
     def inner_messages(request, context) -> Iterator:
-        """The inner behaviour as the wrapper sees it: a generator of the messages it sends, each
-        in a `_Box` that the outermost pump empties once the message is sent, so that wrappers
-        waiting for the next message (holding the last one) keep no large message alive."""
+        """The inner behaviour as the wrappers see it: a generator of the messages it sends, each
+        in a `_Box` that the pump empties once the message is sent, so that wrappers waiting for
+        the next message (holding the last one) keep no large message alive."""
         pump = _pump.get()
         pump.inner(request, context, pump.push)
         while True:
@@ -177,8 +181,7 @@ class _Pump:
                 return
             if isinstance(message, BaseException):
                 raise message
-            if not isinstance(message, _Box):
-                message = _Box(message)
+            message = _Box(message)
             yield message
 
     def push(self, message) -> None:
@@ -199,22 +202,15 @@ class _Pump:
             if first:
                 raise
             out = error
-        self.ended = out is None or isinstance(out, BaseException)
-        if not self.outermost:
-            self.send(out)
-        elif isinstance(out, _Box):
+        self.ended = not isinstance(out, _Box)
+        if not self.ended:
             self.send(out.message)
             out.message = None
-        elif out is None:
-            self.send(None)
-        else:
-            self._end_with(out)
-
-    def _end_with(self, error: BaseException) -> None:
-        if self.context.code() is None:  # not ended by the error mapping: a bug of a wrapper outside it
-            errors_log.error("unhandled error", exc_info=error)
+            return
+        if out is not None and self.context.code() is None:  # a bug of a wrapper outside the error mapping
+            errors_log.error("unhandled error", exc_info=out)
             self.context.set_code(grpc.StatusCode.INTERNAL)
-        self.send(None)  # ends the call with the status set on the context
+        self.send(None)  # ends the call: OK, or with the status set on the context
 
 
 def around(response_streaming: bool, before: Callable, after: Callable, behavior: Callable) -> Callable:
