@@ -8,11 +8,14 @@ on the number of workers.
 """
 from __future__ import annotations
 
+import copy
 import os
 from array import array
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Iterator, Sequence, overload
+
+import numpy as np
 
 from .constants import (
     ALL_TIERS, REJECT_NAMES, SCHEDULE_COLUMNS, SUBSIDY_REASONS, SUBSIDY_VIABLE, TIER_NAMES,
@@ -28,6 +31,13 @@ def _doubles(n: int) -> array:
 
 def _longs(n: int) -> array:
     return array("l", bytes(array("l").itemsize * n))
+
+
+def _array(values: np.ndarray, typecode: str) -> array:
+    """`values` as the kernel's column type."""
+    kept = array(typecode)
+    kept.frombytes(values.astype(typecode).tobytes())
+    return kept
 
 
 class OfferBuffers:
@@ -120,14 +130,32 @@ class OfferSet:
         self.count = len(order) if count is None else count
         self.tier_counts = {TIER_NAMES[t]: counts[t] for t in ALL_TIERS}
         self.rejected = {name: counts[3 - code] for code, name in REJECT_NAMES.items()}
-
-    @property
-    def cars_evaluated(self) -> int:
-        return len(self.car_ids)
+        self.cars_evaluated = len(car_ids)
 
     def __len__(self) -> int:
         """The offers of the wanted tiers (ranked or not: see `order`)."""
         return self.count
+
+    def best(self, count: int) -> "OfferSet":
+        """The same answer holding only its `count` best offers (the counts unchanged): what an
+        answer kept for long needs, without the columns of every other car priced. The columns
+        are gathered by numpy (copies, no arithmetic)."""
+        n_terms = len(self.plan.columns.terms)
+        slots = np.frombuffer(self.order, dtype=self.order.typecode)[:count]
+        cars = np.unique(slots // n_terms)  # the new car k is the k-th of these
+        kept_slots = (cars[:, None] * n_terms + np.arange(n_terms)).ravel()
+        out = OfferBuffers(0, n_terms)
+        for name, rows in (("equity", cars), ("service_fee", cars), ("cxa", cars), ("npv", cars),
+                           ("financed", cars), ("payment", kept_slots), ("delta", kept_slots),
+                           ("status", kept_slots)):
+            column = getattr(self.columns, name)
+            setattr(out, name, _array(np.frombuffer(column, dtype=column.typecode)[rows], column.typecode))
+        order = np.searchsorted(cars, slots // n_terms) * n_terms + slots % n_terms
+        best = copy.copy(self)
+        best.car_ids = [self.car_ids[car] for car in cars.tolist()]
+        best.columns = out
+        best.order = _array(order, self.order.typecode)
+        return best
 
     def offer(self, position: int) -> Offer:
         """The offer ranked at `position` (0 = best)."""

@@ -93,8 +93,12 @@ class Application:
         self.health = health.HealthServicer(experimental_non_blocking=True, experimental_thread_pool=self._health_pool)
         self.monitor = HealthMonitor(self.health, self._check_database, settings.database.health_check_seconds)
         self.repository.breaker.listeners.append(self.monitor.on_breaker)
+        self.watch = WatchService(self.offers, self.changes, s.max_watchers, s.watch_queue_messages,
+                                  s.watch_customer_poll_seconds, s.default_deadline_seconds,
+                                  open_threads=s.max_workers, send_threads=s.watch_send_threads,
+                                  stall_seconds=s.watch_stall_seconds)
         self.admin = AdminService(self.settings, self.repository, self.inventory, kernel.IMPLEMENTATION,
-                                  lambda: bool(self.monitor.reachable), self.changes)
+                                  lambda: bool(self.monitor.reachable), self.changes, self.watch.status)
         self.metrics.watch_status(self.admin.status)
         self.metrics_port = 0
         if not (s.log_customer_ids or s.log_hash_key):
@@ -105,8 +109,6 @@ class Application:
             limiter = TokenBuckets(s.rate_limit_per_second, s.rate_limit_burst)
             if self.redis is not None:
                 limiter = SharedTokenBuckets(s.rate_limit_per_second, s.rate_limit_burst, self.redis, limiter)
-        self.watch = WatchService(self.offers, self.changes, s.max_watchers, s.watch_queue_messages,
-                                  s.watch_customer_poll_seconds, s.default_deadline_seconds)
         # Set once the database is prepared and followed: service calls end UNAVAILABLE until then.
         self.ready = threading.Event()
         self.stopping = threading.Event()  # a preparation in progress gives up (a seed rolls back)

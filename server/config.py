@@ -66,9 +66,16 @@ class ServerSettings:
                                  "offers or subsidy results per streamed message", minimum=1, maximum=10000)
     max_bulk_customers: int = key(10000, "TRADEUP_MAX_BULK_CUSTOMERS",
                                   "requests on one GenerateOffersBulk stream", minimum=1, maximum=1000000)
-    max_watchers: int = key(1000, "TRADEUP_MAX_WATCHERS",
-                            "WatchOffers streams per process, each on a server thread (not counted in max_streams "
+    max_watchers: int = key(10000, "TRADEUP_MAX_WATCHERS",
+                            "WatchOffers streams per process (they hold no thread; not counted in max_streams "
                             "or max_concurrent_rpcs); more get RESOURCE_EXHAUSTED", minimum=0, maximum=100000)
+    watch_send_threads: int = key(4, "TRADEUP_WATCH_SEND_THREADS",
+                                  "threads that send the WatchOffers updates of a process, one message of a "
+                                  "stream at a time", minimum=1, maximum=256)
+    watch_stall_seconds: float = key(5.0, "TRADEUP_WATCH_STALL_SECONDS",
+                                     "a WatchOffers stream whose reader leaves a message unread (its HTTP/2 "
+                                     "window full) for this long is cancelled, freeing its sender thread",
+                                     minimum=0.1, maximum=3600)
     watch_queue_messages: int = key(16, "TRADEUP_WATCH_QUEUE_MESSAGES",
                                     "changes a WatchOffers reader may fall behind by before it gets one fresh "
                                     "full answer (RESYNC) instead", minimum=1, maximum=10000)

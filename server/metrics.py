@@ -43,6 +43,9 @@ class StatusCollector(Collector):
                                 value=1.0 if status["database_reachable"] else 0.0)
         yield GaugeMetricFamily("tradeup_inventory_cars", "Cars in the cached inventory snapshot",
                                 value=status["inventory_cars"])
+        yield GaugeMetricFamily("tradeup_watch_streams", "WatchOffers streams open", value=status["watchers"])
+        yield GaugeMetricFamily("tradeup_watch_groups", "Distinct (customer, request) groups of the open "
+                                "WatchOffers streams, each priced once per change", value=status["watch_groups"])
         if status.get("redis_state", "off") != "off":
             yield GaugeMetricFamily("tradeup_redis_up", "1 while Redis answers; 0 while down (polling, local limits)",
                                     value=1.0 if status["redis_state"] == "up" else 0.0)

@@ -25,7 +25,7 @@ from protos.tradeup.v1 import offers_pb2 as pb
 from server.deadline import Deadline
 from server.app import open_repository
 from server.services.offers import CustomerRef, OfferQuery
-from server.services.watch import RESYNC
+from server.services.watch import CONFIGURATION, INITIAL, RESYNC, Stream
 
 ROOT = Path(__file__).resolve().parents[1]
 COUNTS = ("customer_id", "cars_evaluated", "total_offers", "refresh_count", "upgrade_count", "max_upgrade_count")
@@ -218,25 +218,41 @@ def test_redis_push_reaches_the_watchers_of_the_other_server(redis_server, envir
 def test_a_reader_that_falls_behind_gets_one_fresh_answer(environ):
     server = start_server(environ, TRADEUP_CHANGE_POLL_SECONDS=0.2, TRADEUP_WATCH_QUEUE_MESSAGES=2)
     watch = server.app.watch
-    watcher = watch.open(OfferQuery(customer=CustomerRef(customer_id=A)), Deadline.after(10))
+    sent: queue.Queue = queue.Queue()
+    reads = threading.Event()  # the reader reads nothing after the INITIAL until set
+
+    def send(update):
+        sent.put(update)
+        if update.reason != INITIAL:
+            assert reads.wait(30)
+
+    stream = Stream(send=send, end=sent.put, cancel=lambda: None)
+    watcher = watch.open(OfferQuery(customer=CustomerRef(customer_id=A)), Deadline.after(10), None, stream)
     try:
+        assert sent.get(timeout=10).reason == INITIAL
         group = watcher.group
         for k, fee in enumerate((0.03, 0.035, 0.025, 0.045)):  # four updates for a mailbox of two
             server.client.update_business_parameters({"fees": {"service_fee_pct": fee}})
             wait_for(lambda: group.answer.result.config_version == server.app.settings.current.version)
-        update = watcher.next(0)
+        assert sent.get(timeout=10).reason == CONFIGURATION  # the one being sent when the reader stopped
+        reads.set()
+        update = sent.get(timeout=10)
         assert update.reason == RESYNC and update.full and update.answer is group.answer
         fresh = server.client.generate_offers(customer_id=A)
         assert [(o.car_id, o.term, o.monthly_payment) for o in offers_of(fresh)] == \
             [(o.car_id, o.term, o.monthly_payment) for o in update.answer.offers().values()]
-        assert watcher.next(0) is None  # nothing more queued
+        with pytest.raises(queue.Empty):  # nothing more queued
+            sent.get(timeout=QUIET_SECONDS)
     finally:
-        watch.close(watcher)
+        watcher.cancel()
+        assert sent.get(timeout=10) is None  # the call ended as its client left
+        wait_for(lambda: watch.status() == {"watchers": 0, "watch_groups": 0})
         server.stop()
 
 
 def test_a_client_that_does_not_read_gets_resync_over_grpc(environ):
-    server = start_server(environ, TRADEUP_CHANGE_POLL_SECONDS=0.2, TRADEUP_WATCH_QUEUE_MESSAGES=2)
+    server = start_server(environ, TRADEUP_CHANGE_POLL_SECONDS=0.2, TRADEUP_WATCH_QUEUE_MESSAGES=2,
+                          TRADEUP_WATCH_STALL_SECONDS=120)
     # A small HTTP/2 window: the server's send blocks until this client reads.
     slow = OfferClient(server.target, options=[("grpc.http2.lookahead_bytes", 1024), ("grpc.http2.bdp_probe", 0)])
     try:
@@ -396,7 +412,8 @@ def test_a_car_change_is_evaluated_only_for_the_watchers_it_can_concern(environ)
         full, five = groups[0], groups[5]
         customer = full.customer
         snapshot = server.app.inventory.current()
-        fifth = snapshot.by_id[five.answer.result.offers.car_ids[-1]]
+        # The last car of the five (a group keeps the cars of its offers only: priced afresh).
+        fifth = snapshot.by_id[server.app.offers.generate(five.query, Deadline.after(10)).offers.car_ids[-1]]
         car = dataclasses.replace(fifth, car_id="ZZ")
         cheaper = dataclasses.replace(car, regular_price=customer.current_car_price, promotion_price=None)
         older = dataclasses.replace(car, year=customer.current_car_year - 1)

@@ -3,7 +3,8 @@ request id, the access log, the metrics, the mapping of errors to status codes, 
 rate limit. The order they run in is `server.rpc.server.CallInterceptors`.
 
 Each wraps a method's behaviour once (`CallInterceptor.wrap`), whatever the kind of method; a
-wrapper of a streaming response is a generator that passes the messages on.
+wrapper of a streaming response is a generator that passes the messages on. A non-blocking
+behaviour (WatchOffers: it holds no server thread, see `_Pump`) goes through the same wrappers.
 """
 from __future__ import annotations
 
@@ -74,8 +75,7 @@ class CallInterceptor(grpc.ServerInterceptor):
     """Wraps each method's behaviour, once per method (the wrapped handler is kept). `wrap(behavior,
     method, request_streaming, response_streaming)` returns the new behaviour, or None to leave
     the method as it is; `decoder(deserializer)` may replace the request deserializer. A
-    non-blocking behaviour (health's Watch, which answers from a pool of its own and holds no
-    server thread) is left as it is: a wrapper would make it block a server thread."""
+    non-blocking behaviour is wrapped as a streaming one, through a `_Pump`."""
 
     def __init__(self):
         self._wrapped: dict[tuple[str, int], grpc.RpcMethodHandler] = {}
@@ -100,8 +100,12 @@ class CallInterceptor(grpc.ServerInterceptor):
         kind = (handler.request_streaming, handler.response_streaming)
         behavior = handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
         if getattr(behavior, "experimental_non_blocking", False):
-            return handler
-        wrapped = self.wrap(behavior, method, *kind)
+            # The wrappers stack up as generators around the behaviour, run by one _Pump per call.
+            messages, inner = getattr(behavior, "pumped", (_Pump.inner_messages, behavior))
+            wrapped = self.wrap(messages, method, *kind)
+            wrapped = wrapped and _Pump.behavior(wrapped, inner)
+        else:
+            wrapped = self.wrap(behavior, method, *kind)
         decoder = self.decoder(handler.request_deserializer)
         if wrapped is None and decoder is handler.request_deserializer:
             return handler
@@ -128,6 +132,109 @@ class CallPipeline(grpc.ServerInterceptor):
                 handler = interceptor._wrap_handler(handler, method)
             self._handlers[method] = handler
         return handler
+
+
+_pump: contextvars.ContextVar["_Pump"] = contextvars.ContextVar("pump")
+
+
+class _Box:
+    """A message of a non-blocking behaviour on its way through the wrappers."""
+    __slots__ = ("message",)
+
+    def __init__(self, message):
+        self.message = message
+
+
+class _Pump:
+    """One call of a non-blocking behaviour run through the wrappers written for streaming ones.
+
+    gRPC calls a non-blocking behaviour once, as behavior(request, context, send), and holds no
+    thread for it: the behaviour sends each message with send(message), which returns once the
+    message is written, from any thread, and ends the call with send(None), or with send(error)
+    as if it had raised `error` (ours: grpc's own callback takes None only). It sends its first
+    message, or raises, before it returns, as a streaming behaviour's first step would.
+
+    The wrappers' generator is advanced once for each message sent, on the sending thread, in
+    the call's own contextvars context; what it yields goes on to grpc, what it raises or its
+    end ends the call. Messages go through one at a time (`turn`): the first step, on the thread
+    of the call, passes on what the behaviour sent meanwhile before any other, and what it raises
+    ends the call as it would a blocking one."""
+
+    __slots__ = ("inner", "context", "send", "inbox", "turn", "opener", "ended", "messages", "vars")
+
+    def __init__(self, inner: Callable, context: grpc.ServicerContext, send: Callable):
+        self.inner = inner
+        self.context = context
+        self.send = send
+        self.inbox: list = []  # rarely more than one message: a list is the smallest
+        self.turn = threading.Lock()
+        self.opener: int | None = None  # the thread of the first step, while it runs
+        self.ended = False
+        self.messages: Iterator | None = None
+        self.vars = contextvars.copy_context()
+        self.vars.run(_pump.set, self)
+
+    @staticmethod
+    def behavior(wrapped: Callable, inner: Callable) -> Callable:
+        """The non-blocking behaviour that runs `inner` through `wrapped`, the wrappers of
+        `_Pump.inner_messages` (`pumped`: what the next interceptor wraps in turn)."""
+        def call(request, context, send):
+            pump = _Pump(inner, context, send)
+            with pump.turn:
+                pump.opener = threading.get_ident()
+                pump.messages = pump.vars.run(wrapped, request, context)
+                pump.step(first=True)
+                while pump.inbox and not pump.ended:
+                    pump.step()
+                pump.opener = None
+        call.experimental_non_blocking = True
+        call.experimental_thread_pool = getattr(inner, "experimental_thread_pool", None)
+        call.pumped = (wrapped, inner)
+        return call
+
+    @staticmethod
+    def inner_messages(request, context) -> Iterator:
+        """The inner behaviour as the wrappers see it: a generator of the messages it sends, each
+        in a `_Box` that the pump empties once the message is sent, so that wrappers waiting for
+        the next message (holding the last one) keep no large message alive."""
+        pump = _pump.get()
+        pump.inner(request, context, pump.push)
+        while True:
+            message = pump.inbox.pop(0)  # one per step; the first was sent before the behaviour returned
+            if message is None:
+                return
+            if isinstance(message, BaseException):
+                raise message
+            message = _Box(message)
+            yield message
+
+    def push(self, message) -> None:
+        if self.opener == threading.get_ident():  # sent during the first step: passed on after it
+            self.inbox.append(message)
+            return
+        with self.turn:
+            if not self.ended:
+                self.inbox.append(message)
+                self.step()
+
+    def step(self, first: bool = False) -> None:
+        try:
+            out = self.vars.run(next, self.messages)
+        except StopIteration:
+            out = None
+        except BaseException as error:
+            if first:
+                raise
+            out = error
+        self.ended = not isinstance(out, _Box)
+        if not self.ended:
+            self.send(out.message)
+            out.message = None
+            return
+        if out is not None and self.context.code() is None:  # a bug of a wrapper outside the error mapping
+            errors_log.error("unhandled error", exc_info=out)
+            self.context.set_code(grpc.StatusCode.INTERNAL)
+        self.send(None)  # ends the call: OK, or with the status set on the context
 
 
 def around(response_streaming: bool, before: Callable, after: Callable, behavior: Callable) -> Callable:

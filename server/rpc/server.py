@@ -17,7 +17,7 @@ from protos.tradeup.v1 import admin_pb2, admin_pb2_grpc, offers_pb2, search_pb2,
 from ..config import Settings
 from .interceptors import (METHOD_HANDLERS, AccessLog, Admission, CallMetrics, CallPipeline, CallTracing,
                            DefaultDeadline, ErrorMapping, RateLimit, RequestIds)
-from .servicers import PRE_ENCODED, AdminServicer, OfferServicer, SearchServicer
+from .servicers import NON_BLOCKING, PRE_ENCODED, AdminServicer, OfferServicer, SearchServicer
 
 log = logging.getLogger("tradeup.server")
 OFFER_SERVICE = offers_pb2.DESCRIPTOR.services_by_name["OfferService"].full_name
@@ -31,6 +31,16 @@ def _pass_through(encoded: bytes) -> bytes:
     return encoded
 
 
+def non_blocking(behavior, pool: futures.ThreadPoolExecutor):
+    """`behavior` marked for gRPC as non-blocking (called once, as behavior(request, context, send),
+    holding no thread after it returns), run on `pool` rather than the server's threads."""
+    def call(request, context, send):
+        return behavior(request, context, send)
+    call.experimental_non_blocking = True
+    call.experimental_thread_pool = pool
+    return call
+
+
 def offer_service_handler(servicer: OfferServicer) -> grpc.GenericRpcHandler:
     """The generated registration of OfferService, except that the PRE_ENCODED methods hand
     their already-serialized response bytes to gRPC unchanged. Clients see ordinary messages."""
@@ -38,8 +48,11 @@ def offer_service_handler(servicer: OfferServicer) -> grpc.GenericRpcHandler:
     handlers = {}
     for method in service.methods:
         serializer = _pass_through if method.name in PRE_ENCODED else GetMessageClass(method.output_type).SerializeToString
+        behavior = getattr(servicer, method.name)
+        if method.name in NON_BLOCKING:
+            behavior = non_blocking(behavior, servicer.watch.open_pool)
         handlers[method.name] = METHOD_HANDLERS[(method.client_streaming, method.server_streaming)](
-            getattr(servicer, method.name), request_deserializer=GetMessageClass(method.input_type).FromString,
+            behavior, request_deserializer=GetMessageClass(method.input_type).FromString,
             response_serializer=serializer)
     return grpc.method_handlers_generic_handler(service.full_name, handlers)
 
@@ -146,11 +159,17 @@ WATCH_METHOD = "/tradeup.v1.OfferService/WatchOffers"
 
 
 def rpc_threads(settings: Settings) -> int:
-    """Threads the server needs: one per admitted call (unary, stream or WatchOffers: see
-    Admission; a stream blocked on its client holds its thread, nothing else) and
-    PROBE_THREADS, so grpc does not queue a call behind busy threads (health's Watch answers from
-    a pool of its own; a reflection stream, held open for good, would take a probe thread). The
+    """Threads the server needs: one per admitted call (unary or stream: see Admission; a stream
+    blocked on its client holds its thread, nothing else) and PROBE_THREADS, so grpc does not
+    queue a call behind busy threads (WatchOffers and health's Watch run on pools of their own
+    and hold no thread; a reflection stream, held open for good, would take a probe thread). The
     pool starts them on demand."""
+    s = settings.server
+    return s.max_concurrent_rpcs + s.max_streams + PROBE_THREADS
+
+
+def pending_calls(settings: Settings) -> int:
+    """Calls grpc may hold until the server takes them: as many as it may admit."""
     s = settings.server
     return s.max_concurrent_rpcs + s.max_streams + s.max_watchers + PROBE_THREADS
 
@@ -193,6 +212,10 @@ def create_server(settings: Settings, offer_servicer: OfferServicer, search_serv
         # calls beyond its limits at once, so PROBE_THREADS threads stay free for probes.
         options=[("grpc.max_receive_message_length", s.max_message_bytes),
                  ("grpc.max_send_message_length", s.max_message_bytes),
+                 # Calls that arrive faster than the server takes them wait in grpc's queue: room
+                 # for every call and watch a process admits (a fleet's clients reconnect at once).
+                 ("grpc.server.max_pending_requests", pending_calls(settings)),
+                 ("grpc.server.max_pending_requests_hard_limit", pending_calls(settings)),
                  # Several worker processes may share the port (server.processes).
                  ("grpc.so_reuseport", 1 if s.processes > 1 else 0)])
     server.add_generic_rpc_handlers((offer_service_handler(offer_servicer),))

@@ -13,13 +13,16 @@ from ..errors import InvalidArgument, ServiceError
 from ..services.admin import AdminService
 from ..services.offers import OfferService
 from ..services.search import SearchService
-from ..services.watch import WatchService
+from ..services.watch import Stream, WatchService
 from . import converters
 from .interceptors import note_call
 
 
 # Methods whose servicer returns pre-encoded response bytes (see converters.generate_response).
 PRE_ENCODED = frozenset({"GenerateOffers", "StreamOffers", "GenerateOffersBulk", "WatchOffers"})
+# Methods that hold no server thread: gRPC calls them once, as behavior(request, context, send),
+# on their service's `open_pool` (see server.rpc.interceptors._Pump).
+NON_BLOCKING = frozenset({"WatchOffers"})
 
 
 class OfferServicer(offers_pb2_grpc.OfferServiceServicer):
@@ -86,15 +89,16 @@ class OfferServicer(offers_pb2_grpc.OfferServiceServicer):
         note_call(customer=query.customer.customer_id or query.customer.profile.customer_id)
         return converters.amortization_response(offers, rows)
 
-    def WatchOffers(self, request: pb.WatchOffersRequest, context) -> Iterator[bytes]:
-        watcher = self.watch.open(converters.offer_query(request), self._deadline(context))
-        try:
-            context.add_callback(watcher.cancel)  # wakes the stream when the client leaves
-            note_call(customer=watcher.initial.answer.result.customer.customer_id)
-            for update in self.watch.stream(watcher, Deadline.of_stream(context), context.is_active):
-                yield converters.watch_response(update)
-        finally:
-            self.watch.close(watcher)
+    def WatchOffers(self, request: pb.WatchOffersRequest, context, send) -> None:
+        """Non-blocking (NON_BLOCKING): called once, on the watch service's open threads; sends the
+        INITIAL answer before it returns, and the watch service's sender threads send the rest and
+        end the call."""
+        stream = Stream(send=lambda update: send(converters.watch_response(update)), end=send, cancel=context.cancel)
+        watcher = self.watch.open(converters.offer_query(request), self._deadline(context),
+                                  Deadline.of_stream(context), stream)
+        note_call(customer=watcher.group.customer.customer_id)
+        if not context.add_callback(watcher.cancel):  # the client left already
+            watcher.cancel()
 
 
 class SearchServicer(search_pb2_grpc.SearchServiceServicer):

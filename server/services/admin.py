@@ -24,8 +24,11 @@ VERSION = "0.1.0"
 
 class AdminService:
     def __init__(self, settings: SettingsStore, repository: Repository, inventory: InventoryCache,
-                 engine_implementation: str, database_reachable: Callable[[], bool], feed: ChangeFeed):
+                 engine_implementation: str, database_reachable: Callable[[], bool], feed: ChangeFeed,
+                 watch_status: Callable[[], dict[str, int]]):
+        """`watch_status`: the open WatchOffers streams and their groups (WatchService.status)."""
         self.settings = settings
+        self.watch_status = watch_status
         self.repository = repository
         self.inventory = inventory
         self.feed = feed
@@ -98,4 +101,5 @@ class AdminService:
         return {"version": VERSION, "engine_implementation": self.engine_implementation,
                 "database_backend": self.repository.backend, "database_reachable": self.database_reachable(),
                 "circuit_state": self.repository.breaker.state, "pool_in_use": in_use, "pool_idle": idle,
-                "uptime_seconds": time.monotonic() - self.started, **self.inventory.status(), **self.feed.status()}
+                "uptime_seconds": time.monotonic() - self.started, **self.inventory.status(), **self.feed.status(),
+                **self.watch_status()}

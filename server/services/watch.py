@@ -13,25 +13,35 @@ Redis push) and re-prices only the groups a change can concern:
 A group whose new answer differs from the last one (offers, tiers, counts) pushes one `Update`
 to each of its watchers; nothing is pushed otherwise. Each watcher holds at most
 `server.watch_queue_messages` updates: one that falls behind drops them and is sent the whole
-current answer once (RESYNC) instead. Streams wait on a Condition: an idle watcher costs no CPU.
+current answer once (RESYNC) instead.
+
+No thread waits for a stream: an idle watcher is a mailbox and nothing else. A few sender threads
+(`server.watch_send_threads`) send the messages, one at a time per watcher, and end the calls; a
+send blocks while the reader's HTTP/2 window is full, so a call whose send a reader holds for
+`server.watch_stall_seconds` is cancelled. One timer thread ends each watch at its deadline.
 """
 from __future__ import annotations
 
 import bisect
+import heapq
+import itertools
 import logging
 import queue
 import threading
 import time
-from collections import deque
+import weakref
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import Any, Iterator
+from typing import Any, Callable
+
+import numpy as np
 
 from engine_ext import Offer
 
 from ..data.filters import Bounds
 from ..data.inventory import InventorySnapshot, _order as prefilter_order
 from ..domain import Car, Customer
-from ..errors import ResourceExhausted, ServiceError, Unavailable
+from ..errors import DeadlineExceeded, ResourceExhausted, ServiceError, Unavailable
 from .changefeed import CONFIG, Change, ChangeFeed
 from ..deadline import Deadline
 from .offers import CustomerRef, OfferQuery, OfferResult, OfferService
@@ -42,13 +52,14 @@ INITIAL, INVENTORY, CONFIGURATION, CUSTOMER, RESYNC, ENDING = (
     "initial", "inventory", "configuration", "customer", "resync", "ending")
 
 OfferKey = tuple[str, int]  # (car_id, term)
-MAX_WAIT_SECONDS = 300.0
+TERM_CODES = 10000  # above any term in months: car code * TERM_CODES + term identifies an offer
+GONE = object()  # what ends the call of a client that left
 
 
 @dataclass(frozen=True)
 class Answer:
-    """One priced answer of a group. Only the engine's compact columns are kept: the offers as
-    objects are built while comparing two answers, so a thousand groups hold no offer objects."""
+    """One priced answer of a group. Only the engine's columns of the offers returned are kept:
+    the offers as objects are built while comparing two answers, so groups hold no offer objects."""
     result: OfferResult
     last_key: tuple | None = None  # prefilter order of the last car selected, when the limit cut it
 
@@ -58,6 +69,20 @@ class Answer:
         terms, ids = offers.plan.columns.terms, offers.car_ids
         n = len(terms)
         return {(ids[slot // n], terms[slot % n]): slot for slot in offers.order[:self.result.returned]}
+
+    def keyed(self, car_codes: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
+        """The offers returned, best first, as numbers (car code * TERM_CODES + term) and as
+        engine slots: two answers compare a thousand offers each without a Python step per offer."""
+        offers = self.result.offers
+        terms = np.asarray(offers.plan.columns.terms, dtype=np.int64)
+        slots = np.frombuffer(offers.order, dtype=offers.order.typecode)[:self.result.returned].astype(np.int64)
+        cars = np.fromiter(map(car_codes.__getitem__, offers.car_ids), np.int64, len(offers.car_ids))
+        return cars[slots // len(terms)] * TERM_CODES + terms[slots % len(terms)], slots
+
+    def key(self, slot: int) -> OfferKey:
+        offers = self.result.offers
+        terms = offers.plan.columns.terms
+        return offers.car_ids[slot // len(terms)], terms[slot % len(terms)]
 
     def offers(self) -> dict[OfferKey, Offer]:
         at = self.result.offers.at_slot
@@ -86,73 +111,111 @@ class Update:
     def between(cls, reason: str, old: Answer, new: Answer, cars: set[str] | None = None) -> "Update | None":
         """The changes from old to new; None when a client would see none. `cars`: the only cars
         that changed, if nothing else did (then only their offers can have new amounts)."""
-        before, after = old.slots(), new.slots()
+        car_codes = {car: code for code, car in enumerate({*old.result.offers.car_ids, *new.result.offers.car_ids})}
+        before, old_slots = old.keyed(car_codes)
+        after, new_slots = new.keyed(car_codes)
         was, now = old.result.offers.at_slot, new.result.offers.at_slot
         same_inputs = cars is not None and old.result.config_version == new.result.config_version \
             and old.result.customer == new.result.customer
-        added = [now(slot) for key, slot in after.items() if key not in before]
-        removed = [key for key in before if key not in after]
-        changed = [offer for key, slot in after.items()
-                   if key in before and (not same_inputs or key[0] in cars)
-                   and (offer := now(slot)) != was(before[key])]
+        kept, still = np.isin(after, before, assume_unique=True), np.isin(before, after, assume_unique=True)
+        added = [now(slot) for slot in new_slots[~kept].tolist()]
+        removed = [old.key(slot) for slot in old_slots[~still].tolist()]
+        if same_inputs:  # only the offers of the cars that changed can have new amounts
+            kept &= np.isin(after // TERM_CODES, [car_codes[car] for car in cars if car in car_codes])
+        old_slot = dict(zip(before[still].tolist(), old_slots[still].tolist())) if kept.any() else {}
+        changed = [offer for key, slot in zip(after[kept].tolist(), new_slots[kept].tolist())
+                   if (offer := now(slot)) != was(old_slot[key])]
         if not (added or removed or changed) and old.totals() == new.totals():
             return None
         return cls(reason, new, added=added, removed=removed, changed=changed)
 
 
-class Watcher:
-    """One stream's mailbox: bounded; falls back to one full answer when the reader lags."""
+@dataclass(frozen=True, slots=True)
+class Stream:
+    """A watcher's call, as the RPC layer serves it. send(update) returns once the message is
+    written (while the reader's window is full, it waits); end(error) ends the call with that
+    error, or, given None, the call its client left; cancel() drops the call."""
+    send: Callable[[Update], None]
+    end: Callable[[ServiceError | None], None]
+    cancel: Callable[[], None]
 
-    def __init__(self, group: "Group", limit: int):
+
+class Watcher:
+    """One stream's mailbox: bounded; falls back to one full answer when the reader lags. At most
+    one delivery of a watcher is scheduled or running at a time (`_busy`), so its messages go
+    out one at a time and in order."""
+
+    __slots__ = ("group", "limit", "stream", "_wake", "_lock", "_pending", "_resync", "_ended", "_cancelled",
+                 "_busy", "_done", "__weakref__")
+
+    def __init__(self, group: "Group", limit: int, stream: Stream, wake: Callable[["Watcher"], None]):
         self.group = group
         self.limit = limit
-        self.initial: Update | None = None
-        self._cond = threading.Condition()
-        self._pending: deque[Update] = deque()
+        self.stream = stream
+        self._wake = wake  # schedules a delivery
+        self._lock = threading.Lock()
+        self._pending: list[Update] = []  # at most `limit`: a list is smaller than a deque
         self._resync = False
         self._ended: Update | ServiceError | None = None  # ENDING update or the error that ends it
         self._cancelled = False
+        self._busy = True  # until the INITIAL is handed over (WatchService.open)
+        self._done = False  # its call is ended
 
     def push(self, update: Update) -> None:
         """Called with the group's lock held, so pushes follow the group's answers in order."""
-        with self._cond:
+        with self._lock:
             if len(self._pending) >= self.limit:
                 self._pending.clear()
                 self._resync = True
             elif not self._resync:
                 self._pending.append(update)
-            self._cond.notify()
+            wake = self._claim()
+        if wake:
+            self._wake(self)
 
     def end(self, why: Update | ServiceError) -> None:
-        with self._cond:
+        with self._lock:
             if self._ended is None:
                 self._ended = why
-            self._cond.notify()
+            wake = self._claim()
+        if wake:
+            self._wake(self)
 
     def cancel(self) -> None:
-        with self._cond:
+        """The client left (gRPC's callback at the end of the call: quick, never blocks)."""
+        with self._lock:
             self._cancelled = True
-            self._cond.notify()
+            wake = self._claim()
+        if wake:
+            self._wake(self)
 
-    def next(self, timeout: float | None) -> Update | None:
-        """The next message to send; None when the wait timed out or the call was cancelled."""
-        with self._cond:
-            if not (self._pending or self._resync or self._ended or self._cancelled):
-                self._cond.wait(timeout)
-            if self._cancelled:
-                return None
-            if isinstance(self._ended, ServiceError):
-                raise self._ended
-            if self._ended is not None:
-                return self._ended
+    def _claim(self) -> bool:
+        """True when the caller must schedule a delivery: none is scheduled or running."""
+        if self._busy or self._done:
+            return False
+        self._busy = True
+        return True
+
+    def next(self) -> Update | ServiceError | object | None:
+        """By its delivery: the next update to send; else what ends the call (an error, GONE);
+        else None, and the watcher waits for the next push."""
+        with self._lock:
+            if self._cancelled or isinstance(self._ended, ServiceError):
+                self._done = True
+                return GONE if self._cancelled else self._ended
+            if self._ended is not None:  # ENDING, then the call ends
+                ending, self._ended = self._ended, Unavailable(
+                    "the server is shutting down: watch again on another instance", reason="SHUTTING_DOWN")
+                return ending
             if self._pending:
-                return self._pending.popleft()
+                return self._pending.pop(0)
             if not self._resync:
+                self._busy = False
                 return None
-        with self.group.lock, self._cond:  # no push in between: later ones follow this answer
+        with self.group.lock, self._lock:  # no push in between: later ones follow this answer
             self._pending.clear()
             self._resync = False
-            return Update(RESYNC, self.group.answer, full=True)
+            return self.group.full(RESYNC)
 
 
 class Group:
@@ -165,6 +228,17 @@ class Group:
         self.lock = threading.Lock()
         self.watchers: set[Watcher] = set()
         self._bounds: tuple[Customer, Bounds | None] | None = None  # the filters bound to the customer
+        # INITIAL and RESYNC of the current answer, by reason, while a watcher holds one: a whole
+        # answer encoded is large (~150 KB for a thousand offers), each group's part is small.
+        self._full: weakref.WeakValueDictionary[str, Update] = weakref.WeakValueDictionary()
+
+    def full(self, reason: str) -> Update:
+        """The whole current answer (lock held): one Update, so one encoding, for the watchers
+        being sent it."""
+        update = self._full.get(reason)
+        if update is None or update.answer is not self.answer:
+            update = self._full[reason] = Update(reason, self.answer, full=True)
+        return update
 
     @property
     def bounds(self) -> Bounds | None:
@@ -212,14 +286,17 @@ def group_key(query: OfferQuery) -> tuple:
 
 class WatchService:
     def __init__(self, offers: OfferService, feed: ChangeFeed, max_watchers: int, queue_limit: int,
-                 customer_poll_seconds: float, reprice_seconds: float):
-        """`reprice_seconds`: the deadline of each re-pricing."""
+                 customer_poll_seconds: float, reprice_seconds: float, open_threads: int, send_threads: int,
+                 stall_seconds: float):
+        """`reprice_seconds`: the deadline of each re-pricing; `open_threads`: the threads that open
+        watches (`open_pool`: gRPC calls WatchOffers there); `send_threads`, `stall_seconds`: see above."""
         self.offers = offers
         self.reprice_seconds = reprice_seconds
         self.feed = feed
         self.max_watchers = max_watchers
         self.queue_limit = queue_limit
         self.customer_poll_seconds = customer_poll_seconds
+        self.stall_seconds = stall_seconds
         self._groups: dict[tuple, Group] = {}
         self._watchers = 0
         self._lock = threading.Lock()
@@ -229,10 +306,21 @@ class WatchService:
         self._closing = False
         self._unsubscribe = None
         self._thread = threading.Thread(target=self._run, name="watch", daemon=True)
+        self.open_pool = ThreadPoolExecutor(open_threads, thread_name_prefix="watch-open")
+        self._senders = ThreadPoolExecutor(send_threads, thread_name_prefix="watch-send")
+        self._timer = threading.Condition()
+        # A heap; weak: a watch that ended before its deadline is not kept until then.
+        self._deadlines: list[tuple[float, int, weakref.ref[Watcher]]] = []
+        self._order = itertools.count()
+        self._sending: dict[Watcher, float] = {}  # sends in progress, since when
+        self._timer_thread = threading.Thread(target=self._run_timer, name="watch-timer", daemon=True)
+        self._timer_closed = False
 
     # --- streams ------------------------------------------------------------------------------
-    def open(self, query: OfferQuery, deadline: Deadline) -> Watcher:
-        """A watcher with its INITIAL update; raises as GenerateOffers would for a bad request."""
+    def open(self, query: OfferQuery, deadline: Deadline, ends: Deadline | None, stream: Stream) -> Watcher:
+        """A watcher, its INITIAL update sent; raises as GenerateOffers would for a bad request.
+        It lasts until `ends` (None: for good), its client leaves or the server shuts down (ENDING,
+        then UNAVAILABLE)."""
         key = group_key(query)
         with self._lock:
             if self._closing:
@@ -243,8 +331,8 @@ class WatchService:
             self._watchers += 1
         try:
             with self._lock:
-                watcher = self._join(self._groups.get(key))
-            if watcher is None:
+                joined = self._join(self._groups.get(key), stream)
+            if joined is None:
                 result = self.offers.generate(query, deadline)  # validates; outside the lock
                 with self._lock:
                     group = self._groups.get(key)
@@ -252,28 +340,36 @@ class WatchService:
                         group = self._groups[key] = Group(key, query, self._answer(query, result))
                         self._index = None
                         self._catch_up(group)
-                    watcher = self._join(group)
-            return watcher
+                    joined = self._join(group, stream)
         except BaseException:
             with self._lock:
                 self._watchers -= 1
             raise
+        watcher, initial = joined
+        stream.send(initial)
+        if ends is not None:
+            with self._timer:
+                heapq.heappush(self._deadlines, (ends.at, next(self._order), weakref.ref(watcher)))
+                self._timer.notify()
+        self._schedule(watcher)  # what was pushed meanwhile
+        return watcher
 
     def _answer(self, query: OfferQuery, result: OfferResult) -> Answer:
         limit = query.max_cars or self.offers.settings.current.prefilter.default_limit
         car_ids = result.offers.car_ids
         snapshot = self.offers.inventory.current()
         last = snapshot.by_id.get(car_ids[-1]) if snapshot is not None and len(car_ids) >= limit else None
-        return Answer(result, prefilter_order(last) if last is not None else None)
+        # Kept while the group lives: the columns of the offers returned only, not of every car priced.
+        return Answer(replace(result, offers=result.offers.best(result.returned)),
+                      prefilter_order(last) if last is not None else None)
 
-    def _join(self, group: Group | None) -> Watcher | None:
+    def _join(self, group: Group | None, stream: Stream) -> tuple[Watcher, Update] | None:
         if group is None:
             return None
-        watcher = Watcher(group, self.queue_limit)
+        watcher = Watcher(group, self.queue_limit, stream, self._schedule)
         with group.lock:
             group.watchers.add(watcher)
-            watcher.initial = Update(INITIAL, group.answer, full=True)
-        return watcher
+            return watcher, group.full(INITIAL)
 
     def _catch_up(self, group: Group) -> None:
         """A change applied while the group's first answer was priced reached no one: re-price."""
@@ -295,32 +391,78 @@ class WatchService:
                 del self._groups[group.key]
                 self._index = None
 
-    def stream(self, watcher: Watcher, ends: Deadline | None, is_active) -> Iterator[Update]:
-        """INITIAL, then every update until `ends` (None: for good), cancellation or shutdown
-        (ENDING, after which the caller ends the call UNAVAILABLE)."""
-        yield watcher.initial
-        while True:
-            # Waits are capped, so a stream without a deadline also re-checks its call.
-            update = watcher.next(MAX_WAIT_SECONDS if ends is None else min(ends.left(), MAX_WAIT_SECONDS))
-            if update is None:
-                if ends is not None:
-                    ends.check("while watching")
-                if not is_active():
-                    return
-                continue
-            yield update
-            if update.reason == ENDING:
-                raise Unavailable("the server is shutting down: watch again on another instance", reason="SHUTTING_DOWN")
-
     def status(self) -> dict[str, int]:
         with self._lock:
             return {"watchers": self._watchers, "watch_groups": len(self._groups)}
+
+    # --- the senders --------------------------------------------------------------------------
+    def _schedule(self, watcher: Watcher) -> None:
+        try:
+            self._senders.submit(self._deliver, watcher)
+        except RuntimeError:  # stopped: the server is, so its calls are over and nothing here blocks
+            self._deliver(watcher)
+
+    def _deliver(self, watcher: Watcher) -> None:
+        """On a sender thread: the watcher's next message, or the end of its call."""
+        step = watcher.next()
+        if step is None:
+            return
+        try:
+            if isinstance(step, Update):
+                self._send(watcher, step)
+            else:
+                self.close(watcher)
+                watcher.stream.end(None if step is GONE else step)
+                return
+        except Exception:  # a bug: the call is dropped rather than left open
+            log.exception("watch: cannot deliver to a stream")
+            watcher.stream.cancel()
+            watcher.cancel()
+        self._schedule(watcher)  # its next step, after the others' turn
+
+    def _send(self, watcher: Watcher, update: Update) -> None:
+        with self._timer:
+            if not self._sending:
+                self._timer.notify()
+            self._sending[watcher] = time.monotonic()
+        try:
+            watcher.stream.send(update)
+        finally:
+            with self._timer:
+                self._sending.pop(watcher, None)
+
+    def _run_timer(self) -> None:
+        """Ends each watch at its deadline, and cancels a call whose send its reader held for
+        stall_seconds: stuck readers hold the sender threads that long at most."""
+        while True:
+            with self._timer:
+                if self._timer_closed:
+                    return
+                now = time.monotonic()
+                expired = []
+                while self._deadlines and self._deadlines[0][0] <= now:
+                    expired.append(heapq.heappop(self._deadlines)[2]())
+                stalled = [w for w, since in self._sending.items() if now - since >= self.stall_seconds]
+                for watcher in stalled:
+                    del self._sending[watcher]
+                if not (expired or stalled):
+                    due = ([self._deadlines[0][0]] if self._deadlines else []) + \
+                        ([min(self._sending.values()) + self.stall_seconds] if self._sending else [])
+                    self._timer.wait(min(due) - now if due else None)
+                    continue
+            for watcher in filter(None, expired):
+                watcher.end(DeadlineExceeded("deadline exceeded while watching"))
+            for watcher in stalled:
+                log.warning("watch: a reader left a message unread for %.0f s: its stream is cancelled",
+                            self.stall_seconds)
+                watcher.stream.cancel()
 
     # --- life cycle ---------------------------------------------------------------------------
     def start(self) -> None:
         self._seen = self.offers.inventory.current()
         self._unsubscribe = self.feed.subscribe(self._on_change)
         self._thread.start()
+        self._timer_thread.start()
 
     def shutdown(self) -> None:
         """Every stream gets its ENDING message; new streams are refused."""
@@ -330,17 +472,25 @@ class WatchService:
         for group in groups:
             with group.lock:
                 ending = Update(ENDING, group.answer)
-                for watcher in group.watchers:
-                    watcher.end(ending)
+                watchers = list(group.watchers)
+            for watcher in watchers:
+                watcher.end(ending)
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
         self._events.put(None)
 
     def join(self) -> None:
-        """Wait for the dispatcher to finish the update in progress, after shutdown."""
-        if self._thread.is_alive():
-            self._thread.join()
+        """After shutdown and once the server stopped: wait for the dispatcher to finish the update
+        in progress, and for the senders (the calls are over: no send blocks)."""
+        with self._timer:
+            self._timer_closed = True
+            self._timer.notify()
+        for thread in (self._thread, self._timer_thread):
+            if thread.is_alive():
+                thread.join()
+        self.open_pool.shutdown(wait=True, cancel_futures=True)
+        self._senders.shutdown(wait=True)
 
     def _on_change(self, change: Change) -> None:
         # On the change feed's thread: only hand over. The snapshot is the one this change made.

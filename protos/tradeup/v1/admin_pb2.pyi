@@ -94,7 +94,7 @@ class GetStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetStatusResponse(_message.Message):
-    __slots__ = ("version", "engine_implementation", "database_backend", "database_reachable", "circuit_state", "pool_in_use", "pool_idle", "inventory_cars", "inventory_age_seconds", "prefilter_cache_entries", "cache_hits", "cache_misses", "cache_hit_rate", "uptime_seconds", "config_version", "inventory_version", "redis_state")
+    __slots__ = ("version", "engine_implementation", "database_backend", "database_reachable", "circuit_state", "pool_in_use", "pool_idle", "inventory_cars", "inventory_age_seconds", "prefilter_cache_entries", "cache_hits", "cache_misses", "cache_hit_rate", "uptime_seconds", "config_version", "inventory_version", "redis_state", "watchers", "watch_groups")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     ENGINE_IMPLEMENTATION_FIELD_NUMBER: _ClassVar[int]
     DATABASE_BACKEND_FIELD_NUMBER: _ClassVar[int]
@@ -112,6 +112,8 @@ class GetStatusResponse(_message.Message):
     CONFIG_VERSION_FIELD_NUMBER: _ClassVar[int]
     INVENTORY_VERSION_FIELD_NUMBER: _ClassVar[int]
     REDIS_STATE_FIELD_NUMBER: _ClassVar[int]
+    WATCHERS_FIELD_NUMBER: _ClassVar[int]
+    WATCH_GROUPS_FIELD_NUMBER: _ClassVar[int]
     version: str
     engine_implementation: str
     database_backend: str
@@ -129,4 +131,6 @@ class GetStatusResponse(_message.Message):
     config_version: int
     inventory_version: int
     redis_state: str
-    def __init__(self, version: _Optional[str] = ..., engine_implementation: _Optional[str] = ..., database_backend: _Optional[str] = ..., database_reachable: _Optional[bool] = ..., circuit_state: _Optional[str] = ..., pool_in_use: _Optional[int] = ..., pool_idle: _Optional[int] = ..., inventory_cars: _Optional[int] = ..., inventory_age_seconds: _Optional[float] = ..., prefilter_cache_entries: _Optional[int] = ..., cache_hits: _Optional[int] = ..., cache_misses: _Optional[int] = ..., cache_hit_rate: _Optional[float] = ..., uptime_seconds: _Optional[float] = ..., config_version: _Optional[int] = ..., inventory_version: _Optional[int] = ..., redis_state: _Optional[str] = ...) -> None: ...
+    watchers: int
+    watch_groups: int
+    def __init__(self, version: _Optional[str] = ..., engine_implementation: _Optional[str] = ..., database_backend: _Optional[str] = ..., database_reachable: _Optional[bool] = ..., circuit_state: _Optional[str] = ..., pool_in_use: _Optional[int] = ..., pool_idle: _Optional[int] = ..., inventory_cars: _Optional[int] = ..., inventory_age_seconds: _Optional[float] = ..., prefilter_cache_entries: _Optional[int] = ..., cache_hits: _Optional[int] = ..., cache_misses: _Optional[int] = ..., cache_hit_rate: _Optional[float] = ..., uptime_seconds: _Optional[float] = ..., config_version: _Optional[int] = ..., inventory_version: _Optional[int] = ..., redis_state: _Optional[str] = ..., watchers: _Optional[int] = ..., watch_groups: _Optional[int] = ...) -> None: ...
