@@ -204,10 +204,15 @@ class RedisSettings:
 class EngineSettings:
     implementation: str = key("compiled", "TRADEUP_ENGINE", "pricing kernel", choices=("compiled", "python"))
     workers: int = key(0, "TRADEUP_ENGINE_WORKERS", "threads per request (0 = CPU count)", minimum=0, maximum=256)
-    offer_chunk_cars: int = key(2048, "TRADEUP_ENGINE_OFFER_CHUNK_CARS",
-                                "cars per thread task when pricing offers", minimum=1, maximum=1_000_000)
-    subsidy_chunk_cars: int = key(16, "TRADEUP_ENGINE_SUBSIDY_CHUNK_CARS",
-                                  "cars per thread task in the subsidy search", minimum=1, maximum=1_000_000)
+    offer_chunk_cars: int = key(16384, "TRADEUP_ENGINE_OFFER_CHUNK_CARS",
+                                "cars per thread task when pricing offers; a request is spread over the "
+                                "threads from two chunks on (on 2 cores it pays from about 32,000 cars: "
+                                "`make bench-engine`), so offer requests (at most 2,000 cars) price inline",
+                                minimum=1, maximum=1_000_000)
+    subsidy_chunk_cars: int = key(64, "TRADEUP_ENGINE_SUBSIDY_CHUNK_CARS",
+                                  "cars per thread task in the subsidy search; spread from two chunks on (on "
+                                  "2 cores it pays from about 128 cars: `make bench-engine`)",
+                                  minimum=1, maximum=1_000_000)
 
 
 @dataclass(frozen=True)
