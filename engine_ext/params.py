@@ -8,6 +8,7 @@ audited values; `PricingParams.from_dict` / `to_dict` read and write the layout 
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Mapping
 
@@ -27,7 +28,13 @@ DEFAULT_TERMS = (12, 24, 36, 48, 60, 72)
 # Terms one plan may price: the compiled kernel's fixed arrays (_kernel.pyx MAX_TERMS). Checked
 # here, where terms are configured or overridden, so both kernels only ever see valid lists.
 MAX_TERMS = 64
-DERIVED_LIMIT = 1_024  # values derived from one PricingParams kept at once (see PricingParams.derived)
+# Values derived from one PricingParams kept at once (see PricingParams.derived): the configured
+# parameters keep up to DERIVED_LIMIT (among them as many sets of overrides), each set of
+# overrides up to OVERRIDDEN_DERIVED_LIMIT, so a settings version holds at most about 256 x 32.
+DERIVED_LIMIT = 256
+OVERRIDDEN_DERIVED_LIMIT = 32
+_derived_lock = threading.Lock()  # adding and evicting (a hit takes no lock)
+_MISSING = object()
 _DOWN_BY_PROFILE = (0.30, 0.25, 0.20, 0.15, 0.15, 0.20, 0.20, 0.20, 0.20, 0.20, 0.25, 0.30, 0.35,
                     0.35, 0.35, 0.35, 0.75, 0.35, 0.35, 0.35, 0.75, 0.25, 0.30, 0.30, 0.75, 0.9999)
 DEFAULT_DOWN_ROWS = tuple(tuple(frac for _ in DEFAULT_TERMS) for frac in _DOWN_BY_PROFILE)
@@ -185,6 +192,7 @@ class PricingParams:
     rate_override: float | None = None  # per request; replaces the profile's annual rate
     # What is computed from these parameters once and then read (see `derived`).
     _derived: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+    _derived_limit: int = field(default=DERIVED_LIMIT, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen)
@@ -251,16 +259,19 @@ class PricingParams:
         """compute(), once per key for these parameters (they never change): the parameters of a
         set of overrides, the term columns of a risk profile. The configured parameters live as
         long as their settings version, and each set of overrides is kept with them, so a call
-        repeating an earlier one recomputes nothing. At most DERIVED_LIMIT values, oldest out
-        first; two threads may both compute a missing value (the same one)."""
-        cache = self._derived
-        try:
-            return cache[key]
-        except KeyError:
-            value = cache[key] = compute()
-            if len(cache) > DERIVED_LIMIT:
-                cache.pop(next(iter(cache)), None)
-            return value
+        repeating an earlier one recomputes nothing. Bounded (`_derived_limit`), oldest out first;
+        two threads may both compute a missing value: the first one kept is the one returned."""
+        value = self._derived.get(key, _MISSING)
+        if value is _MISSING:
+            value = compute()
+            with _derived_lock:
+                cache = self._derived
+                if key not in cache:
+                    if len(cache) >= self._derived_limit:
+                        del cache[next(iter(cache))]
+                    cache[key] = value
+                value = cache[key]
+        return value
 
     def with_overrides(self, **overrides: Any) -> "PricingParams":
         """A copy with per-request overrides: fee fields by name, `interest_rate`, `terms`; the
@@ -284,7 +295,11 @@ class PricingParams:
         unknown = set(overrides) - fee_names - {"interest_rate", "terms"}
         if unknown:
             raise EngineInputError(sorted(unknown)[0], "is not an overridable parameter")
-        return replace(self, **changes) if changes else self
+        if not changes:
+            return self
+        overridden = replace(self, **changes)
+        object.__setattr__(overridden, "_derived_limit", OVERRIDDEN_DERIVED_LIMIT)  # frozen
+        return overridden
 
     # --- the layout of params.json ---------------------------------------------------------
     @classmethod

@@ -1,12 +1,13 @@
 """Bad inputs raise EngineInputError naming the field; the implementation choice is explicit."""
 import math
 import sys
+import threading
 
 import pytest
 
 from engine_ext import (CustomerTerms, EngineInputError, Fees, KernelUnavailableError, PricingParams,
                         SubsidyGrid, TierBounds, load_kernel)
-from engine_ext.params import DERIVED_LIMIT
+from engine_ext.params import DERIVED_LIMIT, OVERRIDDEN_DERIVED_LIMIT
 from engine_ext.plan import build_offer_plan
 
 GOOD = dict(current_monthly_payment=5000.0, vehicle_equity=100_000.0, risk_profile_name="A1", risk_profile_index=3)
@@ -147,3 +148,29 @@ def test_derived_parameters_and_term_columns_are_computed_once_per_parameters():
     for k in range(DERIVED_LIMIT + 100):  # bounded, however many overrides callers send
         base.with_overrides(service_fee_pct=k / 1e6)
     assert len(base._derived) == DERIVED_LIMIT
+    for k in range(OVERRIDDEN_DERIVED_LIMIT + 10):  # and what each set of overrides keeps, in all
+        overridden.derived(("value", k), lambda: k)
+    assert len(overridden._derived) == OVERRIDDEN_DERIVED_LIMIT
+
+
+def test_derived_values_are_added_and_evicted_safely_by_many_threads():
+    params, failures = PricingParams(), []
+
+    def derive(first: int) -> None:
+        try:
+            for k in range(first, first + 2_000):
+                assert params.derived(("value", k % 700), lambda k=k: k % 700) == k % 700
+        except Exception as exc:  # noqa: BLE001 (reported below)
+            failures.append(exc)
+
+    threads = [threading.Thread(target=derive, args=(start * 97,)) for start in range(8)]
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads switch between any two steps: the races show
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+    finally:
+        sys.setswitchinterval(interval)
+    assert not failures and len(params._derived) == DERIVED_LIMIT

@@ -5,6 +5,7 @@ server, so outage tests run on MariaDB only.)"""
 from __future__ import annotations
 
 import logging
+import ssl
 import threading
 import time
 
@@ -175,15 +176,16 @@ def test_the_pool_is_opened_ahead_and_calls_open_no_connection(private_mariadb):
         database.close()
 
 
-def test_connections_after_the_first_build_no_tls_context_of_their_own(private_mariadb):
+def test_connections_share_one_tls_context_and_still_only_offer_tls(private_mariadb):
     """pymysql offers TLS on every connect and builds a new context for it, loading the system's
-    CA bundle (most of a connect's time): the first connection finds out whether the server
-    takes TLS, and the next ones do as it did. This server offers none: they do not offer it."""
+    CA bundle (most of a connect's time): the pool's connections share one context, and offer TLS
+    as pymysql does without TLS settings, so they connect to this server, which offers none."""
     repository, admin, _ = pool_and_admin(private_mariadb[1], 2)
     database = repository.database
     first, second = database._open(), database._open()
     try:
-        assert first.ssl and not second.ssl  # pymysql's default, then no TLS offered
+        assert first.ctx is second.ctx and first.ctx.verify_mode == ssl.CERT_NONE
+        assert first.ssl and not first._ssl_required  # offered, not required
         assert first.open and second.open and first.thread_id() != second.thread_id()
         with second.cursor() as cursor:
             cursor.execute("SELECT @@session.time_zone")

@@ -2,14 +2,15 @@
 SQLite file. Both hand out DB-API cursors with `cursor(deadline)`; the SQL is in repository.py."""
 from __future__ import annotations
 
+import functools
 import sqlite3
+import ssl
 import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
 import pymysql
-from pymysql.constants import CLIENT
 from dbutils.pooled_db import PooledDB
 
 from ..config import DatabaseSettings
@@ -57,7 +58,6 @@ class MySQLDatabase:
         self._pool._idle_cache = _MostRecentFirst()
         self._lock = threading.Lock()  # guards _in_use
         self._in_use = 0
-        self._tls: dict = {}  # how the next connections use TLS, once the first one found out (_tls_as_found)
         self._probe: pymysql.connections.Connection | None = None
         self._probe_lock = threading.Lock()
 
@@ -72,14 +72,11 @@ class MySQLDatabase:
             params["connect_timeout"] = deadline.io_timeout(params["connect_timeout"])
             params["read_timeout"] = deadline.io_timeout(params["read_timeout"])
         try:
-            connection = pymysql.connect(**params, **self._tls)
+            return _connect(params)
         except pymysql.err.OperationalError as exc:
             if sooner_than and _timed_out(exc):
                 raise DeadlineExceeded("deadline exceeded connecting to the database") from exc
             raise
-        if not self._tls:
-            self._tls = _tls_as_found(connection)
-        return connection
 
     def warm_up(self) -> None:
         """Fill the pool: open its connections now (once the server answers)."""
@@ -94,8 +91,8 @@ class MySQLDatabase:
         so a probe never waits behind the calls holding the pool's connections."""
         with self._probe_lock:
             if self._probe is None:
-                self._probe = pymysql.connect(**{**self._params, "connect_timeout": timeout, "read_timeout": timeout,
-                                                 "write_timeout": timeout}, **self._tls)
+                self._probe = _connect({**self._params, "connect_timeout": timeout, "read_timeout": timeout,
+                                        "write_timeout": timeout})
             self._probe._read_timeout = self._probe._write_timeout = timeout
             try:
                 self._probe.ping(reconnect=False)
@@ -220,15 +217,26 @@ class _MostRecentFirst(list):
         return super().pop()
 
 
-def _tls_as_found(connection: pymysql.connections.Connection) -> dict:
-    """How the next connections to the same server use TLS. Given no TLS settings, pymysql offers
-    TLS to the server (used when offered, the certificate unchecked) and builds a context for
-    that on every connect, loading the system's CA bundle each time: about 20 ms of CPU, most of
-    a connect. The first connection shows whether the server takes TLS: the next ones share that
-    connection's context, or do not offer it."""
-    if connection.server_capabilities & CLIENT.SSL:
-        return {"ssl": connection.ctx}
-    return {"ssl_disabled": True}
+def _connect(params: dict) -> pymysql.connections.Connection:
+    """pymysql.connect (so the driver's tracing sees it) as pymysql connects given no TLS settings:
+    TLS when the server offers it, its certificate unchecked, plain otherwise; but with one TLS
+    context for every connection. pymysql builds one per connect, loading the system's CA bundle
+    each time: about 20 ms of CPU, most of a connect."""
+    connection = pymysql.connect(**params, ssl_disabled=True, defer_connect=True)
+    connection.ssl, connection._ssl_required, connection.ctx = True, False, _offered_tls()
+    connection.connect()
+    return connection
+
+
+@functools.cache
+def _offered_tls() -> ssl.SSLContext:
+    """The context pymysql builds when TLS is only offered (pymysql.connections._create_ssl_ctx
+    without a CA): no certificate or host name check."""
+    context = ssl.create_default_context()
+    context.verify_flags &= ~ssl.VERIFY_X509_STRICT
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
 
 
 def _timed_out(exc: BaseException) -> bool:
