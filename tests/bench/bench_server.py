@@ -13,9 +13,10 @@ h2load counts HTTP 200s and cannot see gRPC's status (a trailer): each request b
 sent once through a gRPC client, which must answer OK, and h2load's own failures count as
 errors.
 
-`--layers` instead compares the rpc layers alone (tests/bench/rpc_layers.py: sync grpcio and
-grpc.aio serving Health/Check and GenerateOffers with the same service, no interceptors) with
-h2load, alternating, and prints the aio/sync ratio of each.
+`--layers` instead compares the rpc layers alone (tests/bench/rpc_layers.py: sync grpcio, and
+grpc.aio with the call on a thread pool or on its event loop, serving Health/Check and
+GenerateOffers with the same service, no interceptors) with h2load, alternating, and prints each
+one's rate against sync's.
 """
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from tests.bench.loadtest import RANDOM_CUSTOMER, Server, find_ghz, ghz, seed, start_mariadb, summarize  # noqa: E402
 
 CONCURRENCY = 16
+LAYERS = ("sync", "aio", "aio-inline")  # tests/bench/rpc_layers.py; sync first: the others are compared with it
 FIXED_CUSTOMER = "C00042"
 NARROW = '{"brands":["Mazda","Honda","Toyota"],"year_min":2020,"price_max":600000}'
 WIDE = '{"year_min":1990,"exclude_brands":["Tesla"]}'
@@ -199,9 +201,10 @@ def bench(args, ghz_binary: str, workdir: Path) -> list[dict]:
 
 
 def compare_layers(args, workdir: Path) -> list[dict]:
-    """Sync grpcio against grpc.aio, the same service behind both, alternating runs."""
+    """Sync grpcio against grpc.aio (the call on a thread pool, and on the event loop itself), the
+    same service behind each, alternating runs."""
     servers = {layer: Server(None, 1, workdir, [sys.executable, "-m", "tests.bench.rpc_layers", "--layer", layer])
-               for layer in ("sync", "aio")}
+               for layer in LAYERS}
     rates: dict[tuple[str, str], list[float]] = {}
     try:
         for _ in range(args.rounds):
@@ -209,7 +212,7 @@ def compare_layers(args, workdir: Path) -> list[dict]:
                 for layer, server in servers.items():
                     row = run_cell("h2load", "", server, name, args.seconds, workdir)
                     rates.setdefault((name, layer), []).append(row["rps"])
-                    print(f"{layer:5} {name:22} {row['rps']:>8.0f} req/s  p50 {row['p50']:.2f} ms  "
+                    print(f"{layer:10} {name:22} {row['rps']:>8.0f} req/s  p50 {row['p50']:.2f} ms  "
                           f"p99 {row['p99']:.2f} ms  errors {row['errors']}  CPU {row['cpu_ms']:.3f} ms/call",
                           flush=True)
     finally:
@@ -217,9 +220,13 @@ def compare_layers(args, workdir: Path) -> list[dict]:
             server.stop()
     rows = []
     for name in ("health", "GenerateOffers top50"):
-        sync, aio = statistics.median(rates[(name, "sync")]), statistics.median(rates[(name, "aio")])
-        rows.append({"rpc": name, "sync_rps": sync, "aio_rps": aio, "aio_over_sync": aio / sync})
-        print(f"{name:22} aio/sync = {aio / sync:.2f} (median of {args.rounds} alternating runs)")
+        sync = statistics.median(rates[(name, "sync")])
+        row = {"rpc": name, "sync_rps": sync}
+        for layer in LAYERS[1:]:
+            rate = statistics.median(rates[(name, layer)])
+            row[f"{layer}_rps"], row[f"{layer}_over_sync"] = rate, rate / sync
+            print(f"{name:22} {layer}/sync = {rate / sync:.2f} (median of {args.rounds} alternating runs)")
+        rows.append(row)
     return rows
 
 
