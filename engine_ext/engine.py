@@ -121,13 +121,13 @@ class OfferSet:
     `order` ranks them all, or only the best when the request wants no more (`count` are offers)."""
 
     def __init__(self, plan: OfferPlan, car_ids: Sequence[str], out: OfferBuffers, order: array, counts: array,
-                 kernel, count: int | None = None):
+                 kernel, count: int):
         self.kernel = kernel
         self.plan = plan
         self.car_ids = car_ids
         self.columns = out
         self.order = order  # slots, best first
-        self.count = len(order) if count is None else count
+        self.count = count
         self.tier_counts = {TIER_NAMES[t]: counts[t] for t in ALL_TIERS}
         self.rejected = {name: counts[3 - code] for code, name in REJECT_NAMES.items()}
         self.cars_evaluated = len(car_ids)
@@ -293,7 +293,7 @@ class Engine:
             car_rank = array("l", car_rank)
         tier_mask = sum(1 << t for t in tiers)
         order, counts = self.kernel.rank_offers(plan, out, len(prices), car_rank, tier_mask, best)
-        return OfferSet(plan, car_ids, out, order, counts, self.kernel, count=sum(counts[t] for t in tiers))
+        return OfferSet(plan, car_ids, out, order, counts, self.kernel, sum(counts[t] for t in tiers))
 
     def schedule(self, customer: CustomerTerms, price: float, term: int, params: PricingParams) -> list[ScheduleRow]:
         """The amortization schedule of one offer (SPEC §3), feasible or not."""

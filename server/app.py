@@ -5,6 +5,7 @@ import logging
 import threading
 import time
 from concurrent import futures
+from typing import TYPE_CHECKING
 
 from grpc_health.v1 import health
 
@@ -27,6 +28,9 @@ from .services.search import SearchService
 from .services.watch import WatchService
 from .services.workers import Workers
 from .tracing import Tracing
+
+if TYPE_CHECKING:  # the client library loads only when Redis is configured (open_redis)
+    from .data.redislink import RedisLink
 
 log = logging.getLogger("tradeup.server")
 STOP_SLACK = 0.5  # seconds after the grace period for the background threads to end
@@ -52,14 +56,14 @@ def prepare_database(repository: Repository, seed_demo: bool, stop: threading.Ev
         log.warning("the database holds no cars and no customers (demo data: `python -m server seed`)")
 
 
-
-def open_redis(settings: RedisSettings) -> "RedisLink | None":
+def open_redis(settings: RedisSettings) -> RedisLink | None:
     """The Redis link when a URL is set; the client library is loaded only then (about 0.15 s of
     every start otherwise)."""
     if not settings.url:
         return None
     from .data.redislink import RedisLink
     return RedisLink(settings)
+
 
 class Application:
     """The service of one process; `tracing` (server.tracing, None: off) traces its calls."""

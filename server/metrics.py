@@ -61,14 +61,13 @@ class RpcSeries:
     """The gRPC series of one method, labelled once."""
 
     def __init__(self, metrics: "Metrics", method: str, grpc_type: str):
+        self.metrics = metrics
         self.labels = (grpc_type, *split_method(method))
         self.in_flight = metrics.in_flight.labels(method)
         self.started = metrics.started.labels(*self.labels)
         self.received = metrics.received.labels(*self.labels)
         self.handling = metrics.handling.labels(*self.labels)
         self.sent = metrics.sent.labels(*self.labels)
-        self._handled = metrics.handled
-        self._by_code: dict[str, Any] = {}
         self.one_request = grpc_type in ("unary", "server_stream")
 
     def call_started(self) -> None:
@@ -83,10 +82,7 @@ class RpcSeries:
     def call_finished(self, code: str, seconds: float, messages_sent: int | None = None) -> None:
         """`messages_sent`: responses of a streaming call (a unary call sends one when OK)."""
         self.in_flight.dec()
-        handled = self._by_code.get(code)
-        if handled is None:
-            handled = self._by_code[code] = self._handled.labels(*self.labels, code)
-        handled.inc()
+        self.metrics.child(self.metrics.handled, *self.labels, code).inc()
         self.handling.observe(seconds)
         sent = (1 if code == "OK" else 0) if messages_sent is None else messages_sent
         if sent:
@@ -120,7 +116,7 @@ class Metrics:
                                 buckets=LATENCY_BUCKETS, registry=registry)
         self.queries = Histogram("tradeup_db_query_duration_seconds", "Database query time, by query",
                                  ["query"], buckets=LATENCY_BUCKETS, registry=registry)
-        self._children: dict[int, dict] = {}
+        self._children: dict[tuple, Any] = {}
         self._http = None
 
     def watch_status(self, status: Callable[[], dict]) -> None:
@@ -134,22 +130,22 @@ class Metrics:
     def offers_priced(self, tier_counts: dict[str, int], rejected: dict[str, int], cars: int,
                       engine_seconds: float) -> None:
         for tier, count in tier_counts.items():
-            self._labelled(self.offers, tier).inc(count)
+            self.child(self.offers, tier).inc(count)
         for reason, count in rejected.items():
-            self._labelled(self.rejected, reason).inc(count)
+            self.child(self.rejected, reason).inc(count)
         self.cars.inc(cars)
         self.engine.observe(engine_seconds)
 
-    def _labelled(self, family, value: str):
-        """family.labels(value), kept: labels() takes a lock and builds a key on every call."""
-        children = self._children.setdefault(id(family), {})
-        child = children.get(value)
+    def child(self, family, *values: str):
+        """family.labels(*values), kept: labels() takes a lock and checks the values on every call."""
+        key = (id(family), values)
+        child = self._children.get(key)
         if child is None:
-            child = children[value] = family.labels(value)
+            child = self._children[key] = family.labels(*values)
         return child
 
     def query_done(self, query: str, seconds: float) -> None:
-        self._labelled(self.queries, query).observe(seconds)
+        self.child(self.queries, query).observe(seconds)
 
     # --- exposition -------------------------------------------------------------------------------
     def serve(self, host: str, port: int) -> int:

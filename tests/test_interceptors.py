@@ -19,8 +19,8 @@ from client import error_details
 from conftest import free_port
 from server.errors import InvalidArgument
 from server.metrics import Metrics
-from server.rpc.interceptors import (AccessLog, Admission, CallMetrics, CallTracing, DefaultDeadline, ErrorMapping,
-                                     RateLimit, RequestIds, note_call)
+from server.rpc.interceptors import (AccessLog, Admission, CallMetrics, CallPipeline, CallTracing, DefaultDeadline,
+                                     ErrorMapping, RateLimit, RequestIds, note_call)
 from server.services.ratelimit import TokenBuckets
 
 SERVICE = "test.Echo"
@@ -82,7 +82,7 @@ def serve():
     running = []
 
     def start(*interceptors):
-        server = grpc.server(futures.ThreadPoolExecutor(8), interceptors=interceptors)
+        server = grpc.server(futures.ThreadPoolExecutor(8), interceptors=[CallPipeline(list(interceptors))])
         server.add_generic_rpc_handlers(handlers())
         port = server.add_insecure_port(f"127.0.0.1:{free_port()}")
         server.start()
@@ -266,7 +266,8 @@ def test_a_request_that_does_not_decode_is_invalid_argument(serve):
         "TypedEach": grpc.stream_stream_rpc_method_handler(
             lambda requests, context: (r.customer_id.encode() for r in requests),
             request_deserializer=pb.GenerateOffersRequest.FromString)})]
-    server = grpc.server(futures.ThreadPoolExecutor(4), interceptors=[ErrorMapping()], handlers=server_handlers)
+    server = grpc.server(futures.ThreadPoolExecutor(4), interceptors=[CallPipeline([ErrorMapping()])],
+                         handlers=server_handlers)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     try:

@@ -288,6 +288,11 @@ def generate_response(result: OfferResult) -> bytes:
     return b"".join(response_parts(result))
 
 
+def embedded(field_number: int, parts: list[bytes]) -> list[bytes]:
+    """A length-delimited field of the enclosing message made of `parts`, to be joined once."""
+    return [field_header(field_number, sum(map(len, parts))), *parts]
+
+
 @traced("encode")
 def stream_batch(result: OfferResult, first: int, last: int, with_summary: bool) -> bytes:
     """One StreamOffersResponse, encoded: offers ranked [first, last), and the summary if asked."""
@@ -299,8 +304,7 @@ def stream_batch(result: OfferResult, first: int, last: int, with_summary: bool)
 
 def bulk_offers(index: int, customer_id: str, result: OfferResult) -> bytes:
     head = pb.GenerateOffersBulkResponse(index=index, customer_id=customer_id).SerializeToString()
-    parts = response_parts(result)
-    return b"".join((head, field_header(_BULK_OFFERS, sum(map(len, parts))), *parts))
+    return b"".join((head, *embedded(_BULK_OFFERS, response_parts(result))))
 
 
 def bulk_error(index: int, customer_id: str, error: ServiceError) -> bytes:
@@ -355,7 +359,7 @@ def watch_response(update: watch.Update) -> bytes:
             message.changed.extend(offer_to_pb(offer) for offer in update.changed)
         encoded = message.SerializeToString()
         if update.full:  # the answer as GenerateOffers encodes it
-            encoded += length_delimited(_WATCH_ANSWER, generate_response(answer.result))
+            encoded = b"".join((encoded, *embedded(_WATCH_ANSWER, response_parts(answer.result))))
         update.encoded = encoded
     return update.encoded
 

@@ -71,14 +71,11 @@ def caller_of(context: grpc.ServicerContext, key: str) -> str:
     return context.peer().rsplit(":", 1)[0]
 
 
-class CallInterceptor(grpc.ServerInterceptor):
-    """Wraps each method's behaviour, once per method (the wrapped handler is kept). `wrap(behavior,
-    method, request_streaming, response_streaming)` returns the new behaviour, or None to leave
-    the method as it is; `decoder(deserializer)` may replace the request deserializer. A
-    non-blocking behaviour is wrapped as a streaming one, through a `_Pump`."""
-
-    def __init__(self):
-        self._wrapped: dict[tuple[str, int], grpc.RpcMethodHandler] = {}
+class CallInterceptor:
+    """One job around each method's behaviour, applied once per method by `CallPipeline`.
+    `wrap(behavior, method, request_streaming, response_streaming)` returns the new behaviour, or
+    None to leave the method as it is; `decoder(deserializer)` may replace the request
+    deserializer. A non-blocking behaviour is wrapped as a streaming one, through a `_Pump`."""
 
     def wrap(self, behavior: Callable, method: str, request_streaming: bool, response_streaming: bool):
         raise NotImplementedError
@@ -86,17 +83,7 @@ class CallInterceptor(grpc.ServerInterceptor):
     def decoder(self, deserializer: Callable | None) -> Callable | None:
         return deserializer
 
-    def intercept_service(self, continuation, handler_call_details):
-        handler = continuation(handler_call_details)
-        if handler is None:
-            return None
-        key = (handler_call_details.method, id(handler))  # the inner handler is kept: its id stays
-        wrapped = self._wrapped.get(key)
-        if wrapped is None:
-            wrapped = self._wrapped[key] = self._wrap_handler(handler, handler_call_details.method)
-        return wrapped
-
-    def _wrap_handler(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+    def wrap_handler(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         kind = (handler.request_streaming, handler.response_streaming)
         behavior = handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
         if getattr(behavior, "experimental_non_blocking", False):
@@ -114,7 +101,7 @@ class CallInterceptor(grpc.ServerInterceptor):
 
 class CallPipeline(grpc.ServerInterceptor):
     """The call interceptors as one gRPC interceptor. gRPC runs a step of its Python pipeline for
-    each interceptor on every call; this one wraps a method's handler with all of them once
+    each of its interceptors on every call; this one wraps a method's handler with all of ours once
     (outermost first, in the order given) and then hands out the wrapped handler."""
 
     def __init__(self, interceptors: list[CallInterceptor]):
@@ -129,7 +116,7 @@ class CallPipeline(grpc.ServerInterceptor):
             if handler is None:
                 return None  # UNIMPLEMENTED: nothing is kept for a name a client made up
             for interceptor in reversed(self.interceptors):
-                handler = interceptor._wrap_handler(handler, method)
+                handler = interceptor.wrap_handler(handler, method)
             self._handlers[method] = handler
         return handler
 
@@ -280,7 +267,6 @@ class CallTracing(CallInterceptor):
     its own context wrapper (a stream whose client left ends OK)."""
 
     def __init__(self, tracer: trace.Tracer):
-        super().__init__()
         self.tracer = tracer
 
     def wrap(self, behavior, method, request_streaming, response_streaming):
@@ -353,7 +339,6 @@ class RequestIds(CallInterceptor):
     first message: a client retries a call only while it has received no headers."""
 
     def __init__(self):
-        super().__init__()
         install_request_id_records()  # records carry the id even where logging is set up otherwise (tests)
 
     def wrap(self, behavior, method, request_streaming, response_streaming):
@@ -417,7 +402,6 @@ class AccessLog(CallInterceptor):
 
     def __init__(self, log_customer_ids: bool = False, hash_key: str = "", sample: float = 1.0,
                  slow_seconds: float = math.inf):
-        super().__init__()
         self.log_customer_ids = log_customer_ids
         self.hash_key = hash_key
         self.every = round(1 / sample) if sample > 0 else 0  # successful calls per line; 0: none
@@ -455,7 +439,6 @@ class CallMetrics(CallInterceptor):
     """grpc_server_* series: calls started, handled (by code), their duration, messages each way."""
 
     def __init__(self, metrics):
-        super().__init__()
         self.metrics = metrics  # server.metrics.Metrics
 
     def wrap(self, behavior, method, request_streaming, response_streaming):
@@ -601,7 +584,6 @@ class DefaultDeadline(CallInterceptor):
     in the order they are due."""
 
     def __init__(self, seconds: float, exempt: frozenset[str] = frozenset()):
-        super().__init__()
         self.seconds = seconds
         self.exempt = exempt
         self._due: list[tuple[float, int, _Stream]] = []  # a heap
@@ -725,7 +707,6 @@ class Admission(CallInterceptor):
 
     def __init__(self, calls: int, streams: int, per_caller_streams: int, ready: threading.Event,
                  caller_key: str = "", self_limited: frozenset[str] = frozenset()):
-        super().__init__()
         self.limits = {False: calls, True: streams}
         self.per_caller_streams = per_caller_streams
         self.ready = ready
@@ -805,7 +786,6 @@ class RateLimit(CallInterceptor):
     RESOURCE_EXHAUSTED RATE_LIMITED, with the wait until the next token."""
 
     def __init__(self, buckets: TokenBuckets, caller_key: str = ""):
-        super().__init__()
         self.buckets = buckets
         self.caller_key = caller_key
 

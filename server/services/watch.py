@@ -63,13 +63,6 @@ class Answer:
     result: OfferResult
     last_key: tuple | None = None  # prefilter order of the last car selected, when the limit cut it
 
-    def slots(self) -> dict[OfferKey, int]:
-        """The engine slot of each offer returned (after max_offers), by (car, term)."""
-        offers = self.result.offers
-        terms, ids = offers.plan.columns.terms, offers.car_ids
-        n = len(terms)
-        return {(ids[slot // n], terms[slot % n]): slot for slot in offers.order[:self.result.returned]}
-
     def keyed(self, car_codes: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
         """The offers returned, best first, as numbers (car code * TERM_CODES + term) and as
         engine slots: two answers compare a thousand offers each without a Python step per offer."""
@@ -80,13 +73,15 @@ class Answer:
         return cars[slots // len(terms)] * TERM_CODES + terms[slots % len(terms)], slots
 
     def key(self, slot: int) -> OfferKey:
+        """The (car, term) of an engine slot."""
         offers = self.result.offers
         terms = offers.plan.columns.terms
         return offers.car_ids[slot // len(terms)], terms[slot % len(terms)]
 
     def offers(self) -> dict[OfferKey, Offer]:
+        """The offers returned (after max_offers), by (car, term)."""
         at = self.result.offers.at_slot
-        return {key: at(slot) for key, slot in self.slots().items()}
+        return {self.key(slot): at(slot) for slot in self.result.offers.order[:self.result.returned]}
 
     def totals(self) -> tuple:
         """What else a client sees change: counts by tier, rejections, cars evaluated."""
