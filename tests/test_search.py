@@ -244,6 +244,39 @@ def test_search_customers_by_region_and_risk(demo_server):
     assert customer_pages(demo_server.client, text="ueb", risk_profile="B", page_size=50) == expected
 
 
+def test_search_customers_matches_names_alike_on_both_databases(repository):
+    """MariaDB's default collation ignores case and accents, SQLite's LIKE folds ASCII only: the
+    same search must still find the same customers on both (region and risk exactly, text folded)."""
+    from server.data.repository import SEARCH_CONDITIONS
+    model = repository.get_customer(golden.customer_ids()[0])
+    spellings = {"ZZR01": ("Querétaro", "A1"), "ZZR02": ("QUERÉTARO", "a1"), "ZZR03": ("Queretaro", "A1")}
+    repository.put_customers(replace(model, customer_id=customer_id, region=region, risk_profile_name=risk)
+                             for customer_id, (region, risk) in spellings.items())
+    try:
+        def found(**query) -> list[str]:
+            return [c.customer_id for c in repository.search_customers(
+                id_prefix=query.get("id_prefix", "ZZR"), text=query.get("text", ""), region=query.get("region", ""),
+                risk_profile=query.get("risk", ""), descending=False, after=None, limit=10)]
+
+        assert found() == ["ZZR01", "ZZR02", "ZZR03"]
+        assert found(region="Querétaro") == ["ZZR01"] and found(region="querétaro") == []
+        assert found(risk="A1") == ["ZZR01", "ZZR03"] and found(risk="a1") == ["ZZR02"]
+        assert found(text="querét") == ["ZZR01", "ZZR02"] and found(text="RÉTA") == ["ZZR01", "ZZR02"]
+        assert found(text="retaro") == ["ZZR03"] and found(text="zzr0") == ["ZZR01", "ZZR02", "ZZR03"]
+
+        def plan(cursor):  # the exact match still reads the region's index
+            condition = SEARCH_CONDITIONS[repository.backend]["region"]
+            cursor.execute(("EXPLAIN " if repository.backend == "mysql" else "EXPLAIN QUERY PLAN ")
+                           + repository._sql(f"SELECT customer_id FROM customers WHERE {condition}"),
+                           ("Querétaro",) * condition.count("%s"))
+            return str(cursor.fetchall())
+        assert "idx_customers_region" in repository._run("test", plan, None)
+    finally:
+        def delete(cursor):
+            cursor.execute("DELETE FROM customers WHERE customer_id IN ('ZZR01', 'ZZR02', 'ZZR03')")
+        repository._run("test", delete, None)
+
+
 def test_migrate_adds_the_customer_indexes_to_an_existing_database(repository):
     from server.data.repository import INDEX_EXISTS
 

@@ -55,16 +55,18 @@ def _order(car: Car) -> tuple:
 
 @dataclass(frozen=True)
 class Codes:
-    """Each distinct name (region, brand, colour) of a snapshot's cars -> its code in the columns."""
+    """Each distinct name (region, brand, colour; (brand, model)) of a snapshot's cars -> its code
+    in the columns. A search's words are matched against the distinct models, not the cars."""
     regions: dict[str, int]
     brands: dict[str, int]
     colors: dict[str, int]
+    models: dict[tuple[str, str], int]
 
     def copy(self) -> "Codes":
-        return Codes(dict(self.regions), dict(self.brands), dict(self.colors))
+        return Codes(dict(self.regions), dict(self.brands), dict(self.colors), dict(self.models))
 
     @staticmethod
-    def code(codes: dict[str, int], name: str) -> int:
+    def code(codes: dict, name) -> int:
         return codes.setdefault(name, len(codes))
 
     @staticmethod
@@ -87,6 +89,7 @@ _COLUMNS = (
     ("brands", "l", lambda car, ranks, codes: Codes.code(codes.brands, car.brand)),
     ("colors", "l", lambda car, ranks, codes: Codes.code(codes.colors, car.color)),
     ("promotions", "b", lambda car, ranks, codes: int(car.has_promotion)),
+    ("models", "l", lambda car, ranks, codes: Codes.code(codes.models, (car.brand, car.model))),
 )
 
 
@@ -152,7 +155,7 @@ class InventorySnapshot:
                  mark: Any = None, ranks: RankTable | None = None):
         cars = sorted(cars, key=_order)
         ranks = ranks or RankTable([c.car_id for c in cars])
-        codes = Codes({}, {}, {})
+        codes = Codes({}, {}, {}, {})
         self._set([c.car_id for c in cars],
                   tuple(array(typecode, (value(c, ranks, codes) for c in cars)) for _, typecode, value in _COLUMNS),
                   codes, {c.car_id: c for c in cars}, loaded_at, version, reload_version, mark, ranks,
@@ -163,7 +166,7 @@ class InventorySnapshot:
         self.car_ids = car_ids
         self.columns = columns
         (self.years, self.prices, self.kilometers, self.regions, self.ranks, self.brands, self.colors,
-         self.promotions) = columns
+         self.promotions, self.models) = columns
         self.codes, self.region_codes, self.by_id = codes, codes.regions, by_id
         self.loaded_at, self.version, self.reload_version, self.mark = loaded_at, version, reload_version, mark
         self.rank_table = rank_table

@@ -194,20 +194,26 @@ _FILTER_RANGES = (("price", "price_low", "price_high"), ("year", "year_low", "ye
 _FILTER_NAMES = (("brand", "brands", "IN"), ("brand", "excluded_brands", "NOT IN"), ("region", "regions", "IN"),
                  ("color", "colors", "IN"))
 EXPLAIN_PREFILTER = "EXPLAIN " + PREFILTER
-# Customer search: each condition is added only when asked for, values always as parameters. An
-# id prefix is a range of the primary key (case as stored on both databases); text is a LIKE
-# pattern whose own `%`, `_` and `!` are escaped with `!` (a backslash means different things to
-# MySQL and SQLite). Customer ids are ASCII: text with other characters can only be in a region.
+# Customer search: each condition is added only when asked for, values always as parameters, and
+# the same answer on both databases. An id prefix is a range of the primary key (case as stored);
+# text is a LIKE pattern whose own `%`, `_` and `!` are escaped with `!` (a backslash means
+# different things to MySQL and SQLite), matched folded (as the prefilter folds names) in ids and
+# regions: MySQL's ids compare in binary, its regions ignore accents. Customer ids are ASCII: text with
+# other characters can only be in a region. Region and risk profile match exactly: MySQL's default
+# collation ignores case and accents, so there its index finds the candidates and a binary
+# comparison keeps the exact ones.
 SEARCH_CUSTOMERS = f"SELECT {_CUSTOMER_COLUMNS} FROM customers"
-SEARCH_CONDITIONS = {
+_REGION_LIKE = {backend: folded.format(column="region") + " LIKE %s ESCAPE '!'" for backend, folded in _FOLDED.items()}
+_EXACTLY = {"mysql": "{column} = %s AND {column} COLLATE utf8mb4_bin = %s", "sqlite": "{column} = %s"}
+SEARCH_CONDITIONS = {backend: {
     "id_prefix": "customer_id >= %s AND customer_id < %s",
-    "text": "(customer_id LIKE %s ESCAPE '!' OR region LIKE %s ESCAPE '!')",
-    "text_not_ascii": "region LIKE %s ESCAPE '!'",
-    "region": "region = %s",
-    "risk_profile": "risk_profile_name = %s",
+    "text": f"(LOWER(customer_id) LIKE %s ESCAPE '!' OR {_REGION_LIKE[backend]})",
+    "text_not_ascii": _REGION_LIKE[backend],
+    "region": _EXACTLY[backend].format(column="region"),
+    "risk_profile": _EXACTLY[backend].format(column="risk_profile_name"),
     "after": "customer_id > %s",
     "before": "customer_id < %s",
-}
+} for backend in _FOLDED}
 SEARCH_ORDER = {False: " ORDER BY customer_id ASC LIMIT %s", True: " ORDER BY customer_id DESC LIMIT %s"}
 ID_PREFIX_END = "\x7f"  # above every printable ASCII character: the end of an id-prefix range
 COUNT_CARS = "SELECT COUNT(*) FROM inventory"
@@ -486,17 +492,18 @@ class Repository:
         conditions, values = [], []
 
         def add(name: str, *parameters) -> None:
-            conditions.append(SEARCH_CONDITIONS[name])
-            values.extend(parameters)
+            condition = SEARCH_CONDITIONS[self.backend][name]
+            conditions.append(condition)
+            values.extend(parameters * (condition.count("%s") // len(parameters)))  # a value compared twice
 
         if id_prefix:
             add("id_prefix", id_prefix, id_prefix + ID_PREFIX_END)
         if text:
             pattern = "%" + text.replace("!", "!!").replace("%", "!%").replace("_", "!_") + "%"
             if text.isascii():
-                add("text", pattern, pattern)
+                add("text", fold(pattern), fold(pattern))
             else:
-                add("text_not_ascii", pattern)
+                add("text_not_ascii", fold(pattern))
         if region:
             add("region", region)
         if risk_profile:
@@ -507,6 +514,8 @@ class Repository:
             + SEARCH_ORDER[descending]
 
         def work(cursor):
+            if text and self.backend == "sqlite":
+                cursor.connection.create_function("LOWER", 1, fold, deterministic=True)
             cursor.execute(self._sql(statement), (*values, limit))
             return cursor.fetchall()
         return [_customer(row) for row in self._run("search_customers", work, deadline)]

@@ -1,8 +1,8 @@
 """Inventory and customer search: the pages and facets of the screens that pick a car or a customer.
 
 Cars are answered from the inventory snapshot the offers are priced from, through an index of
-each snapshot generation (numpy views of its columns, one sort order per sort key, the words of
-each car; each part built on first use), so a page or the facets cost a few vectorized passes
+each snapshot generation (numpy views of its columns, one sort order per sort key, the ids in
+order; each part built on first use), so a page or the facets cost a few vectorized passes
 over the cars. Customers are read from the
 database (Repository.search_customers), a page at a time on indexed columns.
 
@@ -38,7 +38,7 @@ MAX_TEXT = 64
 INVENTORY_ORDERS = ("car_id", "price", "year", "kilometers")  # each also " desc" but car_id
 CUSTOMER_ORDERS = ("customer_id", "customer_id desc")
 # The snapshot's columns a search reads (InventorySnapshot attributes, one value per car).
-COLUMNS = ("years", "prices", "kilometers", "ranks", "brands", "regions", "colors", "promotions")
+COLUMNS = ("years", "prices", "kilometers", "ranks", "brands", "regions", "colors", "promotions", "models")
 
 
 @dataclass(frozen=True)
@@ -116,8 +116,9 @@ def read_token(query: Any, arity: int) -> list | None:
 
 # --- the inventory index -------------------------------------------------------------------------
 class InventoryIndex:
-    """What a search needs of one snapshot beyond its columns: each car's brand and model (the
-    free text), the rows by car_id (the id prefix, the tie-break) and one order per sort key.
+    """What a search needs of one snapshot beyond its columns: the distinct models lower-cased (the
+    free text, through the models column), the rows by car_id (the id prefix, the tie-break) and
+    one order per sort key.
     Each part is computed on first use, so a change of the inventory costs a search only the
     parts it needs (a plain page: its sort order, a few milliseconds at 100,000 cars)."""
 
@@ -153,13 +154,9 @@ class InventoryIndex:
         return [folded[r] for r in rows], self.by_id[numpy.array(rows, dtype=numpy.int64)]
 
     @cached_property
-    def models(self) -> tuple[list[tuple[str, str]], numpy.ndarray]:
-        """(each distinct (brand, model), lower-cased; the code of each car's)."""
-        snapshot, codes = self.snapshot, {}
-        column = numpy.fromiter((codes.setdefault((car.brand.lower(), car.model.lower()), len(codes))
-                                 for car in map(snapshot.by_id.__getitem__, snapshot.car_ids)),
-                                dtype=numpy.int32, count=len(snapshot.car_ids))
-        return list(codes), column
+    def models(self) -> list[tuple[str, str]]:
+        """Each distinct (brand, model) of the snapshot, lower-cased, by its code in the models column."""
+        return [(brand.lower(), model.lower()) for brand, model in self.snapshot.codes.models]
 
     def order(self, key: str, descending: bool) -> numpy.ndarray:
         """Rows sorted by `key` (descending if asked), ties by car_id ascending; computed once."""
@@ -182,9 +179,8 @@ class InventoryIndex:
 
     def _word(self, word: str) -> numpy.ndarray:
         """Rows whose id starts with `word` or whose brand or model contains it (case folded)."""
-        models, codes = self.models
-        wanted = numpy.array([word in brand or word in model for brand, model in models], dtype=bool)
-        matched = wanted[codes]  # one lookup per car: a pass over the distinct models only
+        wanted = numpy.array([word in brand or word in model for brand, model in self.models], dtype=bool)
+        matched = wanted[self.columns["models"]]  # one lookup per car: a pass over the distinct models only
         folded, rows = self.folded_ids
         first = bisect.bisect_left(folded, word)
         last = bisect.bisect_left(folded, word + "\U0010ffff")
