@@ -282,6 +282,16 @@ class PricingParams:
                              for name, value in overrides.items()))
         return self.derived(("overrides", given), lambda: self._overridden(overrides))
 
+    def override_errors(self, **overrides: Any) -> list[EngineInputError]:
+        """Every wrong override, each tried alone (with_overrides stops at the first)."""
+        errors = []
+        for name, value in overrides.items():
+            try:
+                self._overridden({name: value})
+            except EngineInputError as exc:
+                errors.append(exc)
+        return errors
+
     def _overridden(self, overrides: dict[str, Any]) -> "PricingParams":
         fee_names = {f.name for f in fields(Fees)}
         fee_changes = {k: v for k, v in overrides.items() if k in fee_names and v is not None}

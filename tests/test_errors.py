@@ -35,7 +35,8 @@ CALLS = {
                                                "current_car_year": 0}}),
     "request": ("GenerateOffers", {"profile": {**PROFILE, "risk_profile_index": 2000, "region": "r" * 65,
                                                "current_car_year": 0},
-                                   "options": {"tiers": [7], "max_cars": 5000}, "overrides": {"service_fee_pct": 2}}),
+                                   "options": {"tiers": [7], "max_cars": 5000},
+                                   "overrides": {"service_fee_pct": 2, "cxa_pct": -1}}),
     "customer": ("GenerateOffers", {"customer_id": "C99999"}),
     "car": ("GetAmortizationTable", {"customer_id": STORED, "car_id": "NO-SUCH-CAR", "term": 12}),
 }
@@ -80,7 +81,7 @@ def test_every_wrong_field_of_the_request_in_one_error(server):
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert [field for field, _ in details.violations] == [
         "options.tiers", "profile.risk_profile_index", "profile.region", "overrides.service_fee_pct",
-        "options.max_cars", "profile.current_car_year"]
+        "overrides.cxa_pct", "options.max_cars", "profile.current_car_year"]
     assert "got 7" in dict(details.violations)["options.tiers"]  # each field once, as first found
     assert err.details() == "options.tiers: " + details.violations[0][1]
 

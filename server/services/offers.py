@@ -213,12 +213,14 @@ class OfferService:
         """The configured business parameters with this request's overrides (validated: a wrong
         one is noted in `violations` if given, else raised)."""
         params = (settings or self.settings.current).business
+        overrides = {**query.overrides, "terms": query.terms or None}
         try:
-            return params.with_overrides(**query.overrides, terms=query.terms or None)
-        except EngineInputError as exc:
-            name = {"rate_override": "overrides.interest_rate", "terms": "options.terms",
-                    "terms[]": "options.terms"}.get(exc.field, f"overrides.{exc.field.removeprefix('fees.')}")
-            violation(violations, name, exc.reason)
+            return params.with_overrides(**overrides)
+        except EngineInputError as first:
+            for exc in params.override_errors(**overrides) or [first]:
+                name = {"rate_override": "overrides.interest_rate", "terms": "options.terms",
+                        "terms[]": "options.terms"}.get(exc.field, f"overrides.{exc.field.removeprefix('fees.')}")
+                violation(violations, name, exc.reason)
             return params
 
     @traced("prefilter")
