@@ -131,9 +131,12 @@ class DatabaseSettings:
     seed_demo_data: bool = key(True, "TRADEUP_SEED_DEMO_DATA",
                                "seed an empty embedded (SQLite) database with the demo data at start; "
                                "MySQL only on request (`make seed`)")
-    pool_max_connections: int = key(32, "TRADEUP_POOL_MAX_CONNECTIONS",
+    pool_max_connections: int = key(16, "TRADEUP_POOL_MAX_CONNECTIONS",
                                     "connections per process, opened once the database answers and kept; a call "
-                                    "waits for a free one within its deadline", minimum=1, maximum=10000)
+                                    "waits for a free one within its deadline. Calls read the database only while "
+                                    "they hold a worker: keep it above max_workers (admin calls and the change feed "
+                                    "use a few more), and processes x replicas x this under the database's "
+                                    "max_connections (151 by default on MariaDB)", minimum=1, maximum=10000)
     pool_blocking: bool = key(True, "TRADEUP_POOL_BLOCKING",
                               "wait for a free connection (else fail at once with UNAVAILABLE)")
     pool_ping: int = key(0, "TRADEUP_POOL_PING",
