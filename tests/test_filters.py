@@ -36,10 +36,11 @@ def spellings(name: str) -> list[str]:
 
 
 def filter_cars() -> list:
-    """Demo cars (a few not available), one in five with its brand in capitals and one in four
-    'Marrón' or 'MARRÓN' (names match ignoring case, accented letters too). Regions keep their
-    spelling: same_region compares them as the database's collation does."""
+    """Demo cars (a few not available), one in five with its brand in capitals, one in four
+    'Marrón' or 'MARRÓN' (names match ignoring case, accented letters too) and one in six with its
+    region in capitals (same_region compares regions exactly, in every mode and database)."""
     cars = [replace(car, brand=car.brand.upper()) if k % 5 == 0 else car for k, car in enumerate(demo_cars(800))]
+    cars = [replace(car, region=car.region.upper()) if k % 6 == 1 else car for k, car in enumerate(cars)]
     return [replace(car, color=spellings(BROWN)[k % 3]) if k % 4 == 0 else car for k, car in enumerate(cars)]
 
 
@@ -119,9 +120,10 @@ filters = st.builds(
     sometimes(st.sampled_from([c.kilometers for c in CARS]) | st.integers(0, 150_000)),
     sometimes(st.floats(0.0, 3.0)), st.sampled_from([False] * 5 + [True]),
     name_lists([*REGIONS, "Oaxaca"]), name_lists([*COLORS, BROWN, "Verde"]))
-# Demo customers, some with the brand spelled otherwise or none at all.
+# Demo customers, some with the brand spelled otherwise or none at all, some with the region in capitals.
 PEOPLE = [replace(c, current_car_brand=(c.current_car_brand.upper() if k % 3 == 1 else
-                                        "" if k % 7 == 6 else c.current_car_brand))
+                                        "" if k % 7 == 6 else c.current_car_brand),
+                  region=c.region.upper() if k % 4 == 1 else c.region)
           for k, c in enumerate(demo_customers(300))]
 
 

@@ -184,7 +184,13 @@ AVAILABLE_CARS = (f"SELECT {_CAR_COLUMNS} FROM inventory WHERE available = 1 "
 _PREFILTER_WHERE = "WHERE available = 1 AND price > %s AND year >= %s AND kilometers < %s"
 _PREFILTER_ORDER = " ORDER BY year DESC, price DESC, car_id ASC LIMIT %s"
 PREFILTER = f"SELECT car_id FROM inventory {_PREFILTER_WHERE}{_PREFILTER_ORDER}"
-PREFILTER_SAME_REGION = f"SELECT car_id FROM inventory {_PREFILTER_WHERE} AND region = %s{_PREFILTER_ORDER}"
+# Names compared exactly, the same on both databases: MySQL's default collation ignores case and
+# accents, so there an index on the column finds the candidates and a binary comparison keeps the
+# exact ones (the snapshot compares regions exactly too).
+_EXACTLY = {"mysql": "{column} = %s AND {column} COLLATE utf8mb4_bin = %s", "sqlite": "{column} = %s"}
+PREFILTER_SAME_REGION = {backend: f"SELECT car_id FROM inventory {_PREFILTER_WHERE} AND "
+                                  f"{exactly.format(column='region')}{_PREFILTER_ORDER}"
+                         for backend, exactly in _EXACTLY.items()}
 # Consideration filters (server/data/filters.py), added to the prefilter's WHERE for the bounds
 # given. Names compare folded, exactly: MySQL lowers under a binary collation (its default one
 # ignores accents), SQLite is lent Python's lower (its own folds ASCII only).
@@ -199,12 +205,9 @@ EXPLAIN_PREFILTER = "EXPLAIN " + PREFILTER
 # text is a LIKE pattern whose own `%`, `_` and `!` are escaped with `!` (a backslash means
 # different things to MySQL and SQLite), matched folded (as the prefilter folds names) in ids and
 # regions: MySQL's ids compare in binary, its regions ignore accents. Customer ids are ASCII: text with
-# other characters can only be in a region. Region and risk profile match exactly: MySQL's default
-# collation ignores case and accents, so there its index finds the candidates and a binary
-# comparison keeps the exact ones.
+# other characters can only be in a region. Region and risk profile match exactly (_EXACTLY).
 SEARCH_CUSTOMERS = f"SELECT {_CUSTOMER_COLUMNS} FROM customers"
 _REGION_LIKE = {backend: folded.format(column="region") + " LIKE %s ESCAPE '!'" for backend, folded in _FOLDED.items()}
-_EXACTLY = {"mysql": "{column} = %s AND {column} COLLATE utf8mb4_bin = %s", "sqlite": "{column} = %s"}
 SEARCH_CONDITIONS = {backend: {
     "id_prefix": "customer_id >= %s AND customer_id < %s",
     "text": f"(LOWER(customer_id) LIKE %s ESCAPE '!' OR {_REGION_LIKE[backend]})",
@@ -524,8 +527,10 @@ class Repository:
                       bounds: Bounds | None = None, deadline: Deadline | None = None) -> list[str]:
         """Stage 1 (SPEC §2): ids of the available cars that are logical trade-ups, in order; with
         `bounds`, only those passing the consideration filters too (before the limit)."""
-        statement, values = (PREFILTER, [min_price, min_year, max_km]) if region is None else \
-            (PREFILTER_SAME_REGION, [min_price, min_year, max_km, region])
+        statement, values = PREFILTER, [min_price, min_year, max_km]
+        if region is not None:
+            statement = PREFILTER_SAME_REGION[self.backend]
+            values += [region] * _EXACTLY[self.backend].count("%s")
         if bounds is not None:
             where, extra = self._filter_where(bounds)
             statement = statement.replace(_PREFILTER_ORDER, where + _PREFILTER_ORDER)
