@@ -56,7 +56,9 @@ def _overrides(args) -> dict:
 
 
 def _filters(args) -> dict:
-    return {name: getattr(args, name) for name, _, _, _ in FILTER_FLAGS if getattr(args, name) not in (None, False)}
+    """The filter flags given: an unset flag is None (or False for --promotion-only); 0 is a value."""
+    given = {name: getattr(args, name) for name, _, _, _ in FILTER_FLAGS}
+    return {name: value for name, value in given.items() if value is not None and value is not False}
 
 
 PROFILE_FIELDS = tuple(f.name for f in pb.CustomerProfile.DESCRIPTOR.fields)

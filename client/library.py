@@ -52,7 +52,7 @@ def offer_request(cls, customer_id: str | None = None, profile: dict | pb.Custom
                   filters: dict | pb.ConsiderationFilters | None = None):
     """A GenerateOffers / StreamOffers / bulk / watch request from plain values. `filters`: the
     ConsiderationFilters fields, e.g. {"brands": ["Mazda"], "year_min": 2021, "price_max": 450000}."""
-    request = cls(overrides=pb.PricingOverrides(**(overrides or {})),
+    request = cls(overrides=pb.PricingOverrides(**overrides) if overrides else None,
                   options=pb.OfferOptions(terms=list(terms), tiers=[TIERS.get(t, t) for t in tiers],
                                           max_offers=max_offers, same_region=same_region, max_cars=max_cars),
                   filters=_filters(filters))
@@ -60,8 +60,11 @@ def offer_request(cls, customer_id: str | None = None, profile: dict | pb.Custom
     return request
 
 
-def _filters(filters: dict | pb.ConsiderationFilters | None) -> pb.ConsiderationFilters:
-    return filters if isinstance(filters, pb.ConsiderationFilters) else pb.ConsiderationFilters(**(filters or {}))
+def _filters(filters: dict | pb.ConsiderationFilters | None) -> pb.ConsiderationFilters | None:
+    """The filters message, left unset when there are none (the server then skips them at once)."""
+    if isinstance(filters, pb.ConsiderationFilters) or not filters:
+        return filters or None
+    return pb.ConsiderationFilters(**filters)
 
 
 def _set_customer(request, customer_id, profile) -> None:

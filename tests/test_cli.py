@@ -331,6 +331,13 @@ def test_every_filter_has_a_flag_and_the_flags_filter_as_the_library_does(server
              for arg in ((flag,) if kind is bool else (flag, "1", flag, "2") if kind is list else (flag, "3"))]
     parsed = _filters(build_parser().parse_args(["offers", "C1", *every]))
     assert parsed.keys() == {name for name, *_ in FILTER_FLAGS} and parsed["brands"] == ["1", "2"]
+    zeros = [arg for name, flag, kind, _ in FILTER_FLAGS if kind in (int, float) for arg in (flag, "0")]
+    assert _filters(build_parser().parse_args(["offers", "C1", *zeros])) == {  # 0 is a filter, not "no filter"
+        name: 0 for name, flag, kind, _ in FILTER_FLAGS if kind in (int, float)}
+    assert _filters(build_parser().parse_args(["offers", "C1"])) == {}
+    from client.library import offer_request
+    assert not offer_request(pb.GenerateOffersRequest, "C1").HasField("filters")  # none: the server skips them
+    assert offer_request(pb.GenerateOffersRequest, "C1", filters={"km_max": 0}).filters.HasField("km_max")
     customer = golden.customer_with_offers(20)
     car = golden.inventory()[golden.offers_of(customer)["cars"][0]]
     brand, year = car["model"].split(" ")[0], car["year"]
@@ -346,3 +353,5 @@ def test_every_filter_has_a_flag_and_the_flags_filter_as_the_library_does(server
     refused = run_cli(server, "offers", customer, "--year-min", "2022", "--year-max", "2020")
     assert refused.returncode == 1 and refused.stderr.startswith("error: INVALID_ARGUMENT: filters.year_max: ")
     assert run_cli(server, "bulk", customer, "--km-max", "lots").returncode == 2
+    refused = run_cli(server, "offers", customer, "--max-price-vs-current", "0")  # reaches the server's check
+    assert refused.returncode == 1 and "filters.max_price_vs_current" in refused.stderr
