@@ -171,6 +171,24 @@ def test_the_snapshot_mask_is_the_filter_alone(loaded):
             brute_force(ordered, anyone, f, False, len(ordered)) != []
 
 
+def test_facets_count_names_as_the_filters_match_them(loaded):
+    """A filter panel's entry selects as many cars as it counts: names in two spellings are one entry."""
+    from collections import Counter
+    from server.deadline import Deadline
+    from server.services.search import SearchService
+    from server.services.workers import Workers
+    repository, _, ordered = loaded
+    cache = InventoryCache(repository, ttl_seconds=600, prefilter_entries=10)
+    facets = SearchService(repository, cache, Workers(1), load_kernel()).facets("", ConsiderationFilters(),
+                                                                               Deadline.after(30))
+    for entries, expected in ((facets.brands, Counter(row.brand for row in ordered)),
+                              (facets.colors, Counter(row.color for row in ordered)),
+                              (facets.regions, Counter(row.region_name for row in ordered))):
+        assert {name.lower(): count for name, count in entries} == expected and len(entries) == len(expected)
+    shown = dict(facets.colors)
+    assert BROWN in shown or BROWN.upper() in shown  # a spelling the cars have
+
+
 def test_the_prefilter_cache_keys_filters_by_their_canonical_form(loaded):
     repository, _, _ = loaded
     cache = InventoryCache(repository, ttl_seconds=600, prefilter_entries=100)

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy
 
-from ..data.filters import NO_FILTERS, ConsiderationFilters
+from ..data.filters import NO_FILTERS, ConsiderationFilters, fold
 from ..data.inventory import InventoryCache, InventorySnapshot
 from ..data.repository import Repository
 from ..deadline import Deadline
@@ -292,7 +292,13 @@ class SearchService:
 
 
 def _counted(codes: dict[str, int], column: numpy.ndarray) -> list[tuple[str, int]]:
-    """(name, cars) of the names in a column of codes, most cars first, then by name."""
+    """(name, cars) of the names in a column of codes, most cars first, then by name. Names count
+    as the filters match them, case ignored ("Mazda" and "MAZDA" are one entry, shown as the
+    spelling most of its cars have)."""
     counts = numpy.bincount(column, minlength=len(codes))
-    return sorted(((name, int(counts[code])) for name, code in codes.items() if counts[code]),
+    spellings: dict[str, list[tuple[int, str]]] = {}
+    for name, code in codes.items():
+        if counts[code]:
+            spellings.setdefault(fold(name), []).append((-int(counts[code]), name))
+    return sorted(((min(named)[1], -sum(count for count, _ in named)) for named in spellings.values()),
                   key=lambda item: (-item[1], item[0]))

@@ -29,8 +29,9 @@ class SearchServiceStub:
     """Inventory and customer search. List calls follow the Google API conventions: `page_size`
     (0 = the default, 50; above the maximum, 500, it is lowered to it; negative is
     INVALID_ARGUMENT), an opaque `page_token` from the previous response's `next_page_token`
-    (empty on the last page), valid only for the same query (another query's token, or a token
-    altered, is INVALID_ARGUMENT: page_token). Every call is admitted, rate limited and given a
+    (empty on the last page), valid only for the same query (another query's token, or text that
+    is not a token, is INVALID_ARGUMENT: page_token; tokens are not signed: one whose position was
+    edited only starts the page elsewhere). Every call is admitted, rate limited and given a
     default deadline as the OfferService calls are.
     """
 
@@ -61,8 +62,9 @@ class SearchServiceServicer:
     """Inventory and customer search. List calls follow the Google API conventions: `page_size`
     (0 = the default, 50; above the maximum, 500, it is lowered to it; negative is
     INVALID_ARGUMENT), an opaque `page_token` from the previous response's `next_page_token`
-    (empty on the last page), valid only for the same query (another query's token, or a token
-    altered, is INVALID_ARGUMENT: page_token). Every call is admitted, rate limited and given a
+    (empty on the last page), valid only for the same query (another query's token, or text that
+    is not a token, is INVALID_ARGUMENT: page_token; tokens are not signed: one whose position was
+    edited only starts the page elsewhere). Every call is admitted, rate limited and given a
     default deadline as the OfferService calls are.
     """
 
@@ -119,8 +121,9 @@ class SearchService:
     """Inventory and customer search. List calls follow the Google API conventions: `page_size`
     (0 = the default, 50; above the maximum, 500, it is lowered to it; negative is
     INVALID_ARGUMENT), an opaque `page_token` from the previous response's `next_page_token`
-    (empty on the last page), valid only for the same query (another query's token, or a token
-    altered, is INVALID_ARGUMENT: page_token). Every call is admitted, rate limited and given a
+    (empty on the last page), valid only for the same query (another query's token, or text that
+    is not a token, is INVALID_ARGUMENT: page_token; tokens are not signed: one whose position was
+    edited only starts the page elsewhere). Every call is admitted, rate limited and given a
     default deadline as the OfferService calls are.
     """
 
