@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import golden_data as golden
+from client import error_details
 from conftest import BACKENDS, database_environ, load_golden, make_settings
 from engine_ext import load_kernel
 from protos.tradeup.v1 import offers_pb2 as pb
@@ -313,6 +314,8 @@ def test_a_brand_filter_needs_the_customers_current_brand(server):
             server.client.generate_offers(customer_id=STORED, filters={flag: True})
         assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert err.value.details().startswith(f"filters.{flag}:") and "current_car_brand" in err.value.details()
+        details = error_details(err.value)  # a PreconditionFailure naming the filter, and its reason
+        assert details.reason == "CUSTOMER_BRAND_UNKNOWN" and [f for f, _ in details.violations] == [f"filters.{flag}"]
     customer = priced_in_full()
     brand = brand_of(trade_ups(customer)[0])
     profile = {**golden.customers()[customer], "current_car_brand": brand.lower()}

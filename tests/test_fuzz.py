@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import golden_data as golden
+from client import error_details
 from protos.tradeup.v1 import admin_pb2, offers_pb2 as pb, search_pb2
 
 EXAMPLES = int(os.environ.get("TRADEUP_FUZZ_EXAMPLES", "2000"))
@@ -88,6 +89,12 @@ def check(call):
         assert err.code() not in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN), err.details()
         if err.code() in CLIENT_ERRORS:
             assert NAMES_A_FIELD.match(err.details()), err.details()
+            details = error_details(err)  # and the same in the rich error model, with its detail type
+            assert details.domain == "tradeup.v1" and details.reason, (err.details(), details)
+            if err.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                assert details.violations and err.details().endswith(": ".join(details.violations[0])), details
+            if err.code() == grpc.StatusCode.NOT_FOUND:
+                assert details.resource and details.resource[1], details
         return None
 
 
