@@ -249,7 +249,8 @@ def test_search_customers_matches_names_alike_on_both_databases(repository):
     same search must still find the same customers on both (region and risk exactly, text folded)."""
     from server.data.repository import SEARCH_CONDITIONS
     model = repository.get_customer(golden.customer_ids()[0])
-    spellings = {"ZZR01": ("Querétaro", "A1"), "ZZR02": ("QUERÉTARO", "a1"), "ZZR03": ("Queretaro", "A1")}
+    spellings = {"ZZR01": ("Querétaro", "A1"), "ZZR02": ("QUERÉTARO", "a1"), "ZZR03": ("Queretaro", "A1"),
+                 "ZZR04": ("Zona 5%_Norte!", "B")}
     repository.put_customers(replace(model, customer_id=customer_id, region=region, risk_profile_name=risk)
                              for customer_id, (region, risk) in spellings.items())
     try:
@@ -258,11 +259,13 @@ def test_search_customers_matches_names_alike_on_both_databases(repository):
                 id_prefix=query.get("id_prefix", "ZZR"), text=query.get("text", ""), region=query.get("region", ""),
                 risk_profile=query.get("risk", ""), descending=False, after=None, limit=10)]
 
-        assert found() == ["ZZR01", "ZZR02", "ZZR03"]
+        assert found() == ["ZZR01", "ZZR02", "ZZR03", "ZZR04"]
+        assert found(text="5%_n") == ["ZZR04"] and found(text="%") == found(text="_") == found(text="!") == ["ZZR04"]
+        assert found(text="5_%") == [] and found(text="zona 5%") == ["ZZR04"]  # % and _ match only themselves
         assert found(region="Querétaro") == ["ZZR01"] and found(region="querétaro") == []
         assert found(risk="A1") == ["ZZR01", "ZZR03"] and found(risk="a1") == ["ZZR02"]
         assert found(text="querét") == ["ZZR01", "ZZR02"] and found(text="RÉTA") == ["ZZR01", "ZZR02"]
-        assert found(text="retaro") == ["ZZR03"] and found(text="zzr0") == ["ZZR01", "ZZR02", "ZZR03"]
+        assert found(text="retaro") == ["ZZR03"] and found(text="zzr0") == ["ZZR01", "ZZR02", "ZZR03", "ZZR04"]
 
         def plan(cursor):  # the exact match still reads the region's index
             condition = SEARCH_CONDITIONS[repository.backend]["region"]
@@ -273,7 +276,7 @@ def test_search_customers_matches_names_alike_on_both_databases(repository):
         assert "idx_customers_region" in repository._run("test", plan, None)
     finally:
         def delete(cursor):
-            cursor.execute("DELETE FROM customers WHERE customer_id IN ('ZZR01', 'ZZR02', 'ZZR03')")
+            cursor.execute("DELETE FROM customers WHERE customer_id LIKE 'ZZR%'")
         repository._run("test", delete, None)
 
 
