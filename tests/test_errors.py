@@ -109,6 +109,17 @@ def test_every_wrong_field_of_a_search_in_one_error(server):
     assert violations_of(lambda **call: client.search.InventoryFacets(facets, **call)) == ["query", "filters.year_min"]
 
 
+def test_every_wrong_field_of_a_subsidy_search_in_one_error(server):
+    def search(**request):
+        return lambda **call: list(server.client.find_minimum_subsidy(customer_id=STORED, **request, **call))
+    # Each grid field is checked alone, then those right alone together (cxa_min above cxa_max).
+    grid = {"service_fee_max": 1.5, "cac_step": 0.0, "cxa_min": 0.035, "cxa_max": 0.02}
+    assert violations_of(search(overrides={"service_fee_pct": 2}, car_ids=["NO-SUCH-CAR"] * 2001, grid=grid)) == [
+        "overrides.service_fee_pct", "car_ids", "grid.service_fee_max", "grid.cac_step", "grid.cxa_min"]
+    # A grid right field by field but too large, with a wrong override.
+    assert violations_of(search(overrides={"cxa_pct": -1}, grid={"cac_step": 10.0})) == ["overrides.cxa_pct", "grid"]
+
+
 def test_not_found_names_the_resource(server):
     customer, car = error_details(call(server, "customer")), error_details(call(server, "car"))
     assert customer.reason == "CUSTOMER_NOT_FOUND" and customer.resource == ("tradeup.v1.Customer", "C99999")
