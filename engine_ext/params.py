@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import threading
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from .errors import EngineInputError
 
@@ -97,6 +97,24 @@ class Fees:
             raise EngineInputError("fees.gps_fees_include_iva", "must be true or false")
 
 
+def change_errors(build: Callable[[dict[str, Any]], Any], changes: dict[str, Any]) -> list[EngineInputError]:
+    """Every wrong one of `changes`, which `build` (raising at the first) would not say: each
+    tried alone, then those right alone together (the checks across fields, e.g. min <= max)."""
+    errors, right = [], {}
+    for name, value in changes.items():
+        try:
+            build({name: value})
+            right[name] = value
+        except EngineInputError as exc:
+            errors.append(exc)
+    if len(right) > 1:
+        try:
+            build(right)
+        except EngineInputError as exc:
+            errors.append(exc)
+    return errors
+
+
 @dataclass(frozen=True)
 class TierBounds:
     """Payment-delta bounds (fractions): Refresh [floor, refresh_max], Upgrade (refresh_max,
@@ -171,6 +189,10 @@ class SubsidyGrid:
 
     def cxa_values(self) -> tuple[float, ...]:
         return self._values(self.cxa_max, self.cxa_step, self.cxa_min, -1)
+
+    def change_errors(self, **changes: Any) -> list[EngineInputError]:
+        """Every wrong change of a copy with `changes` (replace stops at the first)."""
+        return change_errors(lambda given: replace(self, **given), changes)
 
 
 @dataclass(frozen=True)
@@ -283,14 +305,8 @@ class PricingParams:
         return self.derived(("overrides", given), lambda: self._overridden(overrides))
 
     def override_errors(self, **overrides: Any) -> list[EngineInputError]:
-        """Every wrong override, each tried alone (with_overrides stops at the first)."""
-        errors = []
-        for name, value in overrides.items():
-            try:
-                self._overridden({name: value})
-            except EngineInputError as exc:
-                errors.append(exc)
-        return errors
+        """Every wrong override (with_overrides stops at the first)."""
+        return change_errors(self._overridden, overrides)
 
     def _overridden(self, overrides: dict[str, Any]) -> "PricingParams":
         fee_names = {f.name for f in fields(Fees)}

@@ -20,7 +20,7 @@ import golden_data as golden
 from client import ErrorDetails, error_details
 from conftest import ROOT, start_server
 from test_cli import run_client
-from protos.tradeup.v1 import offers_pb2 as pb
+from protos.tradeup.v1 import offers_pb2 as pb, search_pb2
 from server import errors
 
 STORED = golden.customer_ids()[0]
@@ -84,6 +84,40 @@ def test_every_wrong_field_of_the_request_in_one_error(server):
         "overrides.cxa_pct", "options.max_cars", "profile.current_car_year"]
     assert "got 7" in dict(details.violations)["options.tiers"]  # each field once, as first found
     assert err.details() == "options.tiers: " + details.violations[0][1]
+
+
+def violations_of(call) -> list[str]:
+    """The fields of the INVALID_ARGUMENT a call answers, its status message naming the first."""
+    with pytest.raises(grpc.RpcError) as err:
+        call(timeout=10, metadata=(("x-caller-id", uuid.uuid4().hex),))
+    details = error_details(err.value)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and details.reason == "INVALID_REQUEST"
+    field, description = details.violations[0]
+    assert err.value.details() == f"{field}: {description}"
+    return [field for field, _ in details.violations]
+
+
+def test_every_wrong_field_of_a_search_in_one_error(server):
+    client = server.client  # what reading the request finds wrong, then what the service does
+    assert violations_of(lambda **call: client.search_inventory(
+        " ".join(["w"] * 11), filters={"price_min": 5e5, "price_max": 1e5, "max_price_vs_current": 1.5},
+        order_by="colour", page_size=-1, page_token="not-a-token", **call)) == [
+        "query", "filters.price_max", "filters.max_price_vs_current", "order_by", "page_size", "page_token"]
+    assert violations_of(lambda **call: client.search_customers(
+        id_prefix="C\u00e9", text="x" * 65, region="r" * 65, **call)) == ["id_prefix", "text", "region"]
+    facets = search_pb2.InventoryFacetsRequest(query="x" * 65, filters={"year_min": 1900})
+    assert violations_of(lambda **call: client.search.InventoryFacets(facets, **call)) == ["query", "filters.year_min"]
+
+
+def test_every_wrong_field_of_a_subsidy_search_in_one_error(server):
+    def search(**request):
+        return lambda **call: list(server.client.find_minimum_subsidy(customer_id=STORED, **request, **call))
+    # Each grid field is checked alone, then those right alone together (cxa_min above cxa_max).
+    grid = {"service_fee_max": 1.5, "cac_step": 0.0, "cxa_min": 0.035, "cxa_max": 0.02}
+    assert violations_of(search(overrides={"service_fee_pct": 2}, car_ids=["NO-SUCH-CAR"] * 2001, grid=grid)) == [
+        "overrides.service_fee_pct", "car_ids", "grid.service_fee_max", "grid.cac_step", "grid.cxa_min"]
+    # A grid right field by field but too large, with a wrong override.
+    assert violations_of(search(overrides={"cxa_pct": -1}, grid={"cac_step": 10.0})) == ["overrides.cxa_pct", "grid"]
 
 
 def test_not_found_names_the_resource(server):

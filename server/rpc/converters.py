@@ -181,39 +181,53 @@ def customer_query(request: Any, violations: Violations | None = None, **options
 
 
 # --- search --------------------------------------------------------------------------------------
-def search_filters(request: Any) -> ConsiderationFilters:
+# Each reader notes every wrong field in `violations`; the service adds its own and raises them all.
+def search_filters(request: Any, violations: Violations) -> ConsiderationFilters:
     """The filters of a search: validated as on the offer calls, without those that need a customer."""
-    violations = Violations()
     domain = filters_to_domain(request, violations)
     given = {field.name for field, _ in request.filters.ListFields()}  # a ratio of 0 is given too
     for name in CUSTOMER_FILTERS:
         if name in given:
             violations.add(f"filters.{name}", "compares with a customer's current car: a search has no customer")
-    violations.check()
     return domain
 
 
-def search_text(query: str, name: str = "query") -> str:
-    words = _text(query, name, MAX_QUERY_WORDS * (MAX_TEXT + 1)).split()
+def search_text(query: str, violations: Violations) -> str:
+    words = _text(query, "query", MAX_QUERY_WORDS * (MAX_TEXT + 1), violations).split()
     if len(words) > MAX_QUERY_WORDS or any(len(w) > MAX_TEXT for w in words):
-        raise InvalidArgument(f"at most {MAX_QUERY_WORDS} words of at most {MAX_TEXT} characters", name)
+        violations.add("query", f"at most {MAX_QUERY_WORDS} words of at most {MAX_TEXT} characters")
     return " ".join(words)
 
 
 def inventory_query(request: search_pb2.SearchInventoryRequest) -> InventoryQuery:
-    return InventoryQuery(text=search_text(request.query), filters=search_filters(request),
-                          order_by=_text(request.order_by, "order_by", MAX_TEXT), page_size=request.page_size,
-                          page_token=_text(request.page_token, "page_token", 1024))
+    violations = Violations()
+    return InventoryQuery(text=search_text(request.query, violations), filters=search_filters(request, violations),
+                          order_by=_text(request.order_by, "order_by", MAX_TEXT, violations),
+                          page_size=request.page_size,
+                          page_token=_text(request.page_token, "page_token", 1024, violations),
+                          violations=tuple(violations.found))
+
+
+def facets_query(request: search_pb2.InventoryFacetsRequest) -> tuple[str, ConsiderationFilters]:
+    """The words and filters of an InventoryFacets request (its only fields), checked."""
+    violations = Violations()
+    text, filters = search_text(request.query, violations), search_filters(request, violations)
+    violations.check()
+    return text, filters
 
 
 def customer_search_query(request: search_pb2.SearchCustomersRequest) -> CustomerQuery:
+    violations = Violations()
     if not request.id_prefix.isascii():
-        raise InvalidArgument("customer ids are printable ASCII", "id_prefix")
-    return CustomerQuery(id_prefix=_text(request.id_prefix, "id_prefix", MAX_TEXT),
-                         text=_text(request.text, "text", MAX_TEXT), region=_text(request.region, "region", MAX_TEXT),
-                         risk_profile=_text(request.risk_profile, "risk_profile", 16),
-                         order_by=_text(request.order_by, "order_by", MAX_TEXT), page_size=request.page_size,
-                         page_token=_text(request.page_token, "page_token", 1024))
+        violations.add("id_prefix", "customer ids are printable ASCII")
+    return CustomerQuery(id_prefix=_text(request.id_prefix, "id_prefix", MAX_TEXT, violations),
+                         text=_text(request.text, "text", MAX_TEXT, violations),
+                         region=_text(request.region, "region", MAX_TEXT, violations),
+                         risk_profile=_text(request.risk_profile, "risk_profile", 16, violations),
+                         order_by=_text(request.order_by, "order_by", MAX_TEXT, violations),
+                         page_size=request.page_size,
+                         page_token=_text(request.page_token, "page_token", 1024, violations),
+                         violations=tuple(violations.found))
 
 
 def car_page_to_pb(page: CarPage) -> search_pb2.SearchInventoryResponse:

@@ -115,8 +115,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         return converters.car_page_to_pb(page)
 
     def InventoryFacets(self, request, context):
-        facets = self.service.facets(converters.search_text(request.query), converters.search_filters(request),
-                                     self._deadline(context))
+        facets = self.service.facets(*converters.facets_query(request), self._deadline(context))
         note_call(cars=facets.total_cars)
         return converters.facets_to_pb(facets)
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 from typing import Callable, Iterator, Sequence
 
 from engine_ext import (ALL_TIERS, CustomerTerms, Engine, EngineInputError, OfferSet, PricingParams, ScheduleRow,
-                        SubsidyResult)
+                        SubsidyGrid, SubsidyResult)
 
 from engine_ext.constants import REJECT_DOWN_PAYMENT_NOT_MET, REJECT_LOAN_NOT_POSITIVE
 
@@ -21,7 +21,7 @@ from ..data.inventory import InventoryCache, Selection
 from ..data.repository import Repository
 from ..deadline import Deadline
 from ..domain import Customer
-from ..errors import FailedPrecondition, InvalidArgument, NotFound, Resource, Violation, Violations, violation
+from ..errors import FailedPrecondition, NotFound, Resource, Violation, Violations, violation
 from ..tracing import traced
 from .workers import Workers
 
@@ -216,8 +216,8 @@ class OfferService:
         overrides = {**query.overrides, "terms": query.terms or None}
         try:
             return params.with_overrides(**overrides)
-        except EngineInputError as first:
-            for exc in params.override_errors(**overrides) or [first]:
+        except EngineInputError:
+            for exc in params.override_errors(**overrides):
                 name = {"rate_override": "overrides.interest_rate", "terms": "options.terms",
                         "terms[]": "options.terms"}.get(exc.field, f"overrides.{exc.field.removeprefix('fees.')}")
                 violation(violations, name, exc.reason)
@@ -278,13 +278,11 @@ class OfferService:
     def subsidy_cars(self, customer: Customer, car_ids: Sequence[str], same_region: bool, max_cars: int,
                      deadline: Deadline, settings: Settings | None = None,
                      filters: ConsiderationFilters = NO_FILTERS) -> Selection:
-        """The cars to search: the given ids (validated against the inventory), else the prefilter."""
+        """The cars to search: the given ids (at most prefilter.max_limit, see subsidy_params; each
+        looked up in the inventory), else the prefilter."""
         settings = settings or self.settings.current
         if not car_ids:
             return self.prefilter(customer, same_region, max_cars, deadline, settings, filters)
-        limit = settings.prefilter.max_limit
-        if len(car_ids) > limit:
-            raise InvalidArgument(f"at most {limit} cars, got {len(car_ids)}", "car_ids")
         deadline.check("before the inventory lookup")
         snapshot = self.inventory.snapshot(deadline)
         rows = []
@@ -297,20 +295,33 @@ class OfferService:
         return snapshot.select(self.engine.kernel, rows)
 
     def subsidy_params(self, query: SubsidyQuery, settings: Settings) -> PricingParams:
-        """The parameters of a search: the overrides, and the request's grid instead of the configured one."""
-        params = self.check(query.offer, settings)
-        if not query.grid:
-            return params
+        """The parameters of a search: the overrides, and the request's grid instead of the
+        configured one. Every wrong field of the request is raised at once."""
+        violations = Violations()
+        params = self.check(query.offer, settings, violations)
+        limit = settings.prefilter.max_limit
+        if len(query.car_ids) > limit:
+            violations.add("car_ids", f"at most {limit} cars, got {len(query.car_ids)}")
+        grid = self.request_grid(params.subsidy, query.grid, violations)
+        violations.check()
+        return replace(params, subsidy=grid)
+
+    @staticmethod
+    def request_grid(configured: SubsidyGrid, changes: dict, violations: Violations) -> SubsidyGrid:
+        """The configured grid with a request's changes; each wrong one noted in `violations`."""
+        if not changes:
+            return configured
         try:
-            grid = replace(params.subsidy, **query.grid)
-        except EngineInputError as exc:
-            raise InvalidArgument(exc.reason.replace("subsidy.", "grid."), exc.field.replace("subsidy.", "grid.")) from None
+            grid = replace(configured, **changes)
+        except EngineInputError:
+            for exc in configured.change_errors(**changes):
+                violations.add(exc.field.replace("subsidy.", "grid."), exc.reason.replace("subsidy.", "grid."))
+            return configured
         combinations = (len(grid.term_order) * len(grid.service_fee_values()) * len(grid.cac_values())
                         * len(grid.cxa_values()))
         if combinations > MAX_GRID_COMBINATIONS:
-            raise InvalidArgument(f"gives {combinations:,} combinations per car; at most {MAX_GRID_COMBINATIONS:,}",
-                                  "grid")
-        return replace(params, subsidy=grid)
+            violations.add("grid", f"gives {combinations:,} combinations per car; at most {MAX_GRID_COMBINATIONS:,}")
+        return grid
 
     def find_minimum_subsidy(self, query: SubsidyQuery, deadline: Deadline, batch_size: int,
                              is_active: Callable[[], bool]) -> Iterator[tuple[Customer, list[SubsidyResult], SubsidyTotals]]:

@@ -17,9 +17,9 @@ import bisect
 import hashlib
 import json
 import threading
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import cached_property
-from typing import Any
+from typing import Any, Callable
 
 import numpy
 
@@ -28,7 +28,7 @@ from ..data.inventory import InventoryCache, InventorySnapshot
 from ..data.repository import Repository
 from ..deadline import Deadline
 from ..domain import Car, Customer
-from ..errors import InvalidArgument
+from ..errors import Violation, Violations
 from .workers import Workers
 
 DEFAULT_PAGE_SIZE = 50
@@ -48,6 +48,8 @@ class InventoryQuery:
     order_by: str = ""
     page_size: int = 0
     page_token: str = ""
+    # found while reading the request: reported with the service's (not part of the query a token names)
+    violations: tuple[Violation, ...] = field(default=(), repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,7 @@ class CustomerQuery:
     order_by: str = ""
     page_size: int = 0
     page_token: str = ""
+    violations: tuple[Violation, ...] = field(default=(), repr=False, compare=False)  # as InventoryQuery's
 
 
 @dataclass(frozen=True)
@@ -82,10 +85,25 @@ class Facets:
 
 
 # --- paging ----------------------------------------------------------------------------------------
-def page_size_of(size: int) -> int:
+def paging(query: Any, arity: int, valid_key: Callable[[list], bool], order_error: str) -> tuple[int, list | None]:
+    """(the page size, the key after which the page starts) of a query, raising every wrong field
+    of its request at once: those its reading found, order_by's (`order_error`, if not empty), the
+    size's and the token's."""
+    found = Violations()
+    for each in query.violations:
+        found.add(each.field, each.description)
+    if order_error:
+        found.add("order_by", order_error)
+    size = page_size_of(query.page_size, found)
+    after = read_token(query, arity, valid_key, found)
+    found.check()
+    return size, after
+
+
+def page_size_of(size: int, found: Violations) -> int:
     """AIP-158: 0 is the default, above the maximum is the maximum, negative is an error."""
     if size < 0:
-        raise InvalidArgument(f"must be >= 0, got {size}", "page_size")
+        found.add("page_size", f"must be >= 0, got {size}")
     return min(size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
 
 
@@ -99,8 +117,8 @@ def make_token(query: Any, key: list) -> str:
     return base64.urlsafe_b64encode(data).decode().rstrip("=")
 
 
-def read_token(query: Any, arity: int) -> list | None:
-    """The key after which the page starts (None: the first page)."""
+def read_token(query: Any, arity: int, valid_key: Callable[[list], bool], found: Violations) -> list | None:
+    """The key after which the page starts (None: the first page, or a wrong token, noted in `found`)."""
     if not query.page_token:
         return None
     try:
@@ -109,8 +127,11 @@ def read_token(query: Any, arity: int) -> list | None:
     except (ValueError, TypeError):
         valid = False
     if not valid:
-        raise InvalidArgument("is not a token of this query (give the next_page_token of the same query)",
-                              "page_token")
+        found.add("page_token", "is not a token of this query (give the next_page_token of the same query)")
+        return None
+    if not valid_key(data[1:]):  # the right query's digest, but a key no page of it ends with
+        found.add("page_token", "is not a token of this query")
+        return None
     return data[1:]
 
 
@@ -218,14 +239,14 @@ class SearchService:
             self._index_lock.release()
 
     def search_inventory(self, query: InventoryQuery, deadline: Deadline) -> CarPage:
-        size = page_size_of(query.page_size)
         key, _, direction = query.order_by.strip().partition(" ")
         key = key or "car_id"
         descending = direction.strip() == "desc"
-        if key not in INVENTORY_ORDERS or direction.strip() not in ("", "desc") or (key == "car_id" and descending):
-            raise InvalidArgument('must be "car_id", or "price", "year" or "kilometers" optionally followed by '
-                                  f'" desc", got {query.order_by[:MAX_TEXT]!r}', "order_by")
-        after = read_token(query, 2)
+        right_order = key in INVENTORY_ORDERS and direction.strip() in ("", "desc") and not (
+            key == "car_id" and descending)
+        size, after = paging(query, 2, _car_key, "" if right_order else (
+            'must be "car_id", or "price", "year" or "kilometers" optionally followed by '
+            f'" desc", got {query.order_by[:MAX_TEXT]!r}'))
         with self.workers.place(deadline):
             index = self.index(deadline)
             mask = index.mask(query.text, query.filters)
@@ -243,8 +264,6 @@ class SearchService:
     def _start(index: InventoryIndex, rows: numpy.ndarray, key: str, descending: bool, after: list) -> int:
         """The position in `rows` of the first car that sorts after the key (value, car_id)."""
         value, car_id = after
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or not isinstance(car_id, str):
-            raise InvalidArgument("is not a token of this query", "page_token")
         ranks = index.id_rank[rows]
         rank = index.rank_after(car_id)
         if key == "car_id":
@@ -273,15 +292,9 @@ class SearchService:
                 promotion_count=int(numpy.count_nonzero(pick("promotions"))), inventory_version=index.version)
 
     def search_customers(self, query: CustomerQuery, deadline: Deadline) -> tuple[list[Customer], str]:
-        size = page_size_of(query.page_size)
         order = query.order_by.strip() or "customer_id"
-        if order not in CUSTOMER_ORDERS:
-            raise InvalidArgument(f'must be "customer_id" or "customer_id desc", got {query.order_by[:MAX_TEXT]!r}',
-                                  "order_by")
-        after = read_token(query, 1)
-        if after is not None and not (isinstance(after[0], str) and after[0].isascii() and after[0].isprintable()
-                                      and len(after[0]) <= MAX_TEXT):  # a customer id, as stored
-            raise InvalidArgument("is not a token of this query", "page_token")
+        size, after = paging(query, 1, _customer_key, "" if order in CUSTOMER_ORDERS else (
+            f'must be "customer_id" or "customer_id desc", got {query.order_by[:MAX_TEXT]!r}'))
         customers = self.repository.search_customers(
             id_prefix=query.id_prefix, text=query.text, region=query.region, risk_profile=query.risk_profile,
             descending=order.endswith("desc"), after=None if after is None else after[0], limit=size + 1,
@@ -289,6 +302,17 @@ class SearchService:
         more = len(customers) > size
         customers = customers[:size]
         return customers, make_token(query, [customers[-1].customer_id]) if more else ""
+
+
+def _car_key(key: list) -> bool:
+    """(a sort value, a car id), as a page of cars ends with."""
+    value, car_id = key
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and isinstance(car_id, str)
+
+
+def _customer_key(key: list) -> bool:
+    """A customer id, as stored."""
+    return isinstance(key[0], str) and key[0].isascii() and key[0].isprintable() and len(key[0]) <= MAX_TEXT
 
 
 def _counted(codes: dict[str, int], column: numpy.ndarray) -> list[tuple[str, int]]:
