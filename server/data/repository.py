@@ -204,8 +204,8 @@ EXPLAIN_PREFILTER = "EXPLAIN " + PREFILTER
 # the same answer on both databases. An id prefix is a range of the primary key (case as stored);
 # text is a LIKE pattern whose own `%`, `_` and `!` are escaped with `!` (a backslash means
 # different things to MySQL and SQLite), matched folded (as the prefilter folds names) in ids and
-# regions: MySQL's ids compare in binary, its regions ignore accents. Customer ids are ASCII: text with
-# other characters can only be in a region. Region and risk profile match exactly (_EXACTLY).
+# regions: MySQL's ids compare in binary, its regions ignore accents. Customer ids are ASCII: text
+# with other characters can only be in a region. Region and risk profile match exactly (_EXACTLY).
 SEARCH_CUSTOMERS = f"SELECT {_CUSTOMER_COLUMNS} FROM customers"
 _REGION_LIKE = {backend: folded.format(column="region") + " LIKE %s ESCAPE '!'" for backend, folded in _FOLDED.items()}
 SEARCH_CONDITIONS = {backend: {
