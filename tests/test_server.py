@@ -11,6 +11,7 @@ from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 import golden_data as golden
+from client import error_details
 from protos.tradeup.v1 import offers_pb2 as pb
 
 PROFILE = {"customer_id": "inline-1", "current_monthly_payment": 5398.16, "outstanding_balance": 59252.09,
@@ -276,6 +277,11 @@ def test_admin_updates_business_parameters_at_runtime(server):
         with pytest.raises(grpc.RpcError) as err:
             server.client.update_business_parameters(changes)
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and field in err.value.details()
+    with pytest.raises(grpc.RpcError) as err:  # every wrong change in one error
+        server.client.update_business_parameters({"fees": {"service_fee_pct": 2, "cxa_pct": -1, "cac_bonus": 5},
+                                                  "no_such_key": 1})
+    assert sorted(field for field, _ in error_details(err.value).violations) == [
+        "changes.fees.cxa_pct", "changes.fees.service_fee_pct", "changes.no_such_key"]
     assert server.client.get_config()["business"]["fees"]["service_fee_pct"] == 0.02
     assert len(server.client.config_history().changes) == 1
 

@@ -10,7 +10,7 @@ from ..data.inventory import InventoryCache
 from ..data.repository import Repository
 from ..deadline import Deadline
 from ..domain import ConfigChange
-from ..errors import ConfigError, FailedPrecondition, InvalidArgument, PermissionDenied, Unauthenticated
+from ..errors import ConfigError, FailedPrecondition, InvalidArgument, PermissionDenied, Unauthenticated, Violations
 from .changefeed import CONFIG, ChangeFeed
 
 MAX_HISTORY = 1000
@@ -18,6 +18,12 @@ MAX_HISTORY = 1000
 
 def _reason(exc: ConfigError) -> str:
     return str(exc).split(": ", 1)[-1]
+
+
+def _field(exc: ConfigError) -> str:
+    """The request field of a business parameter's error: changes.<its path>."""
+    path = exc.key.removeprefix("business").lstrip(".")
+    return f"changes.{path}" if path else "changes"
 
 VERSION = "0.1.0"
 
@@ -69,19 +75,35 @@ class AdminService:
             raise InvalidArgument(_reason(exc), "changes") from None
         version_now = self.settings.current.version
 
+        def build(stored: dict[str, Any]) -> dict[str, Any]:
+            return flatten({"business": self.settings.build(stored, version_now).business.to_dict()})
+
         def decide(stored: dict[str, Any]) -> dict[str, Any]:
-            before = flatten({"business": self.settings.build(stored, version_now).business.to_dict()})
-            after = flatten({"business": self.settings.build({**stored, **requested}, version_now).business.to_dict()})
+            before = build(stored)
+            try:
+                after = build({**stored, **requested})
+            except ConfigError as first:
+                # Every wrong change, not only the first: each tried alone (a change wrong only
+                # beside the others, e.g. an inverted range, leaves the first error alone).
+                found = Violations()
+                for path, value in requested.items():
+                    try:
+                        build({**stored, path: value})
+                    except ConfigError as exc:
+                        found.add(_field(exc), _reason(exc))
+                found.check()
+                raise first
+            unknown = Violations()
             for path in requested:
                 if path not in after:
-                    raise InvalidArgument("is not a business parameter", "changes." + path.removeprefix("business."))
+                    unknown.add("changes." + path.removeprefix("business."), "is not a business parameter")
+            unknown.check()
             return {path: (before.get(path), value) for path, value in after.items() if before.get(path) != value}
 
         try:
             version, _ = self.repository.write_config(changed_by[:128], decide, deadline)
         except ConfigError as exc:
-            path = exc.key.removeprefix("business").lstrip(".")
-            raise InvalidArgument(_reason(exc), f"changes.{path}" if path else "changes") from None
+            raise InvalidArgument(_reason(exc), _field(exc)) from None
         self.feed.changed(CONFIG, version, deadline)
         return self.settings.current.business.to_dict(), self.settings.current.version
 
