@@ -97,20 +97,21 @@ class Fees:
             raise EngineInputError("fees.gps_fees_include_iva", "must be true or false")
 
 
-def change_errors(build: Callable[[dict[str, Any]], Any], changes: dict[str, Any]) -> list[EngineInputError]:
-    """Every wrong one of `changes`, which `build` (raising at the first) would not say: each
-    tried alone, then those right alone together (the checks across fields, e.g. min <= max)."""
+def change_errors(build: Callable[[dict[str, Any]], Any], changes: dict[str, Any],
+                  error: type[Exception] = EngineInputError) -> list:
+    """Every wrong one of `changes`, which `build` (raising `error` at the first) would not say:
+    each tried alone, then those right alone together (the checks across fields, e.g. min <= max)."""
     errors, right = [], {}
     for name, value in changes.items():
         try:
             build({name: value})
             right[name] = value
-        except EngineInputError as exc:
+        except error as exc:
             errors.append(exc)
     if len(right) > 1:
         try:
             build(right)
-        except EngineInputError as exc:
+        except error as exc:
             errors.append(exc)
     return errors
 

@@ -5,6 +5,8 @@ import hmac
 import time
 from typing import Any, Callable, Mapping
 
+from engine_ext.params import change_errors
+
 from ..config import SettingsStore, flatten
 from ..data.inventory import InventoryCache
 from ..data.repository import Repository
@@ -82,17 +84,12 @@ class AdminService:
             before = build(stored)
             try:
                 after = build({**stored, **requested})
-            except ConfigError as first:
-                # Every wrong change, not only the first: each tried alone (a change wrong only
-                # beside the others, e.g. an inverted range, leaves the first error alone).
+            except ConfigError:  # every wrong change, not only the first
                 found = Violations()
-                for path, value in requested.items():
-                    try:
-                        build({**stored, path: value})
-                    except ConfigError as exc:
-                        found.add(_field(exc), _reason(exc))
+                for exc in change_errors(lambda given: build({**stored, **given}), requested, ConfigError):
+                    found.add(_field(exc), _reason(exc))
                 found.check()
-                raise first
+                raise
             unknown = Violations()
             for path in requested:
                 if path not in after:
