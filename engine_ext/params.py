@@ -98,22 +98,29 @@ class Fees:
 
 
 def change_errors(build: Callable[[dict[str, Any]], Any], changes: dict[str, Any],
-                  error: type[Exception] = EngineInputError) -> list:
+                  error: type[Exception] = EngineInputError, field: Callable[[Any], str] = lambda exc: exc.field
+                  ) -> list:
     """Every wrong one of `changes`, which `build` (raising `error` at the first) would not say:
-    each tried alone, then those right alone together (the checks across fields, e.g. min <= max)."""
-    errors, right = [], {}
-    for name, value in changes.items():
+    built again without the changes each error names (`field`), until the rest build or an error
+    names none of them (then it comes from a change left out). Not each change alone: changes
+    that only fit together (terms and the down-payment columns, a grid's min and max) are right
+    together, and stay so."""
+    errors, left = [], dict(changes)
+    while True:
         try:
-            build({name: value})
-            right[name] = value
+            build(left)
+            return errors
         except error as exc:
+            named = field(exc)
+            blamed = [name for name in left if named == name or named.endswith("." + name)
+                      or named.startswith((name + ".", name + "["))]
+            if errors and not blamed:  # what leaving the others out caused: none of them is wrong
+                return errors
             errors.append(exc)
-    if len(right) > 1:
-        try:
-            build(right)
-        except error as exc:
-            errors.append(exc)
-    return errors
+            if not blamed:
+                return errors
+            for name in blamed:
+                del left[name]
 
 
 @dataclass(frozen=True)
@@ -307,7 +314,8 @@ class PricingParams:
 
     def override_errors(self, **overrides: Any) -> list[EngineInputError]:
         """Every wrong override (with_overrides stops at the first)."""
-        return change_errors(self._overridden, overrides)
+        return change_errors(self._overridden, overrides,
+                             field=lambda exc: "interest_rate" if exc.field == "rate_override" else exc.field)
 
     def _overridden(self, overrides: dict[str, Any]) -> "PricingParams":
         fee_names = {f.name for f in fields(Fees)}

@@ -86,7 +86,8 @@ class AdminService:
                 after = build({**stored, **requested})
             except ConfigError:  # every wrong change, not only the first
                 found = Violations()
-                for exc in change_errors(lambda given: build({**stored, **given}), requested, ConfigError):
+                for exc in change_errors(lambda given: build({**stored, **given}), requested, ConfigError,
+                                         lambda exc: exc.key):
                     found.add(_field(exc), _reason(exc))
                 found.check()
                 raise
