@@ -134,7 +134,9 @@ def test_sigterm_under_load_cuts_no_stream(tmp_path):
                 late.generate_offers(customer_id="C00001")
                 raise AssertionError("accepted a call after SIGTERM")
             except grpc.RpcError as err:
-                assert err.code() == grpc.StatusCode.UNAVAILABLE
+                # UNAVAILABLE while it drains; CANCELLED when the call meets the instant gRPC closes
+                # the server after the last stream (grpc/grpc#41785), as in the life-cycle tests.
+                assert err.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
         assert process.wait(timeout=35) == 0
         assert time.monotonic() - stopped_at < 30  # within the grace period
     finally:
