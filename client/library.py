@@ -28,16 +28,30 @@ from grpc_status import rpc_status
 from protos.tradeup.v1 import admin_pb2, admin_pb2_grpc, offers_pb2 as pb, offers_pb2_grpc, search_pb2, search_pb2_grpc
 
 TIERS = {"refresh": pb.TIER_REFRESH, "upgrade": pb.TIER_UPGRADE, "max_upgrade": pb.TIER_MAX_UPGRADE}
+# Up to 4 attempts over up to 0.1 + 0.2 + 0.4 s of backoff (each a random part of it): enough to
+# reach another replica or a server finishing its start-up (about 0.3 s), short enough that a
+# caller with a deadline of a second still hears UNAVAILABLE, not the deadline.
+_RETRY = {"maxAttempts": 4, "initialBackoff": "0.1s", "maxBackoff": "1s", "backoffMultiplier": 2}
 RETRY_POLICY = {
     "methodConfig": [{
         "name": [{"service": "tradeup.v1.OfferService"}, {"service": "tradeup.v1.SearchService"},
-                 {"service": "tradeup.v1.AdminService"},
+                 {"service": "tradeup.v1.AdminService"}],
+        "retryPolicy": {**_RETRY, "retryableStatusCodes": ["UNAVAILABLE"]},
+    }, {
+        # A unary call ends CANCELLED from the server only when it reached a server in the instant
+        # that server closed, drained (grpc/grpc#41785): it never ran, so it is tried elsewhere. (A
+        # stream can be cancelled for idling; the caller's own cancel is never retried.)
+        "name": [{"service": "tradeup.v1.OfferService", "method": "GenerateOffers"},
+                 {"service": "tradeup.v1.OfferService", "method": "GetAmortizationTable"},
+                 {"service": "tradeup.v1.SearchService", "method": "SearchInventory"},
+                 {"service": "tradeup.v1.SearchService", "method": "InventoryFacets"},
+                 {"service": "tradeup.v1.SearchService", "method": "SearchCustomers"},
+                 {"service": "tradeup.v1.AdminService", "method": "GetConfig"},
+                 {"service": "tradeup.v1.AdminService", "method": "GetConfigHistory"},
+                 {"service": "tradeup.v1.AdminService", "method": "InvalidateCache"},
+                 {"service": "tradeup.v1.AdminService", "method": "GetStatus"},
                  {"service": "grpc.health.v1.Health", "method": "Check"}],
-        # Up to 4 attempts over up to 0.1 + 0.2 + 0.4 s of backoff (each a random part of it):
-        # enough to reach another replica or a server finishing its start-up (about 0.3 s), short
-        # enough that a caller with a deadline of a second still hears UNAVAILABLE, not the deadline.
-        "retryPolicy": {"maxAttempts": 4, "initialBackoff": "0.1s", "maxBackoff": "1s",
-                        "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]},
+        "retryPolicy": {**_RETRY, "retryableStatusCodes": ["UNAVAILABLE", "CANCELLED"]},
     }, {
         # A change of the parameters is not repeated behind the caller's back (the more specific
         # name wins over the service's): the caller decides after reading the error.
