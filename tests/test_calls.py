@@ -173,6 +173,31 @@ def test_the_client_library_retries_unavailable(golden_database):
         running.stop()
 
 
+def test_the_client_library_retries_a_unary_call_the_server_cancelled():
+    """A unary call that ends CANCELLED from the server (one that reached a server closing after
+    its drain, grpc/grpc#41785) is tried again by the library's policy, as UNAVAILABLE is."""
+    from concurrent import futures
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    attempted = []
+
+    class Closing(health_pb2_grpc.HealthServicer):
+        def Check(self, request, context):
+            attempted.append(request.service)
+            if len(attempted) < 3:
+                context.cancel()  # what the client sees of grpc's race: CANCELLED, no headers
+            return health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING)
+
+    server = grpc.server(futures.ThreadPoolExecutor(2))
+    health_pb2_grpc.add_HealthServicer_to_server(Closing(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        with OfferClient(f"127.0.0.1:{port}", timeout=10) as client:
+            assert client.health() == "SERVING" and len(attempted) == 3
+    finally:
+        server.stop(0)
+
+
 def test_a_retried_call_succeeds_once_the_server_is_ready(golden_database):
     """Calls during start-up end UNAVAILABLE ("starting"); the library's retries carry a caller
     through when the server gets ready within the retry window."""
